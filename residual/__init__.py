@@ -1,0 +1,13 @@
+"""Exact k nearest neighbours on a parallel compressed cover tree.
+
+Two metrics: Euclidean, and the residual-correlation distance used to pick Vecchia conditioning
+sets in Gaussian-process approximations (Vecchia + inducing points).
+"""
+
+from residual.kernels import RBF, Matern
+from residual.model import ResidualCorrelation, DEGENERATE_P_RTOL
+from residual.bruteforce import brute_force_knn
+
+__version__ = "0.1.0"
+
+__all__ = ["RBF", "Matern", "ResidualCorrelation", "brute_force_knn", "DEGENERATE_P_RTOL"]

@@ -1,0 +1,15 @@
+from residual._typedefs cimport float32_t, float64_t, intp_t
+
+# The BLAS integer type of scipy.linalg.cython_blas (LP64 today). If SciPy ships ILP64 cython_blas,
+# change this one typedef.
+ctypedef int blas_int
+
+cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
+                   float64_t alpha, const float64_t* a, intp_t lda,
+                   const float64_t* b, intp_t ldb,
+                   float64_t beta, float64_t* c, intp_t ldc) noexcept nogil
+
+cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
+                   float32_t alpha, const float32_t* a, intp_t lda,
+                   const float32_t* b, intp_t ldb,
+                   float32_t beta, float32_t* c, intp_t ldc) noexcept nogil

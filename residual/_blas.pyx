@@ -1,0 +1,66 @@
+# Row-major GEMM on top of SciPy's Fortran BLAS. This is the only module that cimports
+# scipy.linalg.cython_blas; everything else calls dgemm_rm / sgemm_rm.
+#
+# Algebra: a row-major (r x c) array with leading dimension ld is, to column-major BLAS, the
+# (c x r) matrix transposed. So C = alpha op(A) op(B) + beta C in row-major is
+# C^T = alpha op(B)^T op(A)^T + beta C^T in column-major: swap the operands, swap m and n, and
+# keep each operand's own transpose flag (BLAS sees B first, then A). No data moves.
+# Two explicit functions rather than one fused one: fused cdef functions do not cross module
+# boundaries reliably.
+
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+
+cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
+                   float64_t alpha, const float64_t* a, intp_t lda,
+                   const float64_t* b, intp_t ldb,
+                   float64_t beta, float64_t* c, intp_t ldc) noexcept nogil:
+    """Row-major C (m x n) = alpha * op(A) (m x k) @ op(B) (k x n) + beta * C.
+
+    NumPy equivalent: ``C[:] = alpha * (A.T if trans_a else A) @ (B.T if trans_b else B) + beta * C``.
+    lda/ldb/ldc are the row strides (in elements) of the stored arrays.
+    """
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    cdef blas_int bm = <blas_int>n, bn = <blas_int>m, bk = <blas_int>k
+    cdef blas_int l_b = <blas_int>ldb, l_a = <blas_int>lda, l_c = <blas_int>ldc
+    dgemm(&ta, &tb, &bm, &bn, &bk, &alpha, <float64_t*>b, &l_b, <float64_t*>a, &l_a,
+          &beta, c, &l_c)
+
+
+cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
+                   float32_t alpha, const float32_t* a, intp_t lda,
+                   const float32_t* b, intp_t ldb,
+                   float32_t beta, float32_t* c, intp_t ldc) noexcept nogil:
+    """Single-precision twin of :func:`dgemm_rm` (same algebra)."""
+    cdef char ta = b'T' if trans_b else b'N'
+    cdef char tb = b'T' if trans_a else b'N'
+    cdef blas_int bm = <blas_int>n, bn = <blas_int>m, bk = <blas_int>k
+    cdef blas_int l_b = <blas_int>ldb, l_a = <blas_int>lda, l_c = <blas_int>ldc
+    sgemm(&ta, &tb, &bm, &bn, &bk, &alpha, <float32_t*>b, &l_b, <float32_t*>a, &l_a,
+          &beta, c, &l_c)
+
+
+def gemm(const float64_t[:, ::1] a, const float64_t[:, ::1] b, bint trans_b=True):
+    """Test hook: ``a @ b.T`` (or ``a @ b``) through :func:`dgemm_rm`."""
+    import numpy as np
+    cdef intp_t m = a.shape[0], k = a.shape[1]
+    cdef intp_t n = b.shape[0] if trans_b else b.shape[1]
+    if (b.shape[1] if trans_b else b.shape[0]) != k:
+        raise ValueError("inner dimensions differ")
+    out = np.zeros((m, n))
+    cdef float64_t[:, ::1] c = out
+    if m and n and k:
+        dgemm_rm(False, trans_b, m, n, k, 1.0, &a[0, 0], k, &b[0, 0], b.shape[1], 0.0, &c[0, 0], n)
+    return out
+
+
+def sgemm_test(const float32_t[:, ::1] a, const float32_t[:, ::1] b):
+    """Test hook: ``a @ b.T`` in float32 through :func:`sgemm_rm`."""
+    import numpy as np
+    cdef intp_t m = a.shape[0], k = a.shape[1], n = b.shape[0]
+    out = np.zeros((m, n), dtype=np.float32)
+    cdef float32_t[:, ::1] c = out
+    if m and n and k:
+        sgemm_rm(False, True, m, n, k, 1.0, &a[0, 0], k, &b[0, 0], k, 0.0, &c[0, 0], n)
+    return out

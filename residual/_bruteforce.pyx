@@ -1,0 +1,220 @@
+# Blocked exact kNN (the oracle, and the fast path for small n).
+#
+# Queries are cut into chunks; a `prange` over chunks gives each thread whole chunks, so a
+# query's answer never depends on who computed it. For one chunk, the candidate columns are
+# swept in fixed-width tiles in ascending index order: one tile = one or two BLAS calls
+# (_tiles.pyx) plus a flat loop that turns the tile into selection keys and offers them to each
+# row's bounded top-k buffer (_select.pxd). Memory per thread: chunk x TILE doubles for the tile
+# and chunk x (2k + 64) candidates, never n x n.
+#
+# Keys are monotone in the distance, so the square root is taken only for the final k:
+#   residual:  key = 1 - min(1, |C_ij| s_i s_j),  s = 1/sqrt(p) (0 for a degenerate p)
+#   euclidean: key = r^2 by the exact direct sum
+# Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs.
+
+from cython.parallel cimport prange, parallel
+from libc.math cimport sqrt, fabs, INFINITY
+from libc.stdlib cimport malloc, free
+
+from residual._typedefs cimport float64_t, intp_t, int64_t
+from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
+                               sort_candidates)
+from residual._tiles cimport KernelSpec, residual_cov_tile, sqdist_direct_tile
+
+cdef enum:
+    # Candidate columns per tile (fixed, so the BLAS shapes do not depend on the chunk size).
+    TILE = 1024
+
+cdef enum:
+    METRIC_EUCLIDEAN = 0
+    METRIC_RESIDUAL = 1
+
+cdef struct Problem:
+    int metric
+    KernelSpec spec
+    intp_t dim, m, k
+    bint in_sample          # queries are the candidates themselves: skip j == i
+    bint predecessors       # only j < i (in-sample only)
+    # queries
+    intp_t n_queries
+    const float64_t* xq     # (n_queries, dim) residual: scaled, centred; euclidean: raw
+    const float64_t* nq     # (n_queries,) squared norms of xq        (residual)
+    const float64_t* vq     # (n_queries, m)                          (residual)
+    const float64_t* sq     # (n_queries,) 1/sqrt(p), 0 if degenerate (residual)
+    # candidates
+    intp_t n_cand
+    const float64_t* xc     # (n_cand, dim)                           (residual)
+    const float64_t* nc
+    const float64_t* vc
+    const float64_t* sc
+    const float64_t* xct    # (dim, n_cand) columns transposed       (euclidean)
+    # outputs
+    float64_t* out_dist
+    int64_t* out_idx
+
+
+cdef void _tile_keys(const Problem* P, intp_t q0, intp_t nrows, intp_t t0, intp_t ncols,
+                     float64_t* tile) noexcept nogil:
+    """Fill tile[r, j] (row stride TILE) with the selection key of query q0+r vs column t0+j."""
+    cdef intp_t r, j
+    cdef float64_t s_i, a
+    cdef float64_t* row
+    cdef const float64_t* s_c
+    if P.metric == METRIC_RESIDUAL:
+        residual_cov_tile(P.spec, P.xq + q0 * P.dim, P.nq + q0, P.vq + q0 * P.m, nrows,
+                          P.xc + t0 * P.dim, P.nc + t0, P.vc + t0 * P.m, ncols,
+                          P.dim, P.m, tile, TILE)
+        s_c = P.sc + t0
+        for r in range(nrows):
+            row = tile + r * TILE
+            s_i = P.sq[q0 + r]
+            for j in range(ncols):
+                a = fabs(row[j]) * s_i * s_c[j]
+                row[j] = 1.0 - a if a < 1.0 else 0.0
+    else:
+        sqdist_direct_tile(P.xq + q0 * P.dim, nrows, P.xct + t0, P.n_cand, ncols, P.dim,
+                           tile, TILE)
+
+
+cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
+                 TopK* tops, Candidate* cands, intp_t cap) noexcept nogil:
+    """Answer queries q0..q1-1 into the output arrays."""
+    cdef intp_t nrows = q1 - q0, r, i, j, jmax, t0, ncols, col_end, count
+    cdef float64_t key
+    cdef float64_t* row
+    cdef TopK* t
+    for r in range(nrows):
+        topk_init(&tops[r], cands + r * cap, cap, P.k)
+    col_end = P.n_cand
+    if P.predecessors:
+        col_end = q1 - 1            # row q1-1 needs columns < q1-1
+    t0 = 0
+    while t0 < col_end:
+        ncols = min(<intp_t>TILE, col_end - t0)
+        _tile_keys(P, q0, nrows, t0, ncols, tile)
+        for r in range(nrows):
+            i = q0 + r
+            jmax = ncols
+            if P.predecessors:
+                jmax = min(ncols, i - t0)
+            row = tile + r * TILE
+            t = &tops[r]
+            for j in range(jmax):
+                key = row[j]
+                if P.in_sample and t0 + j == i:
+                    continue
+                topk_push(t, key, t0 + j)
+        t0 += TILE
+    for r in range(nrows):
+        i = q0 + r
+        count = topk_finish(&tops[r])
+        for j in range(count):      # key -> distance, then one sort by (distance, index)
+            tops[r].buf[j].first = sqrt(tops[r].buf[j].first)
+        sort_candidates(tops[r].buf, count)
+        for j in range(count):
+            P.out_dist[i * P.k + j] = tops[r].buf[j].first
+            P.out_idx[i * P.k + j] = tops[r].buf[j].second
+        for j in range(count, P.k):
+            P.out_dist[i * P.k + j] = INFINITY
+            P.out_idx[i * P.k + j] = -1
+
+
+cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
+    """prange over query chunks; per-thread workspaces allocated once inside the parallel block.
+
+    Returns 0, or -1 if a workspace could not be allocated.
+    """
+    cdef intp_t n_chunks = (P.n_queries + chunk - 1) // chunk, c, q0, q1
+    cdef intp_t cap = 2 * P.k + 64
+    cdef float64_t* tile
+    cdef TopK* tops
+    cdef Candidate* cands
+    cdef int failed = 0
+    cdef int* failed_flag = &failed   # written through a pointer: it is shared, not private
+    with parallel(num_threads=num_threads):
+        tile = <float64_t*>malloc(chunk * TILE * sizeof(float64_t))
+        tops = <TopK*>malloc(chunk * sizeof(TopK))
+        cands = <Candidate*>malloc(chunk * cap * sizeof(Candidate))
+        if tile == NULL or tops == NULL or cands == NULL:
+            failed_flag[0] = 1
+        # dynamic: predecessor chunks grow with their index, so static slices would be uneven.
+        for c in prange(n_chunks, schedule='dynamic'):
+            if tile != NULL and tops != NULL and cands != NULL:
+                q0 = c * chunk
+                q1 = min(q0 + chunk, P.n_queries)
+                _chunk(P, q0, q1, tile, tops, cands, cap)
+        # end: prange
+        free(tile)
+        free(tops)
+        free(cands)
+    return -1 if failed else 0
+
+
+def residual_knn(int kind, float64_t variance,
+                 const float64_t[:, ::1] xq, const float64_t[::1] nq,
+                 const float64_t[:, ::1] vq, const float64_t[::1] sq,
+                 const float64_t[:, ::1] xc, const float64_t[::1] nc,
+                 const float64_t[:, ::1] vc, const float64_t[::1] sc,
+                 intp_t k, bint in_sample, bint predecessors,
+                 float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
+                 intp_t chunk, int num_threads):
+    """Residual-correlation kNN; arguments already validated by residual.bruteforce."""
+    cdef Problem P
+    P.metric = METRIC_RESIDUAL
+    P.spec.kind = kind
+    P.spec.variance = variance
+    P.dim = xq.shape[1]
+    P.m = vq.shape[1]
+    P.k = k
+    P.in_sample = in_sample
+    P.predecessors = predecessors
+    P.n_queries = xq.shape[0]
+    P.xq = &xq[0, 0]
+    P.nq = &nq[0]
+    P.vq = &vq[0, 0]
+    P.sq = &sq[0]
+    P.n_cand = xc.shape[0]
+    P.xc = &xc[0, 0]
+    P.nc = &nc[0]
+    P.vc = &vc[0, 0]
+    P.sc = &sc[0]
+    P.xct = NULL
+    P.out_dist = &out_dist[0, 0]
+    P.out_idx = &out_idx[0, 0]
+    cdef int status
+    with nogil:
+        status = _run(&P, chunk, num_threads)
+    if status != 0:
+        raise MemoryError("could not allocate the per-thread workspaces")
+
+
+def euclidean_knn(const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
+                  intp_t k, bint in_sample, bint predecessors,
+                  float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
+                  intp_t chunk, int num_threads):
+    """Euclidean kNN; xct holds the candidates transposed, shape (dim, n_cand)."""
+    cdef Problem P
+    P.metric = METRIC_EUCLIDEAN
+    P.dim = xq.shape[1]
+    P.m = 0
+    P.k = k
+    P.in_sample = in_sample
+    P.predecessors = predecessors
+    P.n_queries = xq.shape[0]
+    P.xq = &xq[0, 0]
+    P.nq = NULL
+    P.vq = NULL
+    P.sq = NULL
+    P.n_cand = xct.shape[1]
+    P.xc = NULL
+    P.nc = NULL
+    P.vc = NULL
+    P.sc = NULL
+    P.xct = &xct[0, 0]
+    P.out_dist = &out_dist[0, 0]
+    P.out_idx = &out_idx[0, 0]
+    cdef int status
+    with nogil:
+        status = _run(&P, chunk, num_threads)
+    if status != 0:
+        raise MemoryError("could not allocate the per-thread workspaces")

@@ -1,0 +1,90 @@
+"""Argument checks shared by the public entry points.
+
+Every check raises before any work starts, with a message that names the argument.
+"""
+
+import numbers
+
+import numpy as np
+
+
+def as_float_matrix(a, name, *, ncols=None, allow_empty=False):
+    """Validate a 2-D real array and return it as C-contiguous float64 (copying only if needed).
+
+    Raises
+    ------
+    TypeError
+        If ``a`` is not numeric (object, string, complex or boolean data).
+    ValueError
+        If ``a`` is not 2-D, is empty, has the wrong number of columns, or holds NaN or inf.
+    """
+    if isinstance(a, np.ndarray):
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (ValueError, TypeError):
+            raise TypeError(f"{name} must be a numeric array, got dtype object with "
+                            "non-numeric entries") from None
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers (integer or float), got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features), "
+                         f"got {arr.ndim}-D with shape {arr.shape}")
+    if not allow_empty and arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it needs at least one row")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no columns (features)")
+    if ncols is not None and arr.shape[1] != ncols:
+        raise ValueError(f"{name} has {arr.shape[1]} columns but {ncols} were expected")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def as_float_vector(a, name, *, size):
+    """Validate a 1-D finite real array of the given size, returned as C-contiguous float64."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.shape[0] != size:
+        raise ValueError(f"{name} must have shape ({size},), got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def check_int(value, name, *, minimum=None, maximum=None):
+    """Return ``value`` as int if it is an integer (not bool) within [minimum, maximum]."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_positive(value, name):
+    """Return ``value`` as a finite float > 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def resolve_chunk_size(chunk_size, default):
+    """Queries per parallel work item: ``default`` when None, else an integer >= 1."""
+    if chunk_size is None:
+        return default
+    return check_int(chunk_size, "chunk_size", minimum=1)

@@ -1,0 +1,104 @@
+"""Exact brute-force kNN: the float64 oracle every other answer is checked against."""
+
+import numpy as np
+
+from residual import _bruteforce
+from residual.model import ResidualCorrelation
+from residual.kernels import Kernel
+from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._validate import as_float_matrix, check_int, resolve_chunk_size
+
+#: Queries per parallel work item when ``chunk_size`` is None.
+DEFAULT_CHUNK_SIZE = 128
+
+
+def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=None,
+                    chunk_size=None):
+    """Exact k nearest neighbours by exhaustive search, in float64.
+
+    Parameters
+    ----------
+    X_or_model : array-like of shape (n_samples, n_features) or ResidualCorrelation
+        Coordinates (Euclidean distance) or a residual-correlation model.
+    k : int
+        Neighbours per query. In-sample queries: ``1 <= k <= n_samples - 1``; new points:
+        ``k <= n_samples``; with ``predecessors=True``: ``k <= n_samples`` (rows with fewer
+        predecessors are padded).
+    Y : array-like of shape (n_queries, n_features), default=None
+        New query points. None queries every indexed point, itself excluded. For a residual
+        model, V and p of the new points come from the model's L and ``k(U, Y)``.
+    predecessors : bool, default=False
+        Vecchia mode (in-sample only): row i considers only points j < i and returns
+        ``min(k, i)`` neighbours.
+    num_threads : int, default=None
+        OpenMP threads (None = all usable cores, negative counts back from them).
+    chunk_size : int, default=None
+        Queries per parallel work item (None = ``DEFAULT_CHUNK_SIZE``). Results do not depend
+        on it, nor on ``num_threads``.
+
+    Returns
+    -------
+    dist : ndarray of shape (n_queries, k), float64
+        Distances, each row ascending by (distance, index); ``inf`` where padded.
+    idx : ndarray of shape (n_queries, k), int64
+        Neighbour indices (rows of X); ``-1`` where padded.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On bad input, before any work starts (see Notes of DESIGN section 2).
+
+    Examples
+    --------
+    >>> import numpy as np, residual
+    >>> X = np.arange(5.0)[:, None]
+    >>> dist, idx = residual.brute_force_knn(X, k=2)
+    >>> idx[2]
+    array([1, 3])
+    """
+    if isinstance(X_or_model, Kernel):
+        raise TypeError("X_or_model must be coordinates or a ResidualCorrelation, not a kernel; "
+                        "build ResidualCorrelation.from_kernel(X, kernel) first")
+    residual = isinstance(X_or_model, ResidualCorrelation)
+    X = X_or_model.X if residual else as_float_matrix(X_or_model, "X")
+    n, dim = X.shape
+    if not isinstance(predecessors, (bool, np.bool_)):
+        raise TypeError(f"predecessors must be a bool, got {type(predecessors).__name__}")
+    in_sample = Y is None
+    if not in_sample:
+        if predecessors:
+            raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
+        Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
+    k = _check_k(k, n, in_sample, predecessors)
+    nt = resolve_num_threads(num_threads)
+    chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
+
+    n_queries = n if in_sample else Y.shape[0]
+    dist = np.empty((n_queries, k))
+    idx = np.empty((n_queries, k), dtype=np.int64)
+    if n_queries == 0:
+        return dist, idx
+    if residual:
+        m = X_or_model
+        if in_sample:
+            q = (m._xs, m._xnorm, m.V, m._inv_sqrt_p)
+        else:
+            q = m._new_points(Y, nt)
+        with single_threaded_blas():
+            _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
+                                     m._xs, m._xnorm, m.V, m._inv_sqrt_p,
+                                     k, in_sample, bool(predecessors), dist, idx, chunk, nt)
+    else:
+        xct = np.ascontiguousarray(X.T)
+        _bruteforce.euclidean_knn(X if in_sample else Y, xct, k, in_sample, bool(predecessors),
+                                  dist, idx, chunk, nt)
+    return dist, idx
+
+
+def _check_k(k, n, in_sample, predecessors):
+    k = check_int(k, "k", minimum=1)
+    if in_sample and not predecessors and k > n - 1:
+        raise ValueError(f"k = {k} is larger than the n_samples - 1 = {n - 1} other points")
+    if k > n:
+        raise ValueError(f"k = {k} is larger than n_samples = {n}")
+    return k

@@ -1,0 +1,233 @@
+"""The residual-correlation model: inducing points, V and p (DESIGN.md section 1).
+
+With inducing rows U (m of them) and ``L = chol(k(U, U) + jitter * variance * I)``::
+
+    V   = (L^-1 k(U, X))^T            (n, m)
+    p_i = k(x_i, x_i) - ||V_i||^2     residual variance
+    C_ij = k(x_i, x_j) - V_i . V_j    residual covariance
+    rho_ij = C_ij / sqrt(p_i p_j)     clamped to [-1, 1]
+    d_ij = sqrt(1 - |rho_ij|)         the distance, in [0, 1]
+
+d is a metric (the sign-quotient distance between unit residual feature vectors), so cover-tree
+pruning with it is exact.
+"""
+
+import numpy as np
+import scipy.linalg
+
+from residual.kernels import Kernel
+from residual._parallel import resolve_num_threads
+from residual._validate import as_float_matrix, as_float_vector, check_int, check_positive
+
+#: A point whose residual variance is at most ``DEGENERATE_P_RTOL * variance`` has, numerically,
+#: no residual left: its correlations would be rounding noise divided by ~0. Such a point gets
+#: distance 1 to every other point (0 to itself), which keeps the triangle inequality. The value
+#: sits far below what a jitter of 1e-6 leaves on an inducing point (~1e-6 * variance) and far
+#: above the float64 noise of ``variance - ||V_i||^2`` (~1e-14 * variance for m = 512).
+DEGENERATE_P_RTOL = 1e-10
+
+
+class ResidualCorrelation:
+    """Residual-correlation distance over the rows of X.
+
+    Build it from a kernel with :meth:`from_kernel` (inducing points, Cholesky factor, V and p
+    computed here), or hand over ``V`` and ``p_diag`` from your own GP code.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features)
+        Coordinates. Converted once to C-contiguous float64.
+    kernel : residual.RBF or residual.Matern
+        The kernel that made V and p_diag.
+    V : array-like of shape (n_samples, n_inducing)
+        Rows ``V_i`` with ``k(x_i, x_j) ~ V_i . V_j`` (the low-rank part).
+    p_diag : array-like of shape (n_samples,)
+        Residual variances ``k(x_i, x_i) - ||V_i||^2``; must be >= 0.
+
+    Attributes
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    kernel : Kernel
+    V : ndarray of shape (n_samples, n_inducing)
+    p_diag : ndarray of shape (n_samples,)
+    inducing : ndarray of int64 or None
+        Row indices of X used as inducing points (None for user-supplied factors).
+    jitter : float or None
+    L : ndarray of shape (n_inducing, n_inducing) or None
+        Lower Cholesky factor of ``k(U, U) + jitter * variance * I``; needed for new points.
+    degenerate : ndarray of bool, shape (n_samples,)
+        Rows with ``p_diag <= DEGENERATE_P_RTOL * variance`` (distance 1 to all others).
+
+    Raises
+    ------
+    TypeError, ValueError
+        On non-numeric, non-finite or mis-shaped arrays, or negative ``p_diag``.
+    """
+
+    def __init__(self, X, kernel, *, V, p_diag):
+        X = as_float_matrix(X, "X")
+        _check_kernel(kernel)
+        V = as_float_matrix(V, "V")
+        if V.shape[0] != X.shape[0]:
+            raise ValueError(f"V has {V.shape[0]} rows but X has {X.shape[0]}")
+        p_diag = as_float_vector(p_diag, "p_diag", size=X.shape[0])
+        if (p_diag < 0).any():
+            raise ValueError(f"p_diag must be >= 0; {int((p_diag < 0).sum())} entries are "
+                             f"negative (min {p_diag.min():.3g})")
+        self._setup(X, kernel, V, p_diag, inducing=None, jitter=None, L=None)
+
+    @classmethod
+    def from_kernel(cls, X, kernel, n_inducing=512, seed=0, inducing=None, jitter=1e-6,
+                    *, num_threads=None):
+        """Build V and p from a kernel and inducing rows of X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        kernel : residual.RBF or residual.Matern
+        n_inducing : int, default=512
+            Number of inducing rows, drawn without replacement by
+            ``numpy.random.default_rng(seed).choice(n_samples, n_inducing, replace=False)``.
+            Ignored when ``inducing`` is given.
+        seed : int, default=0
+        inducing : array-like of int, default=None
+            Explicit row indices of X to use as inducing points (distinct).
+        jitter : float, default=1e-6
+            Added to the diagonal of ``k(U, U)`` as ``jitter * variance``.
+        num_threads : int, default=None
+            Threads for the kernel tiles (None = all usable cores).
+
+        Returns
+        -------
+        model : ResidualCorrelation
+
+        Raises
+        ------
+        ValueError
+            If ``n_inducing`` is not in [1, n_samples], ``inducing`` holds bad indices, or
+            ``k(U, U) + jitter`` is not positive definite.
+
+        Notes
+        -----
+        Points whose residual variance falls to ``DEGENERATE_P_RTOL * variance`` or below are
+        marked degenerate: distance 1 to every other point (see :data:`DEGENERATE_P_RTOL`).
+        """
+        X = as_float_matrix(X, "X")
+        _check_kernel(kernel)
+        n = X.shape[0]
+        if inducing is None:
+            n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
+            seed = check_int(seed, "seed", minimum=0)
+            inducing = np.random.default_rng(seed).choice(n, n_inducing, replace=False)
+        else:
+            inducing = _check_inducing(inducing, n)
+        jitter = check_positive(jitter, "jitter")
+        nt = resolve_num_threads(num_threads)
+
+        self = cls.__new__(cls)
+        xs, xnorm = self._scale(X, kernel)
+        us = np.ascontiguousarray(xs[inducing])
+        kuu = kernel._matrix(us, us, nt)
+        kuu[np.diag_indices_from(kuu)] += jitter * kernel.variance
+        try:
+            L = scipy.linalg.cholesky(kuu, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            raise ValueError("k(U, U) + jitter * variance * I is not positive definite: "
+                             "increase jitter or use fewer / more distinct inducing points"
+                             ) from None
+        kxu = kernel._matrix(xs, us, nt)                       # (n, m), C-contiguous
+        # V^T = L^-1 k(U, X): kxu.T is F-contiguous (m, n), so LAPACK solves in place and V
+        # comes back C-contiguous (n, m) without a copy.
+        vt = scipy.linalg.solve_triangular(L, kxu.T, lower=True, overwrite_b=True,
+                                           check_finite=False)
+        V = np.ascontiguousarray(vt.T)
+        p = kernel.variance - np.einsum("ij,ij->i", V, V)
+        self._setup(X, kernel, V, p, inducing=inducing, jitter=jitter, L=L, xs=xs, xnorm=xnorm)
+        return self
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _scale(X, kernel):
+        """Centred, lengthscale-scaled coordinates and their squared norms (float64)."""
+        scale = 1.0 / kernel.lengthscales(X.shape[1])
+        centre = X.mean(axis=0)
+        xs = np.ascontiguousarray((X - centre) * scale)
+        return xs, np.einsum("ij,ij->i", xs, xs)
+
+    def _setup(self, X, kernel, V, p, *, inducing, jitter, L, xs=None, xnorm=None):
+        self.X = X
+        self.kernel = kernel
+        self.V = V
+        self.p_diag = p
+        self.inducing = None if inducing is None else np.asarray(inducing, dtype=np.int64)
+        self.jitter = jitter
+        self.L = L
+        if xs is None:
+            xs, xnorm = self._scale(X, kernel)
+        self._centre = X.mean(axis=0)
+        self._scale_inv = 1.0 / kernel.lengthscales(X.shape[1])
+        self._xs = xs
+        self._xnorm = xnorm
+        self.degenerate, self._inv_sqrt_p = _inv_sqrt_p(p, kernel.variance)
+
+    @property
+    def n_samples(self):
+        return self.X.shape[0]
+
+    @property
+    def n_features(self):
+        return self.X.shape[1]
+
+    @property
+    def n_inducing(self):
+        return self.V.shape[1]
+
+    def _new_points(self, Y, num_threads=1):
+        """(ys, ynorm, V_new, inv_sqrt_p_new) for new coordinates Y, already validated."""
+        if self.L is None:
+            raise ValueError("queries with new points need a model built by "
+                             "ResidualCorrelation.from_kernel (V for new points comes from "
+                             "L and k(U, Y))")
+        ys = np.ascontiguousarray((Y - self._centre) * self._scale_inv)
+        ynorm = np.einsum("ij,ij->i", ys, ys)
+        us = np.ascontiguousarray(self._xs[self.inducing])
+        kyu = self.kernel._matrix(ys, us, num_threads)
+        vt = scipy.linalg.solve_triangular(self.L, kyu.T, lower=True, overwrite_b=True,
+                                           check_finite=False)
+        v_new = np.ascontiguousarray(vt.T)
+        p_new = self.kernel.variance - np.einsum("ij,ij->i", v_new, v_new)
+        return ys, ynorm, v_new, _inv_sqrt_p(p_new, self.kernel.variance)[1]
+
+    def __repr__(self):
+        return (f"ResidualCorrelation(n_samples={self.n_samples}, n_features={self.n_features}, "
+                f"n_inducing={self.n_inducing}, kernel={self.kernel!r})")
+
+
+def _inv_sqrt_p(p, variance):
+    """Degenerate mask and 1/sqrt(p), with 0 where p is degenerate (so |rho| = 0, d = 1)."""
+    degenerate = p <= DEGENERATE_P_RTOL * variance
+    inv = np.zeros_like(p)
+    np.divide(1.0, np.sqrt(p, where=~degenerate, out=np.ones_like(p)), out=inv,
+              where=~degenerate)
+    return degenerate, inv
+
+
+def _check_kernel(kernel):
+    if not isinstance(kernel, Kernel):
+        raise TypeError("kernel must be a residual kernel (residual.RBF or residual.Matern), "
+                        f"got {type(kernel).__name__}")
+
+
+def _check_inducing(inducing, n):
+    idx = np.asarray(inducing)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"inducing must be integer row indices, got dtype {idx.dtype}")
+    if idx.ndim != 1 or idx.size == 0:
+        raise ValueError(f"inducing must be a non-empty 1-D array of row indices, got shape "
+                         f"{idx.shape}")
+    if idx.min() < 0 or idx.max() >= n:
+        raise ValueError(f"inducing indices must lie in [0, {n - 1}]")
+    if np.unique(idx).size != idx.size:
+        raise ValueError("inducing indices must be distinct")
+    return idx.astype(np.int64)
