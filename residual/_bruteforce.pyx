@@ -22,8 +22,12 @@ from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finis
 from residual._tiles cimport KernelSpec, residual_cov_tile, sqdist_direct_tile
 
 cdef enum:
-    # Candidate columns per tile (fixed, so the BLAS shapes do not depend on the chunk size).
+    # Candidate columns per tile. Tiles start at multiples of TILE and are cut short only at
+    # the end of the candidates or, in predecessor mode, at a multiple of COL_ALIGN: so each
+    # column sits at the same place in BLAS's register blocking whatever the chunk size (BLAS
+    # edge kernels may sum in another order, and the answer must not depend on the chunking).
     TILE = 1024
+    COL_ALIGN = 64
 
 cdef enum:
     METRIC_EUCLIDEAN = 0
@@ -38,16 +42,13 @@ cdef struct Problem:
     # queries
     intp_t n_queries
     const float64_t* xq     # (n_queries, dim) residual: scaled, centred; euclidean: raw
-    const float64_t* nq     # (n_queries,) squared norms of xq        (residual)
     const float64_t* vq     # (n_queries, m)                          (residual)
     const float64_t* sq     # (n_queries,) 1/sqrt(p), 0 if degenerate (residual)
     # candidates
     intp_t n_cand
-    const float64_t* xc     # (n_cand, dim)                           (residual)
-    const float64_t* nc
-    const float64_t* vc
-    const float64_t* sc
-    const float64_t* xct    # (dim, n_cand) columns transposed       (euclidean)
+    const float64_t* xct    # (dim, n_cand) candidate coordinates, transposed
+    const float64_t* vc     # (n_cand, m)                             (residual)
+    const float64_t* sc     # (n_cand,)                               (residual)
     # outputs
     float64_t* out_dist
     int64_t* out_idx
@@ -61,8 +62,8 @@ cdef void _tile_keys(const Problem* P, intp_t q0, intp_t nrows, intp_t t0, intp_
     cdef float64_t* row
     cdef const float64_t* s_c
     if P.metric == METRIC_RESIDUAL:
-        residual_cov_tile(P.spec, P.xq + q0 * P.dim, P.nq + q0, P.vq + q0 * P.m, nrows,
-                          P.xc + t0 * P.dim, P.nc + t0, P.vc + t0 * P.m, ncols,
+        residual_cov_tile(P.spec, P.xq + q0 * P.dim, P.vq + q0 * P.m, nrows,
+                          P.xct + t0, P.n_cand, P.vc + t0 * P.m, ncols,
                           P.dim, P.m, tile, TILE)
         s_c = P.sc + t0
         for r in range(nrows):
@@ -90,7 +91,8 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
         col_end = q1 - 1            # row q1-1 needs columns < q1-1
     t0 = 0
     while t0 < col_end:
-        ncols = min(<intp_t>TILE, col_end - t0)
+        ncols = min(<intp_t>TILE, P.n_cand - t0)
+        ncols = min(ncols, (col_end - t0 + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN)
         _tile_keys(P, q0, nrows, t0, ncols, tile)
         for r in range(nrows):
             i = q0 + r
@@ -150,42 +152,59 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
     return -1 if failed else 0
 
 
-def residual_knn(int kind, float64_t variance,
-                 const float64_t[:, ::1] xq, const float64_t[::1] nq,
-                 const float64_t[:, ::1] vq, const float64_t[::1] sq,
-                 const float64_t[:, ::1] xc, const float64_t[::1] nc,
-                 const float64_t[:, ::1] vc, const float64_t[::1] sc,
-                 intp_t k, bint in_sample, bint predecessors,
-                 float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
-                 intp_t chunk, int num_threads):
-    """Residual-correlation kNN; arguments already validated by residual.bruteforce."""
-    cdef Problem P
-    P.metric = METRIC_RESIDUAL
-    P.spec.kind = kind
-    P.spec.variance = variance
+cdef void _setup(Problem* P, int metric, intp_t k, bint in_sample, bint predecessors,
+                 const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
+                 float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx):
+    """Fields common to both metrics; the residual ones start NULL."""
+    P.metric = metric
     P.dim = xq.shape[1]
-    P.m = vq.shape[1]
+    P.m = 0
     P.k = k
     P.in_sample = in_sample
     P.predecessors = predecessors
     P.n_queries = xq.shape[0]
     P.xq = &xq[0, 0]
-    P.nq = &nq[0]
-    P.vq = &vq[0, 0]
-    P.sq = &sq[0]
-    P.n_cand = xc.shape[0]
-    P.xc = &xc[0, 0]
-    P.nc = &nc[0]
-    P.vc = &vc[0, 0]
-    P.sc = &sc[0]
-    P.xct = NULL
+    P.vq = NULL
+    P.sq = NULL
+    P.n_cand = xct.shape[1]
+    P.xct = &xct[0, 0]
+    P.vc = NULL
+    P.sc = NULL
     P.out_dist = &out_dist[0, 0]
     P.out_idx = &out_idx[0, 0]
+
+
+cdef _solve(Problem* P, intp_t chunk, int num_threads):
     cdef int status
     with nogil:
-        status = _run(&P, chunk, num_threads)
+        status = _run(P, chunk, num_threads)
     if status != 0:
         raise MemoryError("could not allocate the per-thread workspaces")
+
+
+def residual_knn(int kind, float64_t variance,
+                 const float64_t[:, ::1] xq, const float64_t[:, ::1] vq,
+                 const float64_t[::1] sq,
+                 const float64_t[:, ::1] xct, const float64_t[:, ::1] vc,
+                 const float64_t[::1] sc,
+                 intp_t k, bint in_sample, bint predecessors,
+                 float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
+                 intp_t chunk, int num_threads):
+    """Residual-correlation kNN; arguments already validated by residual.bruteforce.
+
+    xq, vq, sq: query coordinates (scaled, centred), V rows and 1/sqrt(p); xct, vc, sc: the same
+    for the candidates, coordinates transposed to (dim, n_cand).
+    """
+    cdef Problem P
+    _setup(&P, METRIC_RESIDUAL, k, in_sample, predecessors, xq, xct, out_dist, out_idx)
+    P.spec.kind = kind
+    P.spec.variance = variance
+    P.m = vq.shape[1]
+    P.vq = &vq[0, 0]
+    P.sq = &sq[0]
+    P.vc = &vc[0, 0]
+    P.sc = &sc[0]
+    _solve(&P, chunk, num_threads)
 
 
 def euclidean_knn(const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
@@ -194,27 +213,5 @@ def euclidean_knn(const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
                   intp_t chunk, int num_threads):
     """Euclidean kNN; xct holds the candidates transposed, shape (dim, n_cand)."""
     cdef Problem P
-    P.metric = METRIC_EUCLIDEAN
-    P.dim = xq.shape[1]
-    P.m = 0
-    P.k = k
-    P.in_sample = in_sample
-    P.predecessors = predecessors
-    P.n_queries = xq.shape[0]
-    P.xq = &xq[0, 0]
-    P.nq = NULL
-    P.vq = NULL
-    P.sq = NULL
-    P.n_cand = xct.shape[1]
-    P.xc = NULL
-    P.nc = NULL
-    P.vc = NULL
-    P.sc = NULL
-    P.xct = &xct[0, 0]
-    P.out_dist = &out_dist[0, 0]
-    P.out_idx = &out_idx[0, 0]
-    cdef int status
-    with nogil:
-        status = _run(&P, chunk, num_threads)
-    if status != 0:
-        raise MemoryError("could not allocate the per-thread workspaces")
+    _setup(&P, METRIC_EUCLIDEAN, k, in_sample, predecessors, xq, xct, out_dist, out_idx)
+    _solve(&P, chunk, num_threads)

@@ -11,21 +11,20 @@ cdef struct KernelSpec:
     int kind
     float64_t variance
 
-# Tiles: `q` rows against `c` columns, written to out with row stride ldo. Coordinates are the
-# model's centred, lengthscale-scaled rows; norms are their float64 squared norms.
+# Tiles: query rows against candidate columns, written to out with row stride ldo. Coordinates
+# are the model's centred, lengthscale-scaled rows; candidates for the direct r^2 are stored
+# transposed (dim x n, row stride ldxct) so the inner loop runs over contiguous columns.
 cdef void sqdist_gram_tile(const float64_t* xq, const float64_t* nq, intp_t nrows,
                            const float64_t* xc, const float64_t* nc, intp_t ncols,
                            intp_t dim, float64_t* out, intp_t ldo) noexcept nogil
 
-cdef void kernel_tile(KernelSpec spec,
-                      const float64_t* xq, const float64_t* nq, intp_t nrows,
-                      const float64_t* xc, const float64_t* nc, intp_t ncols,
+cdef void kernel_tile(KernelSpec spec, const float64_t* xq, intp_t nrows,
+                      const float64_t* xct, intp_t ldxct, intp_t ncols,
                       intp_t dim, float64_t* out, intp_t ldo) noexcept nogil
 
 cdef void residual_cov_tile(KernelSpec spec,
-                            const float64_t* xq, const float64_t* nq, const float64_t* vq,
-                            intp_t nrows,
-                            const float64_t* xc, const float64_t* nc, const float64_t* vc,
+                            const float64_t* xq, const float64_t* vq, intp_t nrows,
+                            const float64_t* xct, intp_t ldxct, const float64_t* vc,
                             intp_t ncols,
                             intp_t dim, intp_t m, float64_t* out, intp_t ldo) noexcept nogil
 

@@ -1,14 +1,15 @@
-# Distance and kernel tiles: one BLAS call plus a flat epilogue loop per tile.
+# Distance and kernel tiles: BLAS for the long inner products, flat epilogue loops for the rest.
 #
-# r^2 comes from the Gram identity |x|^2 + |y|^2 - 2 x.y (one dgemm with k = D) on centred,
-# lengthscale-scaled coordinates with float64 norms, clamped at 0 because rounding can push it
-# below. The kernel is then a function of r^2 applied in place. The residual covariance
-# C = k(q, c) - V_q V_c^T is a second dgemm with beta = 1 onto the kernel tile, so the
-# subtraction is fused into BLAS and no temporary is made.
-#
-# The direct tile sum_d (x_d - y_d)^2 is the exact Euclidean path: it costs O(D) per pair like the
-# Gram dgemm, but true ties (integer grids, duplicates) stay ties, which the oracle needs to break
-# them by index.
+# Two ways to r^2:
+# - the Gram identity |x|^2 + |y|^2 - 2 x.y: one dgemm with k = D on centred coordinates with
+#   float64 norms, clamped at 0 (rounding can push it below). Its absolute error is
+#   ~ u (|x|^2 + |y|^2), fine for filtering under an error bound (the tree's float32 tiles);
+# - the direct sum sum_d (x_d - y_d)^2: same O(D) cost per pair, error ~ u r^2, and true ties
+#   (duplicates, integer grids) stay ties. The float64 kernel and Euclidean tiles use it: in the
+#   tiny-p regime (p ~ 1e-6) a 1e-15 error in k moves rho by 1e-9, and the Matern 1/2 kernel has
+#   an infinite slope in r^2 at 0, so the Gram error would show in the answer.
+# The residual covariance C = k(q, c) - V_q V_c^T is then one dgemm with beta = 1 onto the kernel
+# tile: the subtraction is fused into BLAS and no temporary is made.
 #
 # Everything here runs on caller-owned buffers: no allocation per tile.
 
@@ -43,57 +44,49 @@ cdef void sqdist_gram_tile(const float64_t* xq, const float64_t* nq, intp_t nrow
             row[j] = v if v > 0.0 else 0.0
 
 
-cdef inline void _kernel_row(KernelSpec spec, float64_t* row, float64_t a,
-                             const float64_t* nc, intp_t ncols) noexcept nogil:
-    """row[j] = k(r^2) with r^2 = max(0, a + nc[j] + row[j]); loops kept flat to vectorise."""
+cdef inline void _kernel_of_sqdist(KernelSpec spec, float64_t* row, intp_t ncols) noexcept nogil:
+    """row[j] = k(r^2) in place, r^2 = row[j] >= 0; one flat loop per kernel so it vectorises."""
     cdef intp_t j
-    cdef float64_t r2, r, var = spec.variance
+    cdef float64_t r, var = spec.variance
     if spec.kind == KERNEL_RBF:
         for j in range(ncols):
-            r2 = a + nc[j] + row[j]
-            r2 = r2 if r2 > 0.0 else 0.0
-            row[j] = var * exp(-0.5 * r2)
+            row[j] = var * exp(-0.5 * row[j])
     elif spec.kind == KERNEL_MATERN12:
         for j in range(ncols):
-            r2 = a + nc[j] + row[j]
-            r2 = r2 if r2 > 0.0 else 0.0
-            row[j] = var * exp(-sqrt(r2))
+            row[j] = var * exp(-sqrt(row[j]))
     elif spec.kind == KERNEL_MATERN32:
         for j in range(ncols):
-            r2 = a + nc[j] + row[j]
-            r2 = r2 if r2 > 0.0 else 0.0
-            r = sqrt(3.0 * r2)
+            r = sqrt(3.0 * row[j])
             row[j] = var * (1.0 + r) * exp(-r)
     else:  # KERNEL_MATERN52
         for j in range(ncols):
-            r2 = a + nc[j] + row[j]
-            r2 = r2 if r2 > 0.0 else 0.0
-            r = sqrt(5.0 * r2)
+            r = sqrt(5.0 * row[j])
             row[j] = var * (1.0 + r + r * r / 3.0) * exp(-r)
 
 
-cdef void kernel_tile(KernelSpec spec,
-                      const float64_t* xq, const float64_t* nq, intp_t nrows,
-                      const float64_t* xc, const float64_t* nc, intp_t ncols,
+cdef void kernel_tile(KernelSpec spec, const float64_t* xq, intp_t nrows,
+                      const float64_t* xct, intp_t ldxct, intp_t ncols,
                       intp_t dim, float64_t* out, intp_t ldo) noexcept nogil:
-    """out[r, j] = k(xq[r], xc[j]) for the stationary kernel `spec` (see kernels.py)."""
+    """out[r, j] = k(xq[r], column j of xct) for the stationary kernel `spec` (kernels.py).
+
+    xq (nrows x dim) and xct (dim x ncols, row stride ldxct) are centred, lengthscale-scaled.
+    """
     cdef intp_t r
-    dgemm_rm(False, True, nrows, ncols, dim, -2.0, xq, dim, xc, dim, 0.0, out, ldo)
+    sqdist_direct_tile(xq, nrows, xct, ldxct, ncols, dim, out, ldo)
     for r in range(nrows):
-        _kernel_row(spec, out + r * ldo, nq[r], nc, ncols)
+        _kernel_of_sqdist(spec, out + r * ldo, ncols)
 
 
 cdef void residual_cov_tile(KernelSpec spec,
-                            const float64_t* xq, const float64_t* nq, const float64_t* vq,
-                            intp_t nrows,
-                            const float64_t* xc, const float64_t* nc, const float64_t* vc,
+                            const float64_t* xq, const float64_t* vq, intp_t nrows,
+                            const float64_t* xct, intp_t ldxct, const float64_t* vc,
                             intp_t ncols,
                             intp_t dim, intp_t m, float64_t* out, intp_t ldo) noexcept nogil:
-    """out[r, j] = k(xq[r], xc[j]) - vq[r] . vc[j]  (the residual covariance C).
+    """out[r, j] = k(xq[r], x_j) - vq[r] . vc[j]  (the residual covariance C).
 
-    NumPy: ``K(xq, xc) - vq @ vc.T``.
+    NumPy: ``K(xq, xct.T) - vq @ vc.T``.
     """
-    kernel_tile(spec, xq, nq, nrows, xc, nc, ncols, dim, out, ldo)
+    kernel_tile(spec, xq, nrows, xct, ldxct, ncols, dim, out, ldo)
     # out (nrows x ncols) += -1 * vq (nrows x m, ld m) @ vc^T (vc: ncols x m, ld m)
     dgemm_rm(False, True, nrows, ncols, m, -1.0, vq, m, vc, m, 1.0, out, ldo)
 
@@ -126,46 +119,41 @@ cdef void sqdist_direct_tile(const float64_t* xq, intp_t nrows,
 # ---------------------------------------------------------------------------------------------
 # Python entry points (used by the model and as test hooks). Callers hold BLAS to one thread.
 
-def kernel_matrix(int kind, float64_t variance,
-                  const float64_t[:, ::1] xq, const float64_t[::1] nq,
-                  const float64_t[:, ::1] xc, const float64_t[::1] nc,
-                  int num_threads=1):
-    """Kernel matrix k(xq, xc) of shape (len(xq), len(xc)), row chunks in parallel."""
-    cdef intp_t n = xq.shape[0], ncols = xc.shape[0], dim = xq.shape[1]
+def kernel_matrix(int kind, float64_t variance, const float64_t[:, ::1] xq,
+                  const float64_t[:, ::1] xct, int num_threads=1):
+    """Kernel matrix k(xq, xct.T) of shape (len(xq), xct.shape[1]), row chunks in parallel."""
+    cdef intp_t n = xq.shape[0], ncols = xct.shape[1], dim = xq.shape[1]
     cdef intp_t chunk = KERNEL_CHUNK, n_chunks = (n + chunk - 1) // chunk, c, r0, nr
     cdef KernelSpec spec
     spec.kind = kind
     spec.variance = variance
+    if xct.shape[0] != dim:
+        raise ValueError("xq and xct disagree on the dimension")
     out = np.empty((n, ncols))
     cdef float64_t[:, ::1] o = out
     if n == 0 or ncols == 0:
-        return out
-    if dim == 0:
-        out.fill(variance)
         return out
     with nogil:
         for c in prange(n_chunks, num_threads=num_threads, schedule='static'):
             r0 = c * chunk
             nr = min(chunk, n - r0)
-            kernel_tile(spec, &xq[r0, 0], &nq[r0], nr, &xc[0, 0], &nc[0], ncols, dim,
-                        &o[r0, 0], ncols)
+            kernel_tile(spec, &xq[r0, 0], nr, &xct[0, 0], ncols, ncols, dim, &o[r0, 0], ncols)
     return out
 
 
 def residual_cov_matrix(int kind, float64_t variance,
-                        const float64_t[:, ::1] xq, const float64_t[::1] nq,
-                        const float64_t[:, ::1] vq,
-                        const float64_t[:, ::1] xc, const float64_t[::1] nc,
-                        const float64_t[:, ::1] vc):
+                        const float64_t[:, ::1] xq, const float64_t[:, ::1] vq,
+                        const float64_t[:, ::1] xc, const float64_t[:, ::1] vc):
     """Test hook: residual covariance k(xq, xc) - vq @ vc.T through residual_cov_tile."""
     cdef intp_t n = xq.shape[0], ncols = xc.shape[0]
     cdef KernelSpec spec
     spec.kind = kind
     spec.variance = variance
+    cdef const float64_t[:, ::1] xct = np.ascontiguousarray(np.asarray(xc).T)
     out = np.empty((n, ncols))
     cdef float64_t[:, ::1] o = out
     if n and ncols:
-        residual_cov_tile(spec, &xq[0, 0], &nq[0], &vq[0, 0], n, &xc[0, 0], &nc[0], &vc[0, 0],
+        residual_cov_tile(spec, &xq[0, 0], &vq[0, 0], n, &xct[0, 0], ncols, &vc[0, 0],
                           ncols, xq.shape[1], vq.shape[1], &o[0, 0], ncols)
     return out
 

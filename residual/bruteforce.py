@@ -11,6 +11,11 @@ from residual._validate import as_float_matrix, check_int, resolve_chunk_size
 #: Queries per parallel work item when ``chunk_size`` is None.
 DEFAULT_CHUNK_SIZE = 128
 
+#: Chunks are rounded up to a multiple of this, so every query row sits at the same place in
+#: BLAS's register blocking whatever ``chunk_size`` is (BLAS edge kernels may sum in another
+#: order, and the answer must not depend on the chunking).
+CHUNK_ALIGN = 32
+
 
 def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=None,
                     chunk_size=None):
@@ -33,8 +38,8 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
     num_threads : int, default=None
         OpenMP threads (None = all usable cores, negative counts back from them).
     chunk_size : int, default=None
-        Queries per parallel work item (None = ``DEFAULT_CHUNK_SIZE``). Results do not depend
-        on it, nor on ``num_threads``.
+        Queries per parallel work item (None = ``DEFAULT_CHUNK_SIZE``), rounded up to a
+        multiple of ``CHUNK_ALIGN``. Results do not depend on it, nor on ``num_threads``.
 
     Returns
     -------
@@ -72,6 +77,7 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
     k = _check_k(k, n, in_sample, predecessors)
     nt = resolve_num_threads(num_threads)
     chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
+    chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
 
     n_queries = n if in_sample else Y.shape[0]
     dist = np.empty((n_queries, k))
@@ -81,12 +87,12 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
     if residual:
         m = X_or_model
         if in_sample:
-            q = (m._xs, m._xnorm, m.V, m._inv_sqrt_p)
+            q = (m._xs, m.V, m._inv_sqrt_p)
         else:
             q = m._new_points(Y, nt)
         with single_threaded_blas():
             _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
-                                     m._xs, m._xnorm, m.V, m._inv_sqrt_p,
+                                     m._xs_t, m.V, m._inv_sqrt_p,
                                      k, in_sample, bool(predecessors), dist, idx, chunk, nt)
     else:
         xct = np.ascontiguousarray(X.T)

@@ -125,7 +125,7 @@ class ResidualCorrelation:
         nt = resolve_num_threads(num_threads)
 
         self = cls.__new__(cls)
-        xs, xnorm = self._scale(X, kernel)
+        xs = self._scale(X, kernel)
         us = np.ascontiguousarray(xs[inducing])
         kuu = kernel._matrix(us, us, nt)
         kuu[np.diag_indices_from(kuu)] += jitter * kernel.variance
@@ -142,20 +142,18 @@ class ResidualCorrelation:
                                            check_finite=False)
         V = np.ascontiguousarray(vt.T)
         p = kernel.variance - np.einsum("ij,ij->i", V, V)
-        self._setup(X, kernel, V, p, inducing=inducing, jitter=jitter, L=L, xs=xs, xnorm=xnorm)
+        self._setup(X, kernel, V, p, inducing=inducing, jitter=jitter, L=L, xs=xs)
         return self
 
     # -- internals ------------------------------------------------------------------------------
 
     @staticmethod
     def _scale(X, kernel):
-        """Centred, lengthscale-scaled coordinates and their squared norms (float64)."""
+        """Centred, lengthscale-scaled coordinates (float64, C-contiguous)."""
         scale = 1.0 / kernel.lengthscales(X.shape[1])
-        centre = X.mean(axis=0)
-        xs = np.ascontiguousarray((X - centre) * scale)
-        return xs, np.einsum("ij,ij->i", xs, xs)
+        return np.ascontiguousarray((X - X.mean(axis=0)) * scale)
 
-    def _setup(self, X, kernel, V, p, *, inducing, jitter, L, xs=None, xnorm=None):
+    def _setup(self, X, kernel, V, p, *, inducing, jitter, L, xs=None):
         self.X = X
         self.kernel = kernel
         self.V = V
@@ -164,11 +162,11 @@ class ResidualCorrelation:
         self.jitter = jitter
         self.L = L
         if xs is None:
-            xs, xnorm = self._scale(X, kernel)
+            xs = self._scale(X, kernel)
         self._centre = X.mean(axis=0)
         self._scale_inv = 1.0 / kernel.lengthscales(X.shape[1])
         self._xs = xs
-        self._xnorm = xnorm
+        self._xs_t = np.ascontiguousarray(xs.T)     # (D, n): candidate side of the tiles
         self.degenerate, self._inv_sqrt_p = _inv_sqrt_p(p, kernel.variance)
 
     @property
@@ -184,20 +182,19 @@ class ResidualCorrelation:
         return self.V.shape[1]
 
     def _new_points(self, Y, num_threads=1):
-        """(ys, ynorm, V_new, inv_sqrt_p_new) for new coordinates Y, already validated."""
+        """(ys, V_new, inv_sqrt_p_new) for new coordinates Y, already validated."""
         if self.L is None:
             raise ValueError("queries with new points need a model built by "
                              "ResidualCorrelation.from_kernel (V for new points comes from "
                              "L and k(U, Y))")
         ys = np.ascontiguousarray((Y - self._centre) * self._scale_inv)
-        ynorm = np.einsum("ij,ij->i", ys, ys)
         us = np.ascontiguousarray(self._xs[self.inducing])
         kyu = self.kernel._matrix(ys, us, num_threads)
         vt = scipy.linalg.solve_triangular(self.L, kyu.T, lower=True, overwrite_b=True,
                                            check_finite=False)
         v_new = np.ascontiguousarray(vt.T)
         p_new = self.kernel.variance - np.einsum("ij,ij->i", v_new, v_new)
-        return ys, ynorm, v_new, _inv_sqrt_p(p_new, self.kernel.variance)[1]
+        return ys, v_new, _inv_sqrt_p(p_new, self.kernel.variance)[1]
 
     def __repr__(self):
         return (f"ResidualCorrelation(n_samples={self.n_samples}, n_features={self.n_features}, "
@@ -221,6 +218,8 @@ def _check_kernel(kernel):
 
 def _check_inducing(inducing, n):
     idx = np.asarray(inducing)
+    if idx.size == 0:
+        raise ValueError("inducing must be a non-empty 1-D array of row indices")
     if idx.dtype.kind not in "iu":
         raise TypeError(f"inducing must be integer row indices, got dtype {idx.dtype}")
     if idx.ndim != 1 or idx.size == 0:

@@ -1,0 +1,126 @@
+"""Bad input is refused with a clear error naming the argument, before any work starts."""
+
+import numpy as np
+import pytest
+
+import residual
+
+X = np.random.default_rng(0).standard_normal((30, 3))
+KERN = residual.RBF()
+MODEL = residual.ResidualCorrelation.from_kernel(X, KERN, n_inducing=8)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    (np.array([[np.nan, 0.0, 1.0]] * 5), ValueError, "X contains NaN or inf"),
+    (np.array([[np.inf, 0.0, 1.0]] * 5), ValueError, "X contains NaN or inf"),
+    (np.zeros(5), ValueError, "X must be a 2-D array"),
+    (np.zeros((2, 2, 2)), ValueError, "X must be a 2-D array"),
+    (np.zeros((0, 3)), ValueError, "X is empty"),
+    (np.zeros((4, 0)), ValueError, "X has no columns"),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError, "X must hold real numbers"),
+    (np.array([[object(), 1.0]], dtype=object), TypeError, "X must be a numeric array"),
+    (np.ones((3, 2), dtype=complex), TypeError, "X must hold real numbers"),
+    (np.ones((3, 2), dtype=bool), TypeError, "X must hold real numbers"),
+    ([[1, 2], [3]], TypeError, "X must be a numeric array"),
+])
+def test_bad_coordinates(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        residual.brute_force_knn(bad, 1)
+    with pytest.raises(exc, match=match):
+        residual.ResidualCorrelation.from_kernel(bad, KERN, n_inducing=1)
+
+
+def test_object_array_of_numbers_is_accepted():
+    d, i = residual.brute_force_knn(X.astype(object), 2)
+    assert i.shape == (30, 2)
+
+
+@pytest.mark.parametrize("k, match", [
+    (0, "k must be >= 1"), (-3, "k must be >= 1"), (30, "k = 30 is larger"),
+    (2.0, "k must be an integer"), (True, "k must be an integer"), ("5", "k must be an integer"),
+])
+def test_bad_k(k, match):
+    exc = TypeError if "integer" in match else ValueError
+    with pytest.raises(exc, match=match):
+        residual.brute_force_knn(X, k)
+    with pytest.raises(exc, match=match):
+        residual.brute_force_knn(MODEL, k)
+
+
+def test_k_limits_per_mode():
+    residual.brute_force_knn(X, 29)                            # n - 1 others
+    residual.brute_force_knn(X, 30, predecessors=True)         # padded rows
+    residual.brute_force_knn(X, 30, X[:2])                     # new points: all n
+    with pytest.raises(ValueError, match="larger than n_samples"):
+        residual.brute_force_knn(X, 31, X[:2])
+    with pytest.raises(ValueError, match="larger than n_samples"):
+        residual.brute_force_knn(X, 31, predecessors=True)
+
+
+def test_bad_queries():
+    with pytest.raises(ValueError, match="Y has 2 columns but 3 were expected"):
+        residual.brute_force_knn(X, 1, np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="Y has 2 columns"):
+        residual.brute_force_knn(MODEL, 1, np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="Y contains NaN"):
+        residual.brute_force_knn(MODEL, 1, np.full((1, 3), np.nan))
+    with pytest.raises(ValueError, match="predecessors=True applies to in-sample"):
+        residual.brute_force_knn(X, 1, X[:3], predecessors=True)
+    with pytest.raises(TypeError, match="predecessors must be a bool"):
+        residual.brute_force_knn(X, 1, predecessors="yes")
+    d, i = residual.brute_force_knn(X, 3, np.zeros((0, 3)))   # no queries: empty answer
+    assert d.shape == (0, 3) and i.shape == (0, 3)
+
+
+def test_new_points_need_a_kernel_built_model():
+    m = residual.ResidualCorrelation(X, KERN, V=MODEL.V, p_diag=MODEL.p_diag)
+    with pytest.raises(ValueError, match="from_kernel"):
+        residual.brute_force_knn(m, 1, X[:2])
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"num_threads": 0}, ValueError, "num_threads must be a non-zero"),
+    ({"num_threads": 1.5}, TypeError, "num_threads must be an integer"),
+    ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+    ({"chunk_size": "8"}, TypeError, "chunk_size must be an integer"),
+])
+def test_bad_parallel_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        residual.brute_force_knn(X, 1, **kw)
+
+
+def test_kernel_instead_of_model():
+    with pytest.raises(TypeError, match="not a kernel"):
+        residual.brute_force_knn(KERN, 1)
+    with pytest.raises(TypeError, match="kernel must be a residual kernel"):
+        residual.ResidualCorrelation.from_kernel(X, "rbf")
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"n_inducing": 31}, ValueError, "n_inducing must be <= 30"),
+    ({"n_inducing": 0}, ValueError, "n_inducing must be >= 1"),
+    ({"n_inducing": 2.5}, TypeError, "n_inducing must be an integer"),
+    ({"seed": -1, "n_inducing": 8}, ValueError, "seed must be >= 0"),
+    ({"jitter": 0.0, "n_inducing": 8}, ValueError, "jitter must be"),
+    ({"inducing": [0, 0, 1]}, ValueError, "inducing indices must be distinct"),
+    ({"inducing": [0, 30]}, ValueError, r"inducing indices must lie in \[0, 29\]"),
+    ({"inducing": [0.5, 1.0]}, TypeError, "inducing must be integer"),
+    ({"inducing": []}, ValueError, "inducing must be a non-empty"),
+])
+def test_bad_model_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        residual.ResidualCorrelation.from_kernel(X, KERN, **kw)
+
+
+def test_bad_user_factors():
+    V, p = MODEL.V, MODEL.p_diag
+    with pytest.raises(ValueError, match="V has 29 rows but X has 30"):
+        residual.ResidualCorrelation(X, KERN, V=V[:29], p_diag=p)
+    with pytest.raises(ValueError, match=r"p_diag must have shape \(30,\)"):
+        residual.ResidualCorrelation(X, KERN, V=V, p_diag=p[:29])
+    with pytest.raises(ValueError, match="p_diag must be >= 0"):
+        residual.ResidualCorrelation(X, KERN, V=V, p_diag=p - 1.0)
+    with pytest.raises(ValueError, match="V contains NaN"):
+        residual.ResidualCorrelation(X, KERN, V=np.full_like(V, np.nan), p_diag=p)
+    with pytest.raises(ValueError, match="p_diag contains NaN"):
+        residual.ResidualCorrelation(X, KERN, V=V, p_diag=np.full(30, np.nan))
