@@ -28,6 +28,8 @@ cdef enum:
     # edge kernels may sum in another order, and the answer must not depend on the chunking).
     TILE = 1024
     COL_ALIGN = 64
+    # Keys screened per block before any is offered to the top-k (see _offer_row).
+    SCREEN = 64
 
 cdef enum:
     METRIC_EUCLIDEAN = 0
@@ -54,36 +56,55 @@ cdef struct Problem:
     int64_t* out_idx
 
 
-cdef void _tile_keys(const Problem* P, intp_t q0, intp_t nrows, intp_t t0, intp_t ncols,
+cdef void _fill_tile(const Problem* P, intp_t q0, intp_t nrows, intp_t t0, intp_t ncols,
                      float64_t* tile) noexcept nogil:
-    """Fill tile[r, j] (row stride TILE) with the selection key of query q0+r vs column t0+j."""
-    cdef intp_t r, j
-    cdef float64_t s_i, a
-    cdef float64_t* row
-    cdef const float64_t* s_c
+    """tile[r, j] (row stride TILE): residual covariance C or Euclidean r^2, query q0+r vs t0+j."""
     if P.metric == METRIC_RESIDUAL:
         residual_cov_tile(P.spec, P.xq + q0 * P.dim, P.vq + q0 * P.m, nrows,
                           P.xct + t0, P.n_cand, P.vc + t0 * P.m, ncols,
                           P.dim, P.m, tile, TILE)
-        s_c = P.sc + t0
-        for r in range(nrows):
-            row = tile + r * TILE
-            s_i = P.sq[q0 + r]
-            for j in range(ncols):
-                a = fabs(row[j]) * s_i * s_c[j]
-                row[j] = 1.0 - a if a < 1.0 else 0.0
     else:
         sqdist_direct_tile(P.xq + q0 * P.dim, nrows, P.xct + t0, P.n_cand, ncols, P.dim,
                            tile, TILE)
+
+
+cdef inline void _residual_keys(float64_t* row, float64_t s_i, const float64_t* s_c,
+                                intp_t ncols) noexcept nogil:
+    """C -> key = 1 - min(1, |C| s_i s_j) = d^2, in place (a flat loop that vectorises)."""
+    cdef intp_t j
+    cdef float64_t a
+    for j in range(ncols):
+        a = fabs(row[j]) * s_i * s_c[j]
+        row[j] = 1.0 - a if a < 1.0 else 0.0
+
+
+cdef inline void _offer_row(TopK* t, const float64_t* keys, intp_t ncols,
+                            intp_t first_index) noexcept nogil:
+    """Offer keys[0..ncols) (indices first_index + j, ascending) to one row's top-k.
+
+    Once the buffer is warm almost nothing passes, so blocks are first screened with a
+    branch-free count that vectorises; only blocks with a hit are walked one by one.
+    """
+    cdef intp_t b, j, end, hits
+    cdef float64_t thr
+    b = 0
+    while b < ncols:
+        end = min(b + <intp_t>SCREEN, ncols)
+        thr = t.thr
+        hits = 0
+        for j in range(b, end):
+            hits += keys[j] < thr
+        if hits:
+            for j in range(b, end):
+                topk_push(t, keys[j], first_index + j)
+        b = end
 
 
 cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
                  TopK* tops, Candidate* cands, intp_t cap) noexcept nogil:
     """Answer queries q0..q1-1 into the output arrays."""
     cdef intp_t nrows = q1 - q0, r, i, j, jmax, t0, ncols, col_end, count
-    cdef float64_t key
     cdef float64_t* row
-    cdef TopK* t
     for r in range(nrows):
         topk_init(&tops[r], cands + r * cap, cap, P.k)
     col_end = P.n_cand
@@ -93,19 +114,20 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
     while t0 < col_end:
         ncols = min(<intp_t>TILE, P.n_cand - t0)
         ncols = min(ncols, (col_end - t0 + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN)
-        _tile_keys(P, q0, nrows, t0, ncols, tile)
+        _fill_tile(P, q0, nrows, t0, ncols, tile)
         for r in range(nrows):
             i = q0 + r
             jmax = ncols
             if P.predecessors:
                 jmax = min(ncols, i - t0)
+            if jmax <= 0:
+                continue
             row = tile + r * TILE
-            t = &tops[r]
-            for j in range(jmax):
-                key = row[j]
-                if P.in_sample and t0 + j == i:
-                    continue
-                topk_push(t, key, t0 + j)
+            if P.metric == METRIC_RESIDUAL:
+                _residual_keys(row, P.sq[i], P.sc + t0, jmax)
+            if P.in_sample and t0 <= i < t0 + jmax:
+                row[i - t0] = INFINITY          # a point is not its own neighbour
+            _offer_row(&tops[r], row, jmax, t0)
         t0 += TILE
     for r in range(nrows):
         i = q0 + r

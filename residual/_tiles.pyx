@@ -130,8 +130,8 @@ cdef void kernel_tile(KernelSpec spec, const float64_t* xq, intp_t nrows,
     xq (nrows x dim) and xct (dim x ncols, row stride ldxct) are centred, lengthscale-scaled.
     """
     cdef intp_t r
-    sqdist_direct_tile(xq, nrows, xct, ldxct, ncols, dim, out, ldo)
-    for r in range(nrows):
+    for r in range(nrows):      # row by row, so r^2 is still in L1 when the kernel reads it
+        sqdist_direct_tile(xq + r * dim, 1, xct, ldxct, ncols, dim, out + r * ldo, ldo)
         _kernel_of_sqdist(spec, out + r * ldo, ncols)
 
 
