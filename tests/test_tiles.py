@@ -71,3 +71,15 @@ def test_select_rows_matches_full_sort(cap):
         order = np.lexsort((np.arange(300), keys[r]))[:5]
         assert i[r].tolist() == order.tolist()
         np.testing.assert_array_equal(d[r], keys[r, order])
+
+
+def test_vectorisable_exp_is_within_one_ulp_of_numpy():
+    rng = np.random.default_rng(4)
+    x = -np.concatenate([rng.random(200_000) * 60, rng.random(20_000) * 1e-6,
+                         [0.0, 1e-300, 0.5, 700.0, 708.0]])
+    got, ref = _tiles.exp_nonpos(x), np.exp(x)
+    ulps = np.abs(got - ref) / np.spacing(ref)
+    assert ulps.max() <= 1.0
+    # far below the clamp the result stays tiny and finite (the clamp point, exp(-708))
+    far = _tiles.exp_nonpos(np.array([-709.0, -1e4, -np.inf]))
+    assert np.isfinite(far).all() and (far < 1e-307).all()
