@@ -1,3 +1,5 @@
+from libc.math cimport sqrt, fabs
+
 from residual._typedefs cimport float64_t, intp_t
 
 # Kernel codes shared with residual/kernels.py (Kernel._code).
@@ -31,3 +33,101 @@ cdef void residual_cov_tile(KernelSpec spec,
 cdef void sqdist_direct_tile(const float64_t* xq, intp_t nrows,
                              const float64_t* xct, intp_t ldxct, intp_t ncols,
                              intp_t dim, float64_t* out, intp_t ldo) noexcept nogil
+
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* exp(x) for x <= 0, written so that GCC vectorises loops that call it (libm's exp is a
+       scalar call unless -ffast-math, which would also break NaN/inf handling elsewhere).
+       x = k ln2 + r with |r| <= ln2/2 (Cody-Waite, two-part ln2), exp(r) by its Taylor
+       series to degree 13 (truncation < 1e-17), 2^k built in the exponent bits. Error about
+       1-2 ulp; tests compare the kernels with NumPy's exp at rtol 1e-12. Inputs below -708
+       are clamped there (exp(-708) ~ 3e-308, far below anything that can decide a
+       comparison). */
+    static inline double residual_exp_nonpos(double x) {
+        const double shift = 0x1.8p52;
+        x = x < -708.0 ? -708.0 : x;
+        double kd = x * 0x1.71547652b82fep0 + shift;    /* round(x / ln2) in the low bits */
+        double k = kd - shift;
+        double r = x - k * 0x1.62e42fee00000p-1;      /* ln2 high part: k * it is exact */
+        r = r - k * 0x1.a39ef35793c76p-33;              /* ln2 low part */
+        double p = 1.0 / 6227020800.0;                  /* 1/13! */
+        p = p * r + 1.0 / 479001600.0;
+        p = p * r + 1.0 / 39916800.0;
+        p = p * r + 1.0 / 3628800.0;
+        p = p * r + 1.0 / 362880.0;
+        p = p * r + 1.0 / 40320.0;
+        p = p * r + 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        p = p * r + 1.0;
+        p = p * r + 1.0;
+        uint64_t bits;
+        memcpy(&bits, &kd, sizeof bits);
+        bits = (bits + 1023u) << 52;                    /* low bits of kd hold k: 2^k */
+        double scale;
+        memcpy(&scale, &bits, sizeof scale);
+        return p * scale;
+    }
+    """
+    float64_t residual_exp_nonpos(float64_t x) noexcept nogil
+
+
+cdef inline float64_t exp(float64_t x) noexcept nogil:
+    """exp for x <= 0 (every kernel argument here); vectorisable, ~1 ulp."""
+    return residual_exp_nonpos(x)
+
+
+
+cdef inline float64_t kernel_value(KernelSpec spec, float64_t r2) noexcept nogil:
+    """k as a function of r^2 >= 0, one pair at a time (the tiles use the row loops)."""
+    cdef float64_t r
+    if spec.kind == KERNEL_RBF:
+        return spec.variance * exp(-0.5 * r2)
+    if spec.kind == KERNEL_MATERN12:
+        return spec.variance * exp(-sqrt(r2))
+    if spec.kind == KERNEL_MATERN32:
+        r = sqrt(3.0 * r2)
+        return spec.variance * (1.0 + r) * exp(-r)
+    r = sqrt(5.0 * r2)
+    return spec.variance * (1.0 + r + r * r / 3.0) * exp(-r)
+
+
+# The indexed points of a metric, as the tree sees them.
+cdef struct Points:
+    bint residual
+    KernelSpec spec
+    intp_t n, dim, m
+    const float64_t* x      # (n, dim): residual: centred, lengthscale-scaled; euclidean: raw
+    const float64_t* v      # (n, m) residual V rows, else NULL
+    const float64_t* s      # (n,) residual 1/sqrt(p) (0 if degenerate), else NULL
+
+
+cdef inline float64_t pair_key(const Points* P, intp_t i, intp_t j) noexcept nogil:
+    """Squared distance d(i, j)^2 between two indexed points, in float64.
+
+    Euclidean: the direct sum of squared differences. Residual: 1 - min(1, |C_ij| s_i s_j)
+    with C_ij = k(x_i, x_j) - V_i . V_j (the same quantity the tiles compute).
+    """
+    cdef intp_t t
+    cdef float64_t r2 = 0.0, diff, dot = 0.0, a
+    cdef const float64_t* xi = P.x + i * P.dim
+    cdef const float64_t* xj = P.x + j * P.dim
+    cdef const float64_t* vi
+    cdef const float64_t* vj
+    for t in range(P.dim):
+        diff = xi[t] - xj[t]
+        r2 += diff * diff
+    if not P.residual:
+        return r2
+    vi = P.v + i * P.m
+    vj = P.v + j * P.m
+    for t in range(P.m):
+        dot += vi[t] * vj[t]
+    a = fabs(kernel_value(P.spec, r2) - dot) * P.s[i] * P.s[j]
+    return 1.0 - a if a < 1.0 else 0.0

@@ -44,54 +44,6 @@ cdef void sqdist_gram_tile(const float64_t* xq, const float64_t* nq, intp_t nrow
             row[j] = v if v > 0.0 else 0.0
 
 
-cdef extern from *:
-    """
-    #include <stdint.h>
-    #include <string.h>
-    /* exp(x) for x <= 0, written so that GCC vectorises loops that call it (libm's exp is a
-       scalar call unless -ffast-math, which would also break NaN/inf handling elsewhere).
-       x = k ln2 + r with |r| <= ln2/2 (Cody-Waite, two-part ln2), exp(r) by its Taylor
-       series to degree 13 (truncation < 1e-17), 2^k built in the exponent bits. Error about
-       1-2 ulp; tests compare the kernels with NumPy's exp at rtol 1e-12. Inputs below -708
-       are clamped there (exp(-708) ~ 3e-308, far below anything that can decide a
-       comparison). */
-    static inline double residual_exp_nonpos(double x) {
-        const double shift = 0x1.8p52;
-        x = x < -708.0 ? -708.0 : x;
-        double kd = x * 0x1.71547652b82fep0 + shift;    /* round(x / ln2) in the low bits */
-        double k = kd - shift;
-        double r = x - k * 0x1.62e42fee00000p-1;      /* ln2 high part: k * it is exact */
-        r = r - k * 0x1.a39ef35793c76p-33;              /* ln2 low part */
-        double p = 1.0 / 6227020800.0;                  /* 1/13! */
-        p = p * r + 1.0 / 479001600.0;
-        p = p * r + 1.0 / 39916800.0;
-        p = p * r + 1.0 / 3628800.0;
-        p = p * r + 1.0 / 362880.0;
-        p = p * r + 1.0 / 40320.0;
-        p = p * r + 1.0 / 5040.0;
-        p = p * r + 1.0 / 720.0;
-        p = p * r + 1.0 / 120.0;
-        p = p * r + 1.0 / 24.0;
-        p = p * r + 1.0 / 6.0;
-        p = p * r + 0.5;
-        p = p * r + 1.0;
-        p = p * r + 1.0;
-        uint64_t bits;
-        memcpy(&bits, &kd, sizeof bits);
-        bits = (bits + 1023u) << 52;                    /* low bits of kd hold k: 2^k */
-        double scale;
-        memcpy(&scale, &bits, sizeof scale);
-        return p * scale;
-    }
-    """
-    float64_t residual_exp_nonpos(float64_t x) noexcept nogil
-
-
-cdef inline float64_t exp(float64_t x) noexcept nogil:
-    """exp for x <= 0 (every kernel argument here); vectorisable, ~1 ulp."""
-    return residual_exp_nonpos(x)
-
-
 def exp_nonpos(const float64_t[::1] x):
     """Test hook: the vectorisable exp on an array of non-positive numbers."""
     out = np.empty(x.shape[0])

@@ -1,0 +1,416 @@
+# Parallel compressed cover tree: batch insertion (ALGORITHMS.md sections 1-4).
+#
+# Insertion rule, one point p against a valid tree: among the nodes q that cover p,
+# d(p, q) <= 2^l(q), take the nearest, q* (ties by index), and insert p at level
+# l(p) = ceil(log2 d(p, q*)) - 1 under q*; d(p, q*) = 0 makes p an alias of q*. It is valid:
+# a node that does not cover p never constrains p's level (d > 2^l(q) >= 2^min(l(p), l(q))),
+# every covering node is >= d(p, q*) > 2^l(p) away (separation), and q* has level >= l(p) + 1
+# and lies within 2^(l(p)+1) (cover). The root has a fixed level that covers every point, so q*
+# always exists and l(p) < l(root).
+#
+# One batch: (1) traversal, nogil prange over the batch: each point descends the tree as it was
+# before the batch and finds (q*, d*); (2) the batch x batch distance block, ONCE, with tiles;
+# (3) rounds: the pending points at the highest level i, the conflict graph among them (edge iff
+# d <= 2^i, read from the block), a greedy MIS by batch position, attach; the other pending
+# points re-check only the new nodes, whose distances are in the block. Nodes of one round are
+# > 2^i apart, so none covers another: the rounds replay a sequential insertion, the tree is
+# valid, and since batches and priorities come from the seed it is the same for any thread
+# count. Step (3) gets the block by pointer and nothing else of the metric.
+
+from cython.parallel cimport prange, parallel
+from libc.math cimport sqrt, ldexp, frexp, INFINITY
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport int32_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+import numpy as np
+
+from residual._typedefs cimport float64_t, intp_t, int64_t
+from residual._tiles cimport (KernelSpec, Points, pair_key, residual_cov_tile,
+                              sqdist_direct_tile)
+
+cdef enum:
+    BLOCK_ROWS = 32          # rows per work item of the pairwise block (a multiple of 32: see
+                             # _bruteforce.pyx on BLAS blocking and determinism)
+    NO_NODE = -1
+
+
+cdef inline float64_t _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef inline int level_below(float64_t d) noexcept nogil:
+    """The largest integer l with 2^l < d (d > 0), exactly: d = f 2^e with f in [0.5, 1)."""
+    cdef int e
+    cdef float64_t f = frexp(d, &e)
+    return e - 2 if f == 0.5 else e - 1
+
+
+cdef inline bint closer(float64_t d, intp_t q, float64_t best_d, intp_t best_q) noexcept nogil:
+    """(d, q) < (best_d, best_q): nearest first, ties by index."""
+    return d < best_d or (d == best_d and q < best_q)
+
+
+cdef class TreeBuilder:
+    """Mutable tree state during batch insertion, and the three per-batch stages."""
+
+    cdef Points P
+    cdef intp_t n, root, max_batch
+    cdef float64_t slack
+    # tree (nodes only; aliases point at their node)
+    cdef int32_t[::1] level
+    cdef intp_t[::1] parent, first_child, next_sibling, alias_of, inserted
+    cdef float64_t[::1] pdist
+    cdef public intp_t n_inserted
+    # per-batch workspaces, allocated once
+    cdef float64_t[:, ::1] gx, gxt, gv
+    cdef float64_t[::1] gs
+    cdef intp_t[::1] adj_ptr, adj, pending, in_round, chosen
+    cdef int32_t[::1] lev
+    # telemetry
+    cdef public int64_t traversal_evals, block_evals, finalise_evals, conflict_edges, rounds
+    cdef public int64_t kernel_tiles, kernel_elements
+    cdef public float64_t t_conflict, t_mis, t_attach
+    cdef object arrays
+
+    def __init__(self, bint residual, int kind, float64_t variance,
+                 const float64_t[:, ::1] x, v, s, intp_t root, int root_level,
+                 intp_t max_batch, float64_t slack):
+        cdef intp_t n = x.shape[0]
+        cdef const float64_t[:, ::1] vv
+        cdef const float64_t[::1] ss
+        self.n = n
+        self.root = root
+        self.max_batch = max_batch
+        self.slack = slack
+        self.P.residual = residual
+        self.P.spec.kind = kind
+        self.P.spec.variance = variance
+        self.P.n = n
+        self.P.dim = x.shape[1]
+        self.P.x = &x[0, 0]
+        self.P.m = 0
+        self.P.v = NULL
+        self.P.s = NULL
+        if residual:
+            vv = v
+            ss = s
+            self.P.m = vv.shape[1]
+            self.P.v = &vv[0, 0]
+            self.P.s = &ss[0]
+        self.arrays = (x, v, s)          # keep the metric data alive
+        self.level = np.zeros(n, dtype=np.int32)
+        self.parent = np.full(n, NO_NODE, dtype=np.intp)
+        self.first_child = np.full(n, NO_NODE, dtype=np.intp)
+        self.next_sibling = np.full(n, NO_NODE, dtype=np.intp)
+        self.alias_of = np.full(n, NO_NODE, dtype=np.intp)
+        self.inserted = np.full(n, NO_NODE, dtype=np.intp)
+        self.pdist = np.zeros(n)
+        self.level[root] = root_level
+        self.inserted[0] = root
+        self.n_inserted = 1
+        b = max(max_batch, 1)
+        self.gx = np.zeros((b, self.P.dim))
+        self.gxt = np.zeros((self.P.dim, b))
+        self.gv = np.zeros((b, max(self.P.m, 1)))
+        self.gs = np.zeros(b)
+        self.adj_ptr = np.zeros(b + 1, dtype=np.intp)
+        self.adj = np.zeros(b * b, dtype=np.intp)
+        self.pending = np.zeros(b, dtype=np.intp)
+        self.in_round = np.zeros(b, dtype=np.intp)
+        self.chosen = np.zeros(b, dtype=np.intp)
+        self.lev = np.zeros(b, dtype=np.int32)
+
+    # -- stage 1: traversal ---------------------------------------------------------------------
+
+    def traverse(self, const intp_t[::1] batch, float64_t[::1] best_d, intp_t[::1] best_q,
+                 int num_threads, intp_t chunk):
+        """(q*, d*) for every batch point against the current tree (read-only, parallel)."""
+        cdef intp_t nb = batch.shape[0], b
+        cdef intp_t* stack
+        cdef int64_t[::1] evals = np.zeros(nb, dtype=np.int64)
+        if nb == 0:
+            return
+        with nogil, parallel(num_threads=num_threads):
+            stack = <intp_t*>malloc(self.n * sizeof(intp_t))
+            for b in prange(nb, schedule='dynamic', chunksize=chunk):
+                if stack != NULL:
+                    evals[b] = self._descend(batch[b], stack, &best_d[b], &best_q[b])
+                else:
+                    evals[b] = -1
+            # end: prange
+            free(stack)
+        if np.min(evals) < 0:
+            raise MemoryError("could not allocate the traversal stacks")
+        self.traversal_evals += int(np.sum(evals))
+
+    cdef int64_t _descend(self, intp_t p, intp_t* stack, float64_t* out_d,
+                          intp_t* out_q) noexcept nogil:
+        """Depth-first search for the nearest covering node; returns distance evaluations.
+
+        A proper descendant w of c lies within 2^(l(c)+1) of c and has level <= l(c) - 1, so it
+        can cover p only if d(p, w) <= 2^(l(c)-1), and d(p, w) > d(p, c) - 2^(l(c)+1). A child
+        is entered only if that bound can beat both (slack absorbs rounding).
+        """
+        cdef intp_t sp = 0, u, c
+        cdef int64_t evals = 1
+        cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root)), dc, rc
+        cdef intp_t best_q = self.root
+        stack[sp] = self.root
+        sp += 1
+        while sp > 0:
+            sp -= 1
+            u = stack[sp]
+            c = self.first_child[u]
+            while c != NO_NODE:
+                dc = sqrt(pair_key(&self.P, p, c))
+                evals += 1
+                rc = ldexp(1.0, self.level[c])
+                if dc <= rc and closer(dc, c, best_d, best_q):
+                    best_d = dc
+                    best_q = c
+                if self.first_child[c] != NO_NODE and \
+                        dc - 2.0 * rc <= min(0.5 * rc, best_d) + self.slack:
+                    stack[sp] = c
+                    sp += 1
+                c = self.next_sibling[c]
+        out_d[0] = best_d
+        out_q[0] = best_q
+        return evals
+
+    # -- stage 2: the pairwise block ------------------------------------------------------------
+
+    def pairwise(self, const intp_t[::1] batch, float64_t[:, ::1] block, int num_threads):
+        """block[a, b] = d(batch[a], batch[b]), computed once per batch with tiles."""
+        cdef intp_t nb = batch.shape[0], a, t, r0, nr, c, n_chunks
+        cdef intp_t dim = self.P.dim, m = self.P.m
+        cdef float64_t x
+        if nb == 0:
+            return
+        # gather the batch's rows once (contiguous operands for the tiles)
+        with nogil:
+            for a in range(nb):
+                for t in range(dim):
+                    x = self.P.x[batch[a] * dim + t]
+                    self.gx[a, t] = x
+                    self.gxt[t, a] = x
+                if self.P.residual:
+                    for t in range(m):
+                        self.gv[a, t] = self.P.v[batch[a] * m + t]
+                    self.gs[a] = self.P.s[batch[a]]
+        n_chunks = (nb + BLOCK_ROWS - 1) // BLOCK_ROWS
+        with nogil:
+            for c in prange(n_chunks, num_threads=num_threads, schedule='static'):
+                r0 = c * BLOCK_ROWS
+                nr = min(<intp_t>BLOCK_ROWS, nb - r0)
+                self._block_rows(r0, nr, nb, &block[r0, 0])
+        # one value per pair: the upper triangle, mirrored (BLAS may round (a, b) and (b, a)
+        # differently, and the conflict graph must be symmetric)
+        with nogil:
+            for a in range(nb):
+                for c in range(a + 1, nb):
+                    block[c, a] = block[a, c]
+        self.block_evals += nb * (nb - 1) // 2
+        self.kernel_tiles += n_chunks if self.P.residual else 0
+        self.kernel_elements += nb * nb if self.P.residual else 0
+
+    cdef void _block_rows(self, intp_t r0, intp_t nr, intp_t nb, float64_t* out) noexcept nogil:
+        cdef intp_t r, j
+        cdef float64_t a, s_i
+        cdef float64_t* row
+        if self.P.residual:
+            residual_cov_tile(self.P.spec, &self.gx[r0, 0], &self.gv[r0, 0], nr,
+                              &self.gxt[0, 0], self.gxt.shape[1], &self.gv[0, 0], nb,
+                              self.P.dim, self.P.m, out, nb)
+            for r in range(nr):
+                row = out + r * nb
+                s_i = self.gs[r0 + r]
+                for j in range(nb):
+                    a = (row[j] if row[j] >= 0.0 else -row[j]) * s_i * self.gs[j]
+                    row[j] = sqrt(1.0 - a) if a < 1.0 else 0.0
+        else:
+            sqdist_direct_tile(&self.gx[r0, 0], nr, &self.gxt[0, 0], self.gxt.shape[1], nb,
+                               self.P.dim, out, nb)
+            for r in range(nr):
+                row = out + r * nb
+                for j in range(nb):
+                    row[j] = sqrt(row[j])
+        for r in range(nr):
+            out[r * nb + r0 + r] = 0.0      # a point is at distance 0 from itself
+
+    # -- stage 3: conflict graph, MIS, attach ---------------------------------------------------
+
+    def resolve(self, const intp_t[::1] batch, const float64_t[:, ::1] block,
+                float64_t[::1] best_d, intp_t[::1] best_q, int num_threads):
+        """Insert the batch: rounds of conflict graph + MIS + attach, reading only the block."""
+        cdef intp_t nb = batch.shape[0]
+        if nb == 0:
+            return
+        with nogil:
+            self._resolve(&batch[0], nb, &block[0, 0], &best_d[0], &best_q[0], num_threads)
+
+    cdef void _resolve(self, const intp_t* batch, intp_t nb, const float64_t* block,
+                       float64_t* best_d, intp_t* best_q, int num_threads) noexcept nogil:
+        cdef intp_t n_pending = 0, a, b, j, k, nl, ni, p, q, e
+        cdef int i
+        cdef float64_t radius, d, t0
+        cdef bint free_of_conflict
+        cdef intp_t* pending = &self.pending[0]
+        cdef intp_t* in_round = &self.in_round[0]
+        cdef intp_t* chosen = &self.chosen[0]
+        cdef intp_t* adj_ptr = &self.adj_ptr[0]
+        cdef intp_t* adj = &self.adj[0]
+        cdef int32_t* lev = &self.lev[0]
+        for a in range(nb):
+            if best_d[a] == 0.0:
+                self.alias_of[batch[a]] = best_q[a]
+            else:
+                lev[a] = level_below(best_d[a])
+                pending[n_pending] = a
+                n_pending += 1
+        while n_pending > 0:
+            self.rounds += 1
+            t0 = _now()
+            i = lev[pending[0]]
+            for j in range(n_pending):
+                i = max(i, lev[pending[j]])
+            radius = ldexp(1.0, i)
+            nl = 0
+            for j in range(n_pending):            # batch order = priority
+                if lev[pending[j]] == i:
+                    in_round[nl] = pending[j]
+                    nl += 1
+            # conflict graph on the round: CSR adjacency, rows in parallel
+            adj_ptr[0] = 0
+            for j in prange(nl, num_threads=num_threads, schedule='static'):
+                adj_ptr[j + 1] = self._neighbours(block, nb, in_round, nl, j, radius,
+                                                  adj + j * nl)
+            for j in range(nl):
+                self.conflict_edges += adj_ptr[j + 1]   # each edge seen from both ends
+            self.t_conflict += _now() - t0
+            # greedy MIS by priority: a point joins unless an earlier neighbour joined
+            t0 = _now()
+            ni = 0
+            for j in range(nl):
+                chosen[j] = 1
+                for k in range(adj_ptr[j + 1]):
+                    if adj[j * nl + k] < j and chosen[adj[j * nl + k]]:
+                        chosen[j] = 0
+                        break
+            self.t_mis += _now() - t0
+            # attach the MIS at level i; pending points re-check the new nodes only
+            t0 = _now()
+            for j in range(nl):
+                if chosen[j]:
+                    a = in_round[j]
+                    p = batch[a]
+                    q = best_q[a]
+                    self.level[p] = i
+                    self.parent[p] = q
+                    self.pdist[p] = best_d[a]
+                    self.next_sibling[p] = self.first_child[q]
+                    self.first_child[q] = p
+                    self.inserted[self.n_inserted] = p
+                    self.n_inserted += 1
+                    lev[a] = -2147483647       # marks "inserted"
+            e = 0
+            for j in range(n_pending):
+                b = pending[j]
+                if lev[b] == -2147483647:
+                    continue
+                for k in range(nl):
+                    if not chosen[k]:
+                        continue
+                    a = in_round[k]
+                    d = block[b * nb + a]
+                    if d <= radius and closer(d, batch[a], best_d[b], best_q[b]):
+                        best_d[b] = d
+                        best_q[b] = batch[a]
+                if best_d[b] == 0.0:
+                    self.alias_of[batch[b]] = best_q[b]
+                else:
+                    lev[b] = level_below(best_d[b])
+                    pending[e] = b
+                    e += 1
+            n_pending = e
+            self.t_attach += _now() - t0
+
+    cdef intp_t _neighbours(self, const float64_t* block, intp_t nb, const intp_t* members,
+                            intp_t nl, intp_t j, float64_t radius,
+                            intp_t* out) noexcept nogil:
+        """Positions (in the round) of the members within `radius` of member j."""
+        cdef intp_t k, count = 0
+        cdef const float64_t* row = block + members[j] * nb
+        for k in range(nl):
+            if k != j and row[members[k]] <= radius:
+                out[count] = k
+                count += 1
+        return count
+
+    # -- results --------------------------------------------------------------------------------
+
+    def arrays_out(self):
+        """(level, parent, parent_distance, alias_of, insertion_order) as NumPy arrays."""
+        return (np.asarray(self.level).astype(np.int64), np.asarray(self.parent).astype(np.int64),
+                np.asarray(self.pdist).copy(), np.asarray(self.alias_of).astype(np.int64),
+                np.asarray(self.inserted)[: self.n_inserted].astype(np.int64))
+
+
+def chain_distances(bint residual, int kind, float64_t variance,
+                    const float64_t[:, ::1] x, v, s,
+                    const int64_t[::1] points, const int64_t[:, ::1] chains,
+                    int num_threads):
+    """d(points[r], chains[r, t]) for every r and every t with chains[r, t] >= 0 (else 0).
+
+    The finalise step and check_invariants use it: exact covering radii need the distance from
+    each point to each of its ancestors.
+    """
+    cdef Points P
+    _points(&P, residual, kind, variance, x, v, s)
+    cdef intp_t nr = chains.shape[0], h = chains.shape[1], r, t
+    out = np.zeros((nr, h))
+    cdef float64_t[:, ::1] o = out
+    with nogil:
+        for r in prange(nr, num_threads=num_threads, schedule='static'):
+            for t in range(h):
+                if chains[r, t] >= 0:
+                    o[r, t] = sqrt(pair_key(&P, points[r], chains[r, t]))
+    return out
+
+
+def pair_distances(bint residual, int kind, float64_t variance,
+                   const float64_t[:, ::1] x, v, s,
+                   const int64_t[::1] a, const int64_t[::1] b, int num_threads=1):
+    """d(a[r], b[r]) for paired index arrays, with the same float64 evaluation as the build."""
+    cdef Points P
+    _points(&P, residual, kind, variance, x, v, s)
+    cdef intp_t nr = a.shape[0], r
+    out = np.zeros(nr)
+    cdef float64_t[::1] o = out
+    with nogil:
+        for r in prange(nr, num_threads=num_threads, schedule='static'):
+            o[r] = sqrt(pair_key(&P, a[r], b[r]))
+    return out
+
+
+cdef void _points(Points* P, bint residual, int kind, float64_t variance,
+                  const float64_t[:, ::1] x, v, s):
+    cdef const float64_t[:, ::1] vv
+    cdef const float64_t[::1] ss
+    P.residual = residual
+    P.spec.kind = kind
+    P.spec.variance = variance
+    P.n = x.shape[0]
+    P.dim = x.shape[1]
+    P.x = &x[0, 0]
+    P.m = 0
+    P.v = NULL
+    P.s = NULL
+    if residual:
+        vv = v
+        ss = s
+        P.m = vv.shape[1]
+        P.v = &vv[0, 0]
+        P.s = &ss[0]

@@ -1,0 +1,351 @@
+"""CoverTree: a compressed cover tree built by parallel batch insertion.
+
+The public layer: validation, the batch schedule, timing, the finalise step (covering radii,
+subtree minimum index, CSR children) and the invariant checker. The build itself is in
+``_build.pyx``; see its opening comment for the insertion rule and why batches are exact.
+"""
+
+import math
+import time
+
+import numpy as np
+
+from residual import _build
+from residual.kernels import Kernel
+from residual.model import ResidualCorrelation
+from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._validate import as_float_matrix, check_int, resolve_chunk_size
+
+#: Largest batch inserted at once when ``batch_size`` is None.
+DEFAULT_BATCH_SIZE = 512
+
+#: Batch points per traversal work item when ``chunk_size`` is None.
+DEFAULT_TRAVERSAL_CHUNK = 8
+
+# Extra room in the traversal's pruning test, in distance units. It absorbs rounding in the
+# triangle inequality; it can only make the search wider, never wrong. The residual distance
+# sqrt(1 - |rho|) carries up to ~1e-5 of rounding near 0 when p ~ 1e-6.
+_SLACK_RESIDUAL = 1e-4
+_SLACK_EUCLIDEAN_REL = 1e-10
+
+
+class CoverTree:
+    """Compressed cover tree (Elkin & Kurlin) over the rows of X or of a residual model.
+
+    Parameters
+    ----------
+    X_or_model : array-like of shape (n_samples, n_features) or ResidualCorrelation
+        Coordinates (Euclidean distance) or a residual-correlation model.
+    num_threads : int, default=None
+        OpenMP threads (None = all usable cores; negative counts back from them).
+    chunk_size : int, default=None
+        Batch points per traversal work item (None = ``DEFAULT_TRAVERSAL_CHUNK``).
+    batch_size : int, default=None
+        Largest batch (None = ``DEFAULT_BATCH_SIZE``).
+    seed : int, default=0
+        Seeds the insertion order; the first point of the order is the root.
+    schedule : {"doubling", "fixed"}, default="doubling"
+        Batch sizes 1, 2, 4, ... up to ``batch_size`` (prefix doubling, Gu et al.) or
+        ``batch_size`` throughout.
+
+    Attributes
+    ----------
+    root : int
+    levels : ndarray of int64, shape (n_samples,)
+        Level of each node (radius 2^level); for an alias, the level of its node.
+    parents : ndarray of int64
+        Parent of each node; -1 for the root and for aliases.
+    parent_distances : ndarray of float64
+        d(node, parent); 0 for the root; for an alias, 0 (its distance to its node).
+    alias_of : ndarray of int64
+        For a point at distance 0 from an earlier node: that node; else -1.
+    radii : ndarray of float64
+        Exact covering radius of each node: max distance to its subtree, aliases included.
+    min_index : ndarray of int64
+        Smallest point index in each node's subtree, aliases included (predecessor queries).
+    children_ptr, children : ndarray of int64
+        CSR children lists, each ordered by level (highest first), then index.
+    stats : dict
+        ``seconds`` per stage and counters; see Notes.
+
+    Notes
+    -----
+    ``stats["seconds"]`` has ``model`` (the model's own build, 0 for Euclidean),
+    ``traversal``, ``pairwise``, ``conflict``, ``mis``, ``attach``, ``finalise`` and ``total``;
+    the counters are ``distance_evaluations`` (and its parts ``traversal_evaluations``,
+    ``pairwise_evaluations``, ``finalise_evaluations``), ``kernel_tiles``,
+    ``kernel_elements``, ``float64_recomputations`` (0: every decision is made in float64),
+    ``conflict_edges``, ``rounds``, ``batches``, ``height`` and ``aliases``.
+    """
+
+    def __init__(self, X_or_model, *, num_threads=None, chunk_size=None, batch_size=None,
+                 seed=0, schedule="doubling"):
+        t_start = time.perf_counter()
+        if isinstance(X_or_model, Kernel):
+            raise TypeError("X_or_model must be coordinates or a ResidualCorrelation, not a "
+                            "kernel; build ResidualCorrelation.from_kernel(X, kernel) first")
+        self.residual = isinstance(X_or_model, ResidualCorrelation)
+        if self.residual:
+            self.model = X_or_model
+            x, v, s = self.model._xs, self.model.V, self.model._inv_sqrt_p
+            kind, variance = self.model.kernel._code, self.model.kernel.variance
+        else:
+            self.model = None
+            x, v, s = as_float_matrix(X_or_model, "X"), None, None
+            kind, variance = 0, 1.0
+        self._metric = (self.residual, kind, variance, x, v, s)
+        n = x.shape[0]
+        nt = resolve_num_threads(num_threads)
+        chunk = resolve_chunk_size(chunk_size, DEFAULT_TRAVERSAL_CHUNK)
+        batch_size = (DEFAULT_BATCH_SIZE if batch_size is None
+                      else check_int(batch_size, "batch_size", minimum=1))
+        seed = check_int(seed, "seed", minimum=0)
+        if schedule not in ("doubling", "fixed"):
+            raise ValueError(f"schedule must be 'doubling' or 'fixed', got {schedule!r}")
+
+        order = np.random.default_rng(seed).permutation(n)
+        root = int(order[0])
+        if self.residual:
+            root_level, slack = 0, _SLACK_RESIDUAL           # d <= 1 = 2^0 everywhere
+        else:
+            far = self._distances(np.full(n, root), np.arange(n), nt).max()
+            root_level = _level_at_least(far)
+            slack = _SLACK_EUCLIDEAN_REL * max(far, 1e-300)
+
+        seconds = dict.fromkeys(("traversal", "pairwise", "conflict", "mis", "attach",
+                                 "finalise"), 0.0)
+        builder = _build.TreeBuilder(self.residual, kind, variance, x, v, s, root, root_level,
+                                     batch_size, slack)
+        batches = _batches(order[1:], batch_size, schedule)
+        block = np.empty(batch_size * batch_size)        # reused, viewed as nb x nb
+        best_d = np.empty(batch_size)
+        best_q = np.empty(batch_size, dtype=np.intp)
+        with single_threaded_blas():
+            for batch in batches:
+                nb = len(batch)
+                t = time.perf_counter()
+                builder.traverse(batch, best_d[:nb], best_q[:nb], nt, chunk)
+                t1 = time.perf_counter()
+                blk = block[:nb * nb].reshape(nb, nb)
+                builder.pairwise(batch, blk, nt)
+                t2 = time.perf_counter()
+                builder.resolve(batch, blk, best_d[:nb], best_q[:nb], nt)
+                seconds["traversal"] += t1 - t
+                seconds["pairwise"] += t2 - t1
+        seconds["conflict"] = builder.t_conflict
+        seconds["mis"] = builder.t_mis
+        seconds["attach"] = builder.t_attach
+
+        t = time.perf_counter()
+        self._finalise(builder, root, nt)
+        seconds["finalise"] = time.perf_counter() - t
+        seconds["model"] = getattr(self.model, "build_seconds", 0.0)
+        seconds["total"] = time.perf_counter() - t_start + seconds["model"]
+        counters = {
+            "traversal_evaluations": builder.traversal_evals,
+            "pairwise_evaluations": builder.block_evals,
+            "finalise_evaluations": self._finalise_evals,
+            "kernel_tiles": builder.kernel_tiles,
+            "kernel_elements": builder.kernel_elements,
+            "float64_recomputations": 0,
+            "conflict_edges": builder.conflict_edges // 2,
+            "rounds": builder.rounds,
+            "batches": len(batches),
+            "height": self.height,
+            "aliases": int((self.alias_of >= 0).sum()),
+        }
+        counters["distance_evaluations"] = (counters["traversal_evaluations"]
+                                            + counters["pairwise_evaluations"]
+                                            + counters["finalise_evaluations"])
+        self.stats = {"seconds": seconds, **counters}
+        self.num_threads, self.batch_size, self.seed, self.schedule = nt, batch_size, seed, schedule
+
+    # -- finalise -------------------------------------------------------------------------------
+
+    def _finalise(self, builder, root, nt):
+        level, parent, pdist, alias_of, inserted = builder.arrays_out()
+        n = level.shape[0]
+        aliases = np.nonzero(alias_of >= 0)[0]
+        level[aliases] = level[alias_of[aliases]]
+        self.root, self.levels, self.parents = root, level, parent
+        self.parent_distances, self.alias_of = pdist, alias_of
+        self.insertion_order = inserted
+
+        # ancestor chains: for a node its parent, grandparent, ...; for an alias its node first
+        start = np.where(alias_of >= 0, alias_of, parent)
+        chains = [start]
+        cur = start
+        while (cur >= 0).any():
+            cur = np.where(cur >= 0, parent[np.maximum(cur, 0)], -1)
+            if (cur >= 0).any():
+                chains.append(cur)
+        chains = np.ascontiguousarray(np.stack(chains, axis=1))       # (n, height)
+        depth = (chains >= 0).sum(axis=1)
+        self.height = int(depth[alias_of < 0].max()) if n else 0
+
+        # exact covering radii: max distance from each node to every point below it
+        radii = np.zeros(n)
+        self._finalise_evals = 0
+        for lo in range(0, n, 65536):
+            hi = min(n, lo + 65536)
+            d = _build.chain_distances(*self._metric, np.arange(lo, hi), chains[lo:hi], nt)
+            ok = chains[lo:hi] >= 0
+            np.maximum.at(radii, chains[lo:hi][ok], d[ok])
+            self._finalise_evals += int(ok.sum())
+        self.radii = radii
+
+        # subtree minimum index: children have lower levels, so sweep levels upward
+        min_index = np.arange(n)
+        np.minimum.at(min_index, alias_of[aliases], aliases)
+        nodes = np.nonzero((alias_of < 0) & (parent >= 0))[0]
+        for lev in np.unique(level[nodes]):
+            grp = nodes[level[nodes] == lev]
+            np.minimum.at(min_index, parent[grp], min_index[grp])
+        self.min_index = min_index
+
+        # CSR children, highest level first, then index
+        kids = nodes[np.lexsort((nodes, -level[nodes], parent[nodes]))]
+        self.children = kids.astype(np.int64)
+        self.children_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[kids],
+                                                                       minlength=n))])
+
+    def _distances(self, a, b, nt=1):
+        return _build.pair_distances(*self._metric, np.asarray(a, dtype=np.int64),
+                                     np.asarray(b, dtype=np.int64), nt)
+
+    @property
+    def n_samples(self):
+        return self.levels.shape[0]
+
+    # -- invariants -----------------------------------------------------------------------------
+
+    def check_invariants(self, *, pairwise=None, tol=None):
+        """Check the compressed-cover-tree rules I0-I7 (ALGORITHMS.md section 2) in float64.
+
+        Parameters
+        ----------
+        pairwise : bool, default=None
+            Check separation (I4) over all node pairs, O(n^2); None = only when n <= 4000.
+        tol : float, default=None
+            Absolute tolerance on squared distances (None: 1e-12, times the squared root
+            radius for Euclidean). For the residual metric each pair also gets the float64
+            resolution of d^2 = 1 - |C| s_i s_j: two evaluations of C = k - V_i . V_j can
+            differ by 2 m u variance (u the unit roundoff), scaled by s_i s_j = 1/sqrt(p_i p_j),
+            which is ~1e-7 when p ~ 1e-6.
+
+        Raises
+        ------
+        AssertionError
+            Naming the broken rule and the nodes that break it.
+        """
+        n = self.n_samples
+        lev, par, alias = self.levels, self.parents, self.alias_of
+        is_node = alias < 0
+        nodes = np.nonzero(is_node)[0]
+        if tol is None:
+            tol = 1e-12 if self.residual else 1e-12 * 4.0 ** lev[self.root]
+        self._tol = tol
+        _check(is_node[self.root] and par[self.root] == -1, "I0",
+               f"root {self.root} is not a parentless node")
+        roots = nodes[par[nodes] < 0]
+        _check(roots.tolist() == [self.root], "I0", f"nodes without a parent: {roots[:10]}")
+        _check(((alias < 0) | (par < 0)).all(), "I0", "an alias also has a parent")
+        bad = np.nonzero(~is_node & ~np.isin(alias, nodes))[0]
+        _check(bad.size == 0, "I0", f"aliases of non-nodes: {bad[:10]}")
+        depth_ok = np.zeros(n, bool)
+        depth_ok[self.root] = True
+        for p in self.insertion_order:          # parents are always inserted first
+            if p != self.root:
+                depth_ok[p] = depth_ok[par[p]]
+        _check(depth_ok[nodes].all(), "I0", "nodes not connected to the root (a cycle?)")
+        _check(len(set(self.insertion_order.tolist())) == nodes.size, "I0",
+               "a node was inserted twice or never")
+        child = nodes[nodes != self.root]
+        if child.size:
+            top = lev[child].max()
+            _check(lev[self.root] >= 1 + top, "I1",
+                   f"root level {lev[self.root]} < 1 + max other level {top}")
+            bad = child[lev[par[child]] <= lev[child]]
+            _check(bad.size == 0, "I2", f"nodes not below their parent's level: {bad[:10]}")
+            d = self._distances(child, par[child])
+            t = self._pair_tol(child, par[child])
+            bad = child[d ** 2 > 4.0 ** (lev[child] + 1) + t]
+            _check(bad.size == 0, "I3", f"nodes farther than 2^(level+1) from their parent: "
+                   f"{bad[:10]}")
+            bad = child[np.abs(d ** 2 - self.parent_distances[child] ** 2) > t]
+            _check(bad.size == 0, "I6", f"stored parent distance is wrong for {bad[:10]}")
+        if alias.max(initial=-1) >= 0:
+            al = np.nonzero(~is_node)[0]
+            d = self._distances(al, alias[al])
+            bad = al[d ** 2 > self._pair_tol(al, alias[al])]
+            _check(bad.size == 0, "I0", f"aliases not at distance 0 from their node: {bad[:10]}")
+        if pairwise or (pairwise is None and n <= 4000):
+            self._check_separation(nodes)
+        self._check_subtrees(nodes)
+
+    def _check_separation(self, nodes):
+        lev = self.levels
+        for lo in range(0, nodes.size, 256):
+            a = nodes[lo:lo + 256]
+            ai, bi = np.meshgrid(a, nodes, indexing="ij")
+            keep = ai < bi
+            ai, bi = ai[keep], bi[keep]
+            if ai.size == 0:
+                continue
+            d = self._distances(ai, bi)
+            bad = d ** 2 <= 4.0 ** np.minimum(lev[ai], lev[bi]) - self._pair_tol(ai, bi)
+            _check(not bad.any(), "I4", "nodes closer than 2^min(levels): "
+                   f"{list(zip(ai[bad][:5].tolist(), bi[bad][:5].tolist()))}")
+
+    def _pair_tol(self, a, b):
+        """Tolerance on d(a, b)^2: absolute, plus float64's resolution of the residual d^2."""
+        if not self.residual:
+            return np.full(np.shape(a), self._tol)
+        m = self.model
+        eps = 2 * m.n_inducing * np.finfo(float).eps / 2 * m.kernel.variance
+        s = m._inv_sqrt_p
+        # a degenerate point (s = 0) is at distance exactly 1: no rounding to allow for
+        return self._tol + eps * s[a] * s[b]
+
+    def _check_subtrees(self, nodes):
+        """I5 (exact covering radius, <= 2^(level+1)) and I7 (subtree minimum index)."""
+        n = self.n_samples
+        members = [[] for _ in range(n)]         # every point under each node
+        for w in range(n):
+            u = self.alias_of[w] if self.alias_of[w] >= 0 else self.parents[w]
+            while u >= 0:
+                members[u].append(w)
+                u = self.parents[u]
+        for u in nodes:
+            sub = np.array(members[u] + [u])
+            r = self._distances(np.full(sub.size, u), sub).max() if len(members[u]) else 0.0
+            t = self._pair_tol(np.full(sub.size, u), sub).max()
+            _check(abs(r ** 2 - self.radii[u] ** 2) <= t, "I5",
+                   f"node {u}: stored radius {self.radii[u]!r}, true {r!r}")
+            _check(self.radii[u] ** 2 <= 4.0 ** (self.levels[u] + 1) + t, "I5",
+                   f"node {u}: radius {self.radii[u]!r} > 2^(level+1)")
+            _check(self.min_index[u] == sub.min(), "I7",
+                   f"node {u}: stored min index {self.min_index[u]}, true {sub.min()}")
+
+
+def _check(ok, rule, message):
+    if not ok:
+        raise AssertionError(f"{rule}: {message}")
+
+
+def _level_at_least(d):
+    """The smallest integer L with 2^L >= d (0 for d == 0)."""
+    if d <= 0:
+        return 0
+    f, e = math.frexp(d)
+    return e - 1 if f == 0.5 else e
+
+
+def _batches(rest, batch_size, schedule):
+    """Split the insertion order (root removed) into batches."""
+    out, i, size = [], 0, 1 if schedule == "doubling" else batch_size
+    while i < rest.size:
+        out.append(np.ascontiguousarray(rest[i:i + size], dtype=np.intp))
+        i += size
+        size = min(2 * size, batch_size)
+    return out

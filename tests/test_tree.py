@@ -1,0 +1,192 @@
+"""CoverTree build: the compressed-cover-tree invariants on varied data, determinism, errors."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+import residual
+from conftest import harness_like
+
+
+def _clustered(n, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, 3)) * 5
+    return centres[rng.integers(0, 8, n)] + 0.01 * rng.standard_normal((n, 3))
+
+
+def _duplicate_heavy(n, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n // 5, 3))
+    return base[rng.integers(0, len(base), n)]
+
+
+def _grid(side=7):
+    g = np.arange(float(side))
+    X = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    return X[np.random.default_rng(0).permutation(len(X))]
+
+
+DATASETS = {
+    "random": lambda: harness_like(1500, seed=1),
+    "clustered": lambda: _clustered(1200),
+    "duplicates": lambda: _duplicate_heavy(1000),
+    "grid": lambda: _grid(),
+    "random8d": lambda: harness_like(800, dim=8, seed=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_euclidean_invariants(name):
+    X = DATASETS[name]()
+    tree = residual.CoverTree(X, batch_size=128)
+    tree.check_invariants(pairwise=True)
+    assert tree.stats["distance_evaluations"] > 0 and tree.stats["batches"] > 1
+    if name == "duplicates":
+        assert tree.stats["aliases"] > 0
+
+
+@pytest.mark.parametrize("name", ["random", "clustered", "duplicates", "grid"])
+def test_residual_invariants(name, any_kernel):
+    X = DATASETS[name]()[:900]
+    model = residual.ResidualCorrelation.from_kernel(X, any_kernel, n_inducing=64, seed=3)
+    tree = residual.CoverTree(model, batch_size=100)
+    tree.check_invariants(pairwise=True)
+    assert tree.levels[tree.root] == 0         # d <= 1 = 2^0: a level-0 root covers all
+
+
+def test_residual_tiny_p_and_ard():
+    X = harness_like(1500, dim=3, seed=4)
+    model = residual.ResidualCorrelation.from_kernel(
+        X, residual.RBF(lengthscale=[0.8, 1.0, 1.5]), n_inducing=400)
+    assert np.median(model.p_diag) < 1e-3
+    tree = residual.CoverTree(model)
+    tree.check_invariants(pairwise=True)
+
+
+def test_degenerate_points_hang_from_the_root():
+    X = harness_like(300, seed=5)
+    model = residual.ResidualCorrelation.from_kernel(X, residual.RBF(), n_inducing=30)
+    p = model.p_diag.copy()
+    p[[7, 8, 9]] = 0.0
+    m2 = residual.ResidualCorrelation(X, model.kernel, V=model.V, p_diag=p)
+    tree = residual.CoverTree(m2, seed=1)
+    tree.check_invariants(pairwise=True)
+    for i in (7, 8, 9):
+        if i != tree.root:
+            assert tree.parents[i] == tree.root and tree.levels[i] == -1
+
+
+def test_every_point_once_and_stats():
+    X = _duplicate_heavy(700, seed=6)
+    tree = residual.CoverTree(X)
+    is_node = tree.alias_of < 0
+    assert sorted(tree.insertion_order.tolist()) == np.nonzero(is_node)[0].tolist()
+    assert tree.children.size == is_node.sum() - 1
+    assert tree.min_index[tree.root] == 0
+    s = tree.stats
+    for key in ("traversal", "pairwise", "conflict", "mis", "attach", "finalise", "model"):
+        assert s["seconds"][key] >= 0
+    assert s["distance_evaluations"] == (s["traversal_evaluations"] + s["pairwise_evaluations"]
+                                         + s["finalise_evaluations"])
+    assert s["height"] >= 1 and s["aliases"] == (~is_node).sum()
+
+
+def _same_tree(a, b):
+    for name in ("levels", "parents", "parent_distances", "alias_of", "radii", "min_index",
+                 "children_ptr", "children", "insertion_order"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "residual"])
+def test_identical_for_threads_and_chunks(metric):
+    X = harness_like(2500, seed=7)
+    obj = X if metric == "euclidean" else residual.ResidualCorrelation.from_kernel(
+        X, residual.Matern(1.5, lengthscale=0.7), n_inducing=100)
+    base = residual.CoverTree(obj, num_threads=1)
+    _same_tree(base, residual.CoverTree(obj, num_threads=2))
+    _same_tree(base, residual.CoverTree(obj, num_threads=2, chunk_size=3))
+    other = residual.CoverTree(obj, seed=1)
+    assert other.root != base.root or not np.array_equal(other.levels, base.levels)
+    other.check_invariants()
+
+
+def test_fixed_schedule_and_tiny_inputs():
+    X = harness_like(600, seed=8)
+    residual.CoverTree(X, schedule="fixed", batch_size=50).check_invariants(pairwise=True)
+    one = residual.CoverTree(X[:1])
+    assert one.root == 0 and one.height == 0
+    one.check_invariants()
+    same = residual.CoverTree(np.zeros((5, 2)))
+    assert (same.alias_of >= 0).sum() == 4
+    same.check_invariants()
+
+
+def test_checker_names_the_broken_rule():
+    tree = residual.CoverTree(harness_like(300, seed=9))
+    child = tree.children[0]
+    tree.levels[child] = tree.levels[tree.root]
+    with pytest.raises(AssertionError, match="I1|I2"):
+        tree.check_invariants()
+    tree = residual.CoverTree(harness_like(300, seed=9))
+    tree.radii[tree.root] *= 0.5
+    with pytest.raises(AssertionError, match="I5"):
+        tree.check_invariants()
+    tree = residual.CoverTree(harness_like(300, seed=9))
+    tree.min_index[tree.children[-1]] += 1
+    with pytest.raises(AssertionError, match="I7"):
+        tree.check_invariants()
+    tree = residual.CoverTree(harness_like(300, seed=9))
+    leaf = tree.insertion_order[-1]
+    tree.parent_distances[leaf] += 0.1
+    with pytest.raises(AssertionError, match="I6"):
+        tree.check_invariants()
+    tree = residual.CoverTree(harness_like(300, seed=9))
+    deep = tree.insertion_order[-1]
+    tree.levels[deep] = tree.levels[tree.parents[deep]] - 1      # too high to be separated
+    with pytest.raises(AssertionError, match="I3|I4"):
+        tree.check_invariants(pairwise=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 60), st.integers(1, 4)),
+              elements=st.floats(-4, 4, allow_nan=False, width=32)),
+       st.integers(0, 5), st.integers(1, 16))
+def test_property_euclidean(X, seed, batch_size):
+    tree = residual.CoverTree(X, seed=seed, batch_size=batch_size)
+    tree.check_invariants(pairwise=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 80), st.integers(1, 3), st.integers(0, 1000),
+       st.sampled_from([0.5, 1.5, 2.5, None]), st.integers(1, 8))
+def test_property_residual(n, dim, seed, nu, batch_size):
+    X = np.random.default_rng(seed).standard_normal((n, dim))
+    if seed % 3 == 0:
+        X = np.round(X)                                   # ties and duplicates
+    kern = residual.RBF(0.7) if nu is None else residual.Matern(nu, 0.7)
+    model = residual.ResidualCorrelation.from_kernel(X, kern, n_inducing=max(1, n // 4),
+                                                     seed=seed)
+    residual.CoverTree(model, seed=seed, batch_size=batch_size).check_invariants(pairwise=True)
+
+
+@pytest.mark.parametrize("kw, exc, match", [
+    ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an integer"),
+    ({"seed": -1}, ValueError, "seed must be >= 0"),
+    ({"num_threads": 0}, ValueError, "num_threads must be a non-zero"),
+    ({"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+    ({"schedule": "random"}, ValueError, "schedule must be"),
+])
+def test_bad_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        residual.CoverTree(harness_like(20), **kw)
+
+
+def test_bad_data():
+    with pytest.raises(ValueError, match="X contains NaN"):
+        residual.CoverTree(np.full((3, 2), np.nan))
+    with pytest.raises(TypeError, match="not a kernel"):
+        residual.CoverTree(residual.RBF())
+    with pytest.raises(ValueError, match="X is empty"):
+        residual.CoverTree(np.zeros((0, 2)))
