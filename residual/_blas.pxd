@@ -13,3 +13,5 @@ cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
                    float32_t alpha, const float32_t* a, intp_t lda,
                    const float32_t* b, intp_t ldb,
                    float32_t beta, float32_t* c, intp_t ldc) noexcept nogil
+
+cdef float64_t ddot_(intp_t n, const float64_t* x, const float64_t* y) noexcept nogil

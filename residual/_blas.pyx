@@ -8,7 +8,7 @@
 # Two explicit functions rather than one fused one: fused cdef functions do not cross module
 # boundaries reliably.
 
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+from scipy.linalg.cython_blas cimport ddot, dgemm, sgemm
 
 
 cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
@@ -39,6 +39,12 @@ cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
     cdef blas_int l_b = <blas_int>ldb, l_a = <blas_int>lda, l_c = <blas_int>ldc
     sgemm(&ta, &tb, &bm, &bn, &bk, &alpha, <float32_t*>b, &l_b, <float32_t*>a, &l_a,
           &beta, c, &l_c)
+
+
+cdef float64_t ddot_(intp_t n, const float64_t* x, const float64_t* y) noexcept nogil:
+    """x . y for contiguous vectors (one pair's residual product in the tree)."""
+    cdef blas_int bn = <blas_int>n, one = 1
+    return ddot(&bn, <float64_t*>x, &one, <float64_t*>y, &one)
 
 
 def gemm(const float64_t[:, ::1] a, const float64_t[:, ::1] b, bint trans_b=True):

@@ -18,7 +18,7 @@
 # count. Step (3) gets the block by pointer and nothing else of the metric.
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, ldexp, frexp, INFINITY
+from libc.math cimport sqrt, fabs, ldexp, frexp, INFINITY
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -63,6 +63,7 @@ cdef class TreeBuilder:
     cdef int32_t[::1] level
     cdef intp_t[::1] parent, first_child, next_sibling, alias_of, inserted
     cdef float64_t[::1] pdist
+    cdef float64_t[::1] ubound      # each node's exact covering radius, kept as we go
     cdef public intp_t n_inserted
     # per-batch workspaces, allocated once
     cdef float64_t[:, ::1] gx, gxt, gv
@@ -70,7 +71,7 @@ cdef class TreeBuilder:
     cdef intp_t[::1] adj_ptr, adj, pending, in_round, chosen
     cdef int32_t[::1] lev
     # telemetry
-    cdef public int64_t traversal_evals, block_evals, finalise_evals, conflict_edges, rounds
+    cdef public int64_t traversal_evals, block_evals, radius_evals, conflict_edges, rounds
     cdef public int64_t kernel_tiles, kernel_elements
     cdef public float64_t t_conflict, t_mis, t_attach
     cdef object arrays
@@ -108,6 +109,7 @@ cdef class TreeBuilder:
         self.alias_of = np.full(n, NO_NODE, dtype=np.intp)
         self.inserted = np.full(n, NO_NODE, dtype=np.intp)
         self.pdist = np.zeros(n)
+        self.ubound = np.zeros(n)
         self.level[root] = root_level
         self.inserted[0] = root
         self.n_inserted = 1
@@ -127,69 +129,104 @@ cdef class TreeBuilder:
 
     def traverse(self, const intp_t[::1] batch, float64_t[::1] best_d, intp_t[::1] best_q,
                  int num_threads, intp_t chunk):
-        """(q*, d*) for every batch point against the current tree (read-only, parallel)."""
-        cdef intp_t nb = batch.shape[0], b
+        """(q*, d*) for every batch point against the current tree (read-only, parallel).
+
+        The root's children (the top net: in the residual metric hundreds to thousands of
+        nodes that nearly every point must score) are scored for the whole batch in one tile
+        with BLAS; each point then descends on its own below them.
+        """
+        cdef intp_t nb = batch.shape[0], b, c, nc = 0, k, n_chunks, r0, nr
         cdef intp_t* stack
         cdef int64_t[::1] evals = np.zeros(nb, dtype=np.int64)
         if nb == 0:
             return
+        self._gather_batch(batch)
+        c = self.first_child[self.root]
+        while c != NO_NODE:
+            nc += 1
+            c = self.next_sibling[c]
+        net_np = np.empty(max(nc, 1), dtype=np.intp)
+        cdef intp_t[::1] net = net_np
+        c = self.first_child[self.root]
+        for k in range(nc):
+            net[k] = c
+            c = self.next_sibling[c]
+        cdef float64_t[:, ::1] tile = np.empty((nb, max(nc, 1)))
+        cdef const float64_t[:, ::1] net_xt
+        cdef const float64_t[:, ::1] net_v
+        cdef const float64_t[::1] net_s
+        if nc > 0:
+            net_xt, net_v, net_s = self._gather_rows(net_np[:nc])
+            n_chunks = (nb + BLOCK_ROWS - 1) // BLOCK_ROWS
+            with nogil:
+                for k in prange(n_chunks, num_threads=num_threads, schedule='static'):
+                    r0 = k * BLOCK_ROWS
+                    nr = min(<intp_t>BLOCK_ROWS, nb - r0)
+                    self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
+                                        net_xt, net_v, net_s, nc, &tile[r0, 0], nc)
+            self.kernel_tiles += n_chunks if self.P.residual else 0
+            self.kernel_elements += nb * nc if self.P.residual else 0
         with nogil, parallel(num_threads=num_threads):
             stack = <intp_t*>malloc(self.n * sizeof(intp_t))
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
                 if stack != NULL:
-                    evals[b] = self._descend(batch[b], stack, &best_d[b], &best_q[b])
+                    evals[b] = self._descend(batch[b], stack, &tile[b, 0], &net[0], nc,
+                                             &best_d[b], &best_q[b])
                 else:
                     evals[b] = -1
             # end: prange
             free(stack)
         if np.min(evals) < 0:
             raise MemoryError("could not allocate the traversal stacks")
-        self.traversal_evals += int(np.sum(evals))
+        self.traversal_evals += int(np.sum(evals)) + nb * nc
 
-    cdef int64_t _descend(self, intp_t p, intp_t* stack, float64_t* out_d,
-                          intp_t* out_q) noexcept nogil:
-        """Depth-first search for the nearest covering node; returns distance evaluations.
+    cdef inline void _visit(self, intp_t c, float64_t dc, float64_t* best_d, intp_t* best_q,
+                            intp_t* stack, intp_t* sp) noexcept nogil:
+        """Offer child c at distance dc; push it if its subtree may hold a better cover.
 
-        A proper descendant w of c lies within 2^(l(c)+1) of c and has level <= l(c) - 1, so it
-        can cover p only if d(p, w) <= 2^(l(c)-1), and d(p, w) > d(p, c) - 2^(l(c)+1). A child
-        is entered only if that bound can beat both (slack absorbs rounding).
+        A proper descendant w of c is within R(c) of c (its covering radius, kept exact during
+        the build) and covers p only if d(p, w) <= 2^l(w) <= 2^(l(c)-1); so c is entered only
+        if d(p, c) <= R(c) + 2^(l(c)-1) and d(p, c) - R(c) can beat the best so far. slack
+        absorbs rounding and can only widen the search.
         """
-        cdef intp_t sp = 0, u, c
+        cdef float64_t rc = ldexp(1.0, self.level[c])
+        if dc <= rc and closer(dc, c, best_d[0], best_q[0]):
+            best_d[0] = dc
+            best_q[0] = c
+        if self.first_child[c] != NO_NODE and \
+                dc - self.ubound[c] <= min(0.5 * rc, best_d[0]) + self.slack:
+            stack[sp[0]] = c
+            sp[0] += 1
+
+    cdef int64_t _descend(self, intp_t p, intp_t* stack, const float64_t* net_d,
+                          const intp_t* net, intp_t nc, float64_t* out_d,
+                          intp_t* out_q) noexcept nogil:
+        """Depth-first search for the nearest covering node; returns the distance evaluations
+        made below the net (the net's own come from the tile)."""
+        cdef intp_t sp = 0, u, c, k
         cdef int64_t evals = 1
-        cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root)), dc, rc
+        cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root))
         cdef intp_t best_q = self.root
-        stack[sp] = self.root
-        sp += 1
+        for k in range(nc):
+            self._visit(net[k], net_d[k], &best_d, &best_q, stack, &sp)
         while sp > 0:
             sp -= 1
             u = stack[sp]
             c = self.first_child[u]
             while c != NO_NODE:
-                dc = sqrt(pair_key(&self.P, p, c))
+                self._visit(c, sqrt(pair_key(&self.P, p, c)), &best_d, &best_q, stack, &sp)
                 evals += 1
-                rc = ldexp(1.0, self.level[c])
-                if dc <= rc and closer(dc, c, best_d, best_q):
-                    best_d = dc
-                    best_q = c
-                if self.first_child[c] != NO_NODE and \
-                        dc - 2.0 * rc <= min(0.5 * rc, best_d) + self.slack:
-                    stack[sp] = c
-                    sp += 1
                 c = self.next_sibling[c]
         out_d[0] = best_d
         out_q[0] = best_q
         return evals
 
-    # -- stage 2: the pairwise block ------------------------------------------------------------
+    # -- gathering rows into contiguous tile operands -------------------------------------------
 
-    def pairwise(self, const intp_t[::1] batch, float64_t[:, ::1] block, int num_threads):
-        """block[a, b] = d(batch[a], batch[b]), computed once per batch with tiles."""
-        cdef intp_t nb = batch.shape[0], a, t, r0, nr, c, n_chunks
-        cdef intp_t dim = self.P.dim, m = self.P.m
+    cdef void _gather_batch(self, const intp_t[::1] batch):
+        """Copy the batch's rows into the preallocated workspaces gx, gxt, gv, gs."""
+        cdef intp_t nb = batch.shape[0], a, t, dim = self.P.dim, m = self.P.m
         cdef float64_t x
-        if nb == 0:
-            return
-        # gather the batch's rows once (contiguous operands for the tiles)
         with nogil:
             for a in range(nb):
                 for t in range(dim):
@@ -200,12 +237,61 @@ cdef class TreeBuilder:
                     for t in range(m):
                         self.gv[a, t] = self.P.v[batch[a] * m + t]
                     self.gs[a] = self.P.s[batch[a]]
+
+    def _gather_rows(self, rows):
+        """(x transposed, V, s) of the given points, contiguous."""
+        xt = np.ascontiguousarray(np.asarray(self.arrays[0])[rows].T)
+        if self.P.residual:
+            return (xt, np.ascontiguousarray(np.asarray(self.arrays[1])[rows]),
+                    np.ascontiguousarray(np.asarray(self.arrays[2])[rows]))
+        return xt, np.zeros((rows.shape[0], 1)), np.zeros(rows.shape[0])
+
+    cdef void _distance_rows(self, const float64_t* xq, const float64_t* vq,
+                             const float64_t* sq, intp_t nr,
+                             const float64_t[:, ::1] xct, const float64_t[:, ::1] vc,
+                             const float64_t[::1] sc, intp_t nc,
+                             float64_t* out, intp_t ldo) noexcept nogil:
+        """out[r, j] = d(query r, column j): one tile (BLAS for the residual part), then sqrt."""
+        cdef intp_t r, j
+        cdef float64_t a
+        cdef float64_t* row
+        if self.P.residual:
+            residual_cov_tile(self.P.spec, xq, vq, nr, &xct[0, 0], xct.shape[1], &vc[0, 0], nc,
+                              self.P.dim, self.P.m, out, ldo)
+            for r in range(nr):
+                row = out + r * ldo
+                for j in range(nc):
+                    a = fabs(row[j]) * sq[r] * sc[j]
+                    row[j] = sqrt(1.0 - a) if a < 1.0 else 0.0
+        else:
+            sqdist_direct_tile(xq, nr, &xct[0, 0], xct.shape[1], nc, self.P.dim, out, ldo)
+            for r in range(nr):
+                row = out + r * ldo
+                for j in range(nc):
+                    row[j] = sqrt(row[j])
+
+    # -- stage 2: the pairwise block ------------------------------------------------------------
+
+    def pairwise(self, const intp_t[::1] batch, float64_t[:, ::1] block, int num_threads):
+        """block[a, b] = d(batch[a], batch[b]), computed once per batch with tiles.
+
+        The batch rows were gathered by traverse() and are still in the workspaces.
+        """
+        cdef intp_t nb = batch.shape[0], a, c, r0, nr, n_chunks
+        if nb == 0:
+            return
         n_chunks = (nb + BLOCK_ROWS - 1) // BLOCK_ROWS
+        cdef const float64_t[:, ::1] xct = self.gxt
+        cdef const float64_t[:, ::1] vc = self.gv
+        cdef const float64_t[::1] sc = self.gs
         with nogil:
             for c in prange(n_chunks, num_threads=num_threads, schedule='static'):
                 r0 = c * BLOCK_ROWS
                 nr = min(<intp_t>BLOCK_ROWS, nb - r0)
-                self._block_rows(r0, nr, nb, &block[r0, 0])
+                self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
+                                    xct, vc, sc, nb, &block[r0, 0], nb)
+                for a in range(r0, r0 + nr):
+                    block[a, a] = 0.0          # a point is at distance 0 from itself
         # one value per pair: the upper triangle, mirrored (BLAS may round (a, b) and (b, a)
         # differently, and the conflict graph must be symmetric)
         with nogil:
@@ -215,30 +301,6 @@ cdef class TreeBuilder:
         self.block_evals += nb * (nb - 1) // 2
         self.kernel_tiles += n_chunks if self.P.residual else 0
         self.kernel_elements += nb * nb if self.P.residual else 0
-
-    cdef void _block_rows(self, intp_t r0, intp_t nr, intp_t nb, float64_t* out) noexcept nogil:
-        cdef intp_t r, j
-        cdef float64_t a, s_i
-        cdef float64_t* row
-        if self.P.residual:
-            residual_cov_tile(self.P.spec, &self.gx[r0, 0], &self.gv[r0, 0], nr,
-                              &self.gxt[0, 0], self.gxt.shape[1], &self.gv[0, 0], nb,
-                              self.P.dim, self.P.m, out, nb)
-            for r in range(nr):
-                row = out + r * nb
-                s_i = self.gs[r0 + r]
-                for j in range(nb):
-                    a = (row[j] if row[j] >= 0.0 else -row[j]) * s_i * self.gs[j]
-                    row[j] = sqrt(1.0 - a) if a < 1.0 else 0.0
-        else:
-            sqdist_direct_tile(&self.gx[r0, 0], nr, &self.gxt[0, 0], self.gxt.shape[1], nb,
-                               self.P.dim, out, nb)
-            for r in range(nr):
-                row = out + r * nb
-                for j in range(nb):
-                    row[j] = sqrt(row[j])
-        for r in range(nr):
-            out[r * nb + r0 + r] = 0.0      # a point is at distance 0 from itself
 
     # -- stage 3: conflict graph, MIS, attach ---------------------------------------------------
 
@@ -337,6 +399,53 @@ cdef class TreeBuilder:
             n_pending = e
             self.t_attach += _now() - t0
 
+    def raise_radii(self, const intp_t[::1] batch, int num_threads):
+        """Keep each node's covering radius exact as the batch joins the tree.
+
+        For every point of the batch (node or alias), the distances to all its ancestors are
+        computed in parallel, then folded into the radii in batch order.
+        """
+        cdef intp_t nb = batch.shape[0], b, a, t, h, p
+        cdef intp_t[::1] depth = np.zeros(nb, dtype=np.intp)
+        if nb == 0:
+            return
+        h = 0
+        for b in range(nb):                      # chain lengths, to size the buffer
+            t = 0
+            a = self.alias_of[batch[b]]
+            if a == NO_NODE:
+                a = self.parent[batch[b]]
+            while a != NO_NODE:
+                t += 1
+                a = self.parent[a]
+            depth[b] = t
+            h = max(h, t)
+        cdef float64_t[:, ::1] dist = np.zeros((nb, max(h, 1)))
+        with nogil:
+            for b in prange(nb, num_threads=num_threads, schedule='dynamic', chunksize=8):
+                p = batch[b]
+                a = self.alias_of[p]
+                if a == NO_NODE:
+                    a = self.parent[p]
+                t = 0
+                while a != NO_NODE:
+                    dist[b, t] = sqrt(pair_key(&self.P, p, a))
+                    t = t + 1
+                    a = self.parent[a]
+            for b in range(nb):
+                p = batch[b]
+                a = self.alias_of[p]
+                if a == NO_NODE:
+                    a = self.parent[p]
+                t = 0
+                while a != NO_NODE:
+                    if dist[b, t] > self.ubound[a]:
+                        self.ubound[a] = dist[b, t]
+                    t = t + 1
+                    a = self.parent[a]
+        for b in range(nb):
+            self.radius_evals += depth[b]
+
     cdef intp_t _neighbours(self, const float64_t* block, intp_t nb, const intp_t* members,
                             intp_t nl, intp_t j, float64_t radius,
                             intp_t* out) noexcept nogil:
@@ -352,32 +461,11 @@ cdef class TreeBuilder:
     # -- results --------------------------------------------------------------------------------
 
     def arrays_out(self):
-        """(level, parent, parent_distance, alias_of, insertion_order) as NumPy arrays."""
+        """(level, parent, parent_distance, alias_of, insertion_order, radius) as arrays."""
         return (np.asarray(self.level).astype(np.int64), np.asarray(self.parent).astype(np.int64),
                 np.asarray(self.pdist).copy(), np.asarray(self.alias_of).astype(np.int64),
-                np.asarray(self.inserted)[: self.n_inserted].astype(np.int64))
-
-
-def chain_distances(bint residual, int kind, float64_t variance,
-                    const float64_t[:, ::1] x, v, s,
-                    const int64_t[::1] points, const int64_t[:, ::1] chains,
-                    int num_threads):
-    """d(points[r], chains[r, t]) for every r and every t with chains[r, t] >= 0 (else 0).
-
-    The finalise step and check_invariants use it: exact covering radii need the distance from
-    each point to each of its ancestors.
-    """
-    cdef Points P
-    _points(&P, residual, kind, variance, x, v, s)
-    cdef intp_t nr = chains.shape[0], h = chains.shape[1], r, t
-    out = np.zeros((nr, h))
-    cdef float64_t[:, ::1] o = out
-    with nogil:
-        for r in prange(nr, num_threads=num_threads, schedule='static'):
-            for t in range(h):
-                if chains[r, t] >= 0:
-                    o[r, t] = sqrt(pair_key(&P, points[r], chains[r, t]))
-    return out
+                np.asarray(self.inserted)[: self.n_inserted].astype(np.int64),
+                np.asarray(self.ubound).copy())
 
 
 def pair_distances(bint residual, int kind, float64_t variance,

@@ -71,9 +71,10 @@ class CoverTree:
     Notes
     -----
     ``stats["seconds"]`` has ``model`` (the model's own build, 0 for Euclidean),
-    ``traversal``, ``pairwise``, ``conflict``, ``mis``, ``attach``, ``finalise`` and ``total``;
-    the counters are ``distance_evaluations`` (and its parts ``traversal_evaluations``,
-    ``pairwise_evaluations``, ``finalise_evaluations``), ``kernel_tiles``,
+    ``traversal``, ``pairwise``, ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
+    covering radii exact), ``finalise`` and ``total``; the counters are
+    ``distance_evaluations`` (and its parts ``traversal_evaluations``,
+    ``pairwise_evaluations``, ``radius_evaluations``), ``kernel_tiles``,
     ``kernel_elements``, ``float64_recomputations`` (0: every decision is made in float64),
     ``conflict_edges``, ``rounds``, ``batches``, ``height`` and ``aliases``.
     """
@@ -113,7 +114,7 @@ class CoverTree:
             slack = _SLACK_EUCLIDEAN_REL * max(far, 1e-300)
 
         seconds = dict.fromkeys(("traversal", "pairwise", "conflict", "mis", "attach",
-                                 "finalise"), 0.0)
+                                 "radii", "finalise"), 0.0)
         builder = _build.TreeBuilder(self.residual, kind, variance, x, v, s, root, root_level,
                                      batch_size, slack)
         batches = _batches(order[1:], batch_size, schedule)
@@ -130,8 +131,11 @@ class CoverTree:
                 builder.pairwise(batch, blk, nt)
                 t2 = time.perf_counter()
                 builder.resolve(batch, blk, best_d[:nb], best_q[:nb], nt)
+                t3 = time.perf_counter()
+                builder.raise_radii(batch, nt)
                 seconds["traversal"] += t1 - t
                 seconds["pairwise"] += t2 - t1
+                seconds["radii"] += time.perf_counter() - t3
         seconds["conflict"] = builder.t_conflict
         seconds["mis"] = builder.t_mis
         seconds["attach"] = builder.t_attach
@@ -144,7 +148,7 @@ class CoverTree:
         counters = {
             "traversal_evaluations": builder.traversal_evals,
             "pairwise_evaluations": builder.block_evals,
-            "finalise_evaluations": self._finalise_evals,
+            "radius_evaluations": builder.radius_evals,
             "kernel_tiles": builder.kernel_tiles,
             "kernel_elements": builder.kernel_elements,
             "float64_recomputations": 0,
@@ -156,43 +160,28 @@ class CoverTree:
         }
         counters["distance_evaluations"] = (counters["traversal_evaluations"]
                                             + counters["pairwise_evaluations"]
-                                            + counters["finalise_evaluations"])
+                                            + counters["radius_evaluations"])
         self.stats = {"seconds": seconds, **counters}
         self.num_threads, self.batch_size, self.seed, self.schedule = nt, batch_size, seed, schedule
 
     # -- finalise -------------------------------------------------------------------------------
 
     def _finalise(self, builder, root, nt):
-        level, parent, pdist, alias_of, inserted = builder.arrays_out()
+        level, parent, pdist, alias_of, inserted, radii = builder.arrays_out()
         n = level.shape[0]
         aliases = np.nonzero(alias_of >= 0)[0]
         level[aliases] = level[alias_of[aliases]]
-        self.root, self.levels, self.parents = root, level, parent
+        self.root, self.levels, self.parents, self.radii = root, level, parent, radii
         self.parent_distances, self.alias_of = pdist, alias_of
         self.insertion_order = inserted
 
-        # ancestor chains: for a node its parent, grandparent, ...; for an alias its node first
-        start = np.where(alias_of >= 0, alias_of, parent)
-        chains = [start]
-        cur = start
+        # height: the longest parent chain (pointer jumping, one NumPy pass per level)
+        depth = np.zeros(n, dtype=np.int64)
+        cur = np.where(alias_of >= 0, -1, parent)
         while (cur >= 0).any():
+            depth += cur >= 0
             cur = np.where(cur >= 0, parent[np.maximum(cur, 0)], -1)
-            if (cur >= 0).any():
-                chains.append(cur)
-        chains = np.ascontiguousarray(np.stack(chains, axis=1))       # (n, height)
-        depth = (chains >= 0).sum(axis=1)
-        self.height = int(depth[alias_of < 0].max()) if n else 0
-
-        # exact covering radii: max distance from each node to every point below it
-        radii = np.zeros(n)
-        self._finalise_evals = 0
-        for lo in range(0, n, 65536):
-            hi = min(n, lo + 65536)
-            d = _build.chain_distances(*self._metric, np.arange(lo, hi), chains[lo:hi], nt)
-            ok = chains[lo:hi] >= 0
-            np.maximum.at(radii, chains[lo:hi][ok], d[ok])
-            self._finalise_evals += int(ok.sum())
-        self.radii = radii
+        self.height = int(depth.max()) if n else 0
 
         # subtree minimum index: children have lower levels, so sweep levels upward
         min_index = np.arange(n)

@@ -85,10 +85,11 @@ def test_every_point_once_and_stats():
     assert tree.children.size == is_node.sum() - 1
     assert tree.min_index[tree.root] == 0
     s = tree.stats
-    for key in ("traversal", "pairwise", "conflict", "mis", "attach", "finalise", "model"):
+    for key in ("traversal", "pairwise", "conflict", "mis", "attach", "radii", "finalise",
+                "model"):
         assert s["seconds"][key] >= 0
     assert s["distance_evaluations"] == (s["traversal_evaluations"] + s["pairwise_evaluations"]
-                                         + s["finalise_evaluations"])
+                                         + s["radius_evaluations"])
     assert s["height"] >= 1 and s["aliases"] == (~is_node).sum()
 
 
