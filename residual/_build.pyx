@@ -30,8 +30,9 @@ from residual._tiles cimport (KernelSpec, Points, pair_key, residual_cov_tile,
                               sqdist_direct_tile)
 
 cdef enum:
-    BLOCK_ROWS = 32          # rows per work item of the pairwise block (a multiple of 32: see
-                             # _bruteforce.pyx on BLAS blocking and determinism)
+    BLOCK_ROWS = 128         # rows per work item of the net and pairwise tiles: a multiple of
+                             # 32 (see _bruteforce.pyx on BLAS blocking and determinism), and
+                             # tall enough that BLAS packs each column panel for many rows
     NO_NODE = -1
 
 
@@ -70,10 +71,16 @@ cdef class TreeBuilder:
     cdef float64_t[::1] gs
     cdef intp_t[::1] adj_ptr, adj, pending, in_round, chosen
     cdef int32_t[::1] lev
+    # the root's children (the top net), their rows kept contiguous for the batch x net tile;
+    # capacity doubles as the net grows
+    cdef intp_t[::1] net
+    cdef float64_t[:, ::1] net_xt, net_v, net_tile
+    cdef float64_t[::1] net_s
+    cdef intp_t net_count
     # telemetry
     cdef public int64_t traversal_evals, block_evals, radius_evals, conflict_edges, rounds
     cdef public int64_t kernel_tiles, kernel_elements
-    cdef public float64_t t_conflict, t_mis, t_attach
+    cdef public float64_t t_conflict, t_mis, t_attach, t_net
     cdef object arrays
 
     def __init__(self, bint residual, int kind, float64_t variance,
@@ -124,6 +131,8 @@ cdef class TreeBuilder:
         self.in_round = np.zeros(b, dtype=np.intp)
         self.chosen = np.zeros(b, dtype=np.intp)
         self.lev = np.zeros(b, dtype=np.int32)
+        self.net_count = 0
+        self._reserve_net(256)
 
     # -- stage 1: traversal ---------------------------------------------------------------------
 
@@ -141,31 +150,22 @@ cdef class TreeBuilder:
         if nb == 0:
             return
         self._gather_batch(batch)
-        c = self.first_child[self.root]
-        while c != NO_NODE:
-            nc += 1
-            c = self.next_sibling[c]
-        net_np = np.empty(max(nc, 1), dtype=np.intp)
-        cdef intp_t[::1] net = net_np
-        c = self.first_child[self.root]
-        for k in range(nc):
-            net[k] = c
-            c = self.next_sibling[c]
-        cdef float64_t[:, ::1] tile = np.empty((nb, max(nc, 1)))
-        cdef const float64_t[:, ::1] net_xt
-        cdef const float64_t[:, ::1] net_v
-        cdef const float64_t[::1] net_s
+        nc = self.net_count
+        cdef float64_t[:, ::1] tile = self.net_tile
+        cdef float64_t t0 = _now()
         if nc > 0:
-            net_xt, net_v, net_s = self._gather_rows(net_np[:nc])
             n_chunks = (nb + BLOCK_ROWS - 1) // BLOCK_ROWS
             with nogil:
                 for k in prange(n_chunks, num_threads=num_threads, schedule='static'):
                     r0 = k * BLOCK_ROWS
                     nr = min(<intp_t>BLOCK_ROWS, nb - r0)
                     self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
-                                        net_xt, net_v, net_s, nc, &tile[r0, 0], nc)
+                                        self.net_xt, self.net_v, self.net_s, nc,
+                                        &tile[r0, 0], tile.shape[1])
             self.kernel_tiles += n_chunks if self.P.residual else 0
             self.kernel_elements += nb * nc if self.P.residual else 0
+        self.t_net += _now() - t0
+        cdef intp_t[::1] net = self.net
         with nogil, parallel(num_threads=num_threads):
             stack = <intp_t*>malloc(self.n * sizeof(intp_t))
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
@@ -238,13 +238,39 @@ cdef class TreeBuilder:
                         self.gv[a, t] = self.P.v[batch[a] * m + t]
                     self.gs[a] = self.P.s[batch[a]]
 
-    def _gather_rows(self, rows):
-        """(x transposed, V, s) of the given points, contiguous."""
-        xt = np.ascontiguousarray(np.asarray(self.arrays[0])[rows].T)
-        if self.P.residual:
-            return (xt, np.ascontiguousarray(np.asarray(self.arrays[1])[rows]),
-                    np.ascontiguousarray(np.asarray(self.arrays[2])[rows]))
-        return xt, np.zeros((rows.shape[0], 1)), np.zeros(rows.shape[0])
+    def _reserve_net(self, intp_t capacity):
+        """Grow the net's row panels (and the batch x net tile) to hold `capacity` nodes."""
+        cdef intp_t cap = max(capacity, 1), c = self.net_count, b = max(self.max_batch, 1)
+        net = np.empty(cap, dtype=np.intp)
+        xt = np.empty((self.P.dim, cap))
+        v = np.empty((cap, max(self.P.m, 1)))
+        s = np.zeros(cap)
+        if c:
+            net[:c] = self.net[:c]
+            xt[:, :c] = self.net_xt[:, :c]
+            v[:c] = self.net_v[:c]
+            s[:c] = self.net_s[:c]
+        self.net, self.net_xt, self.net_v, self.net_s = net, xt, v, s
+        self.net_tile = np.empty((b, cap))
+
+    def extend_net(self, const intp_t[::1] batch):
+        """Append the batch's new children of the root to the net, in batch order."""
+        cdef intp_t a, p, t, c
+        for a in range(batch.shape[0]):
+            p = batch[a]
+            if self.parent[p] != self.root or self.alias_of[p] != NO_NODE:
+                continue
+            if self.net_count == self.net.shape[0]:
+                self._reserve_net(2 * self.net_count)
+            c = self.net_count
+            self.net[c] = p
+            for t in range(self.P.dim):
+                self.net_xt[t, c] = self.P.x[p * self.P.dim + t]
+            if self.P.residual:
+                for t in range(self.P.m):
+                    self.net_v[c, t] = self.P.v[p * self.P.m + t]
+                self.net_s[c] = self.P.s[p]
+            self.net_count += 1
 
     cdef void _distance_rows(self, const float64_t* xq, const float64_t* vq,
                              const float64_t* sq, intp_t nr,

@@ -71,7 +71,7 @@ class CoverTree:
     Notes
     -----
     ``stats["seconds"]`` has ``model`` (the model's own build, 0 for Euclidean),
-    ``traversal``, ``pairwise``, ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
+    ``traversal`` (of which ``traversal_net``: the batch x net tiles), ``pairwise``, ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
     covering radii exact), ``finalise`` and ``total``; the counters are
     ``distance_evaluations`` (and its parts ``traversal_evaluations``,
     ``pairwise_evaluations``, ``radius_evaluations``), ``kernel_tiles``,
@@ -131,11 +131,13 @@ class CoverTree:
                 builder.pairwise(batch, blk, nt)
                 t2 = time.perf_counter()
                 builder.resolve(batch, blk, best_d[:nb], best_q[:nb], nt)
+                builder.extend_net(batch)
                 t3 = time.perf_counter()
                 builder.raise_radii(batch, nt)
                 seconds["traversal"] += t1 - t
                 seconds["pairwise"] += t2 - t1
                 seconds["radii"] += time.perf_counter() - t3
+        seconds["traversal_net"] = builder.t_net      # the part of traversal spent on the net
         seconds["conflict"] = builder.t_conflict
         seconds["mis"] = builder.t_mis
         seconds["attach"] = builder.t_attach
