@@ -8,9 +8,12 @@ reports the best time of each, so ratios come from one run. Absolute seconds are
 """
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -73,8 +76,99 @@ def case_bruteforce_vs_gemm(args):
     return rows
 
 
+def covertreex_python():
+    """The Python 3.12 interpreter that has covertreex (env COVERTREEX_PYTHON), or None."""
+    exe = os.environ.get("COVERTREEX_PYTHON")
+    return exe if exe and os.path.exists(exe) else None
+
+
+def run_covertreex(model, engine, k=None, rows=None):
+    """Time covertreex on our V and p in its own interpreter (see covertreex_worker.py)."""
+    exe = covertreex_python()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data.npz")
+        np.savez(path, X=model.X, V=model.V, p=model.p_diag,
+                 rows=np.zeros(0) if rows is None else rows)
+        argv = [exe, os.path.join(os.path.dirname(__file__), "covertreex_worker.py"), path,
+                engine] + ([] if k is None else [str(k)])
+        out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def case_build(args):
+    """Tree build vs our brute-force predecessor kNN vs covertreex's build, in one run.
+
+    Targets: build (after the model) < 1/4 of our brute force, and faster than covertreex
+    rust-hilbert's build.
+    """
+    _, model, t_model = harness(args.n, args.dim, args.m)
+    nt = resolve_num_threads(args.threads)
+    stats = {}
+
+    def ours():
+        stats["tree"] = residual.CoverTree(model, num_threads=nt).stats
+
+    def brute():
+        residual.brute_force_knn(model, args.k, predecessors=True, num_threads=nt)
+
+    peer = {}
+
+    def hilbert():
+        peer["build"] = min(peer.get("build", np.inf),
+                            run_covertreex(model, "rust-hilbert")["build_s"])
+
+    contenders = [("ours", ours), ("brute", brute)]
+    if covertreex_python():
+        contenders.append(("covertreex", hilbert))
+    best = best_of(contenders, args.repeat)
+    s = stats["tree"]
+    print(f"\nbuild: n={args.n}, D={args.dim}, m={args.m}, threads={nt}, model {t_model:.2f} s, "
+          f"best of {args.repeat}")
+    print(f"{'contender':42s} {'seconds':>9s} {'ratio to ours':>14s}")
+    print(f"{'CoverTree build (after the model)':42s} {best['ours']:9.3f} {1.0:14.2f}")
+    print(f"{'brute-force predecessor kNN, k=' + str(args.k):42s} {best['brute']:9.3f} "
+          f"{best['brute'] / best['ours']:14.2f}")
+    if "build" in peer:
+        print(f"{'covertreex 0.4.5 rust-hilbert build':42s} {peer['build']:9.3f} "
+              f"{peer['build'] / best['ours']:14.2f}")
+    else:
+        print("covertreex: not run (set COVERTREEX_PYTHON to a Python 3.12 with covertreex)")
+    print(f"distance evaluations per point {s['distance_evaluations'] / args.n:.0f} "
+          f"(traversal {s['traversal_evaluations'] / args.n:.0f}, pairwise "
+          f"{s['pairwise_evaluations'] / args.n:.0f}, radii {s['radius_evaluations'] / args.n:.0f})"
+          f", height {s['height']}, batches {s['batches']}")
+    print("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in s["seconds"].items()))
+
+
+def case_build_scaling(args):
+    """Build seconds and evaluations per point at n, 4n, 16n (n = --n / 4 by default)."""
+    nt = resolve_num_threads(args.threads)
+    base = max(args.n // 4, 1024)
+    print(f"\nbuild-scaling: D={args.dim}, m={args.m}, threads={nt}, best of {args.repeat}")
+    print(f"{'metric':10s} {'n':>8s} {'build s':>9s} {'x per doubling':>15s} {'evals/point':>12s}")
+    for metric in ("residual", "euclidean"):
+        prev = None
+        for n in (base, 4 * base, 16 * base):
+            X, model, _ = (harness(n, args.dim, args.m) if metric == "residual"
+                           else (np.random.default_rng(0).standard_normal((n, args.dim)),
+                                 None, 0))
+            data = model if metric == "residual" else X
+            stats = {}
+
+            def build():
+                stats["s"] = residual.CoverTree(data, num_threads=nt).stats
+
+            t = best_of([("b", build)], args.repeat)["b"]
+            per = "" if prev is None else f"{(t / prev) ** 0.5:15.2f}"
+            print(f"{metric:10s} {n:8d} {t:9.3f} {per:>15s} "
+                  f"{stats['s']['distance_evaluations'] / n:12.0f}")
+            prev = t
+
+
 CASES = {
     "bruteforce-vs-gemm": case_bruteforce_vs_gemm,
+    "build": case_build,
+    "build-scaling": case_build_scaling,
 }
 
 
