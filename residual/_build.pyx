@@ -65,6 +65,7 @@ cdef class TreeBuilder:
     cdef intp_t[::1] parent, first_child, next_sibling, alias_of, inserted
     cdef float64_t[::1] pdist
     cdef float64_t[::1] ubound      # each node's exact covering radius, kept as we go
+    cdef float64_t[::1] cover       # 2^level of each node (read in the hot loop: no ldexp)
     cdef public intp_t n_inserted
     # per-batch workspaces, allocated once
     cdef float64_t[:, ::1] gx, gxt, gv
@@ -75,12 +76,13 @@ cdef class TreeBuilder:
     # capacity doubles as the net grows
     cdef intp_t[::1] net
     cdef float64_t[:, ::1] net_xt, net_v, net_tile
+    cdef int32_t[:, ::1] net_enter, net_row   # per batch point: entered net nodes, its rows
     cdef float64_t[::1] net_s
     cdef intp_t net_count
     # telemetry
     cdef public int64_t traversal_evals, block_evals, radius_evals, conflict_edges, rounds
     cdef public int64_t kernel_tiles, kernel_elements
-    cdef public float64_t t_conflict, t_mis, t_attach, t_net
+    cdef public float64_t t_conflict, t_mis, t_attach, t_net, t_kids
     cdef object arrays
 
     def __init__(self, bint residual, int kind, float64_t variance,
@@ -117,7 +119,9 @@ cdef class TreeBuilder:
         self.inserted = np.full(n, NO_NODE, dtype=np.intp)
         self.pdist = np.zeros(n)
         self.ubound = np.zeros(n)
+        self.cover = np.zeros(n)
         self.level[root] = root_level
+        self.cover[root] = ldexp(1.0, root_level)
         self.inserted[0] = root
         self.n_inserted = 1
         b = max(max_batch, 1)
@@ -160,25 +164,152 @@ cdef class TreeBuilder:
                     r0 = k * BLOCK_ROWS
                     nr = min(<intp_t>BLOCK_ROWS, nb - r0)
                     self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
-                                        self.net_xt, self.net_v, self.net_s, nc,
+                                        &self.net_xt[0, 0], self.net_xt.shape[1],
+                                        &self.net_v[0, 0], &self.net_s[0], nc,
                                         &tile[r0, 0], tile.shape[1])
             self.kernel_tiles += n_chunks if self.P.residual else 0
             self.kernel_elements += nb * nc if self.P.residual else 0
         self.t_net += _now() - t0
         cdef intp_t[::1] net = self.net
+        cdef int32_t[:, ::1] enter = self.net_enter
+        cdef int32_t[:, ::1] row_of = self.net_row
+        cdef intp_t[::1] n_enter = np.zeros(nb, dtype=np.intp)
+        cdef intp_t t
+        # A. each point scores the net from the tile: its best cover so far, and the list of
+        #    net nodes it must enter
+        with nogil:
+            for b in prange(nb, num_threads=num_threads, schedule='dynamic', chunksize=chunk):
+                n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc, &enter[b, 0],
+                                            &best_d[b], &best_q[b])
+        # B. group by net node: who enters it (its rows in the second tile), and its children
+        cdef intp_t[::1] members_ptr = np.zeros(nc + 1, dtype=np.intp)
+        cdef intp_t[::1] kids_ptr = np.zeros(nc + 1, dtype=np.intp)
+        cdef intp_t[::1] tile2_off = np.zeros(nc + 1, dtype=np.intp)
+        cdef intp_t total_members = 0, max_kids = 0, kk
+        with nogil:
+            for b in range(nb):
+                for t in range(n_enter[b]):
+                    k = enter[b, t]
+                    row_of[b, t] = <int32_t>members_ptr[k + 1]
+                    members_ptr[k + 1] += 1
+            for k in range(nc):
+                kk = 0
+                if members_ptr[k + 1] > 0:
+                    c = self.first_child[net[k]]
+                    while c != NO_NODE:
+                        kk += 1
+                        c = self.next_sibling[c]
+                max_kids = max(max_kids, kk)
+                kids_ptr[k + 1] = kids_ptr[k] + kk
+                tile2_off[k + 1] = tile2_off[k] + members_ptr[k + 1] * kk
+                members_ptr[k + 1] += members_ptr[k]
+            total_members = members_ptr[nc]
+        cdef intp_t[::1] members = np.empty(max(total_members, 1), dtype=np.intp)
+        cdef intp_t[::1] kids = np.empty(max(kids_ptr[nc], 1), dtype=np.intp)
+        cdef float64_t[::1] tile2 = np.empty(max(tile2_off[nc], 1))
+        with nogil:
+            for b in range(nb):
+                for t in range(n_enter[b]):
+                    k = enter[b, t]
+                    members[members_ptr[k] + row_of[b, t]] = b
+            for k in range(nc):
+                kk = kids_ptr[k]
+                if kids_ptr[k + 1] > kk:
+                    c = self.first_child[net[k]]
+                    while c != NO_NODE:
+                        kids[kk] = c
+                        kk += 1
+                        c = self.next_sibling[c]
+        # C. one tile per entered net node: its visitors x its children (BLAS), in parallel
+        cdef float64_t t1 = _now()
+        if tile2_off[nc] > 0:
+            self._children_tiles(nc, &members_ptr[0], &members[0], &kids_ptr[0], &kids[0],
+                                 &tile2_off[0], &tile2[0], nb, max_kids, num_threads)
+        self.t_kids += _now() - t1
+        self.kernel_elements += tile2_off[nc] if self.P.residual else 0
+        # D. each point descends on its own below that, one pair at a time
         with nogil, parallel(num_threads=num_threads):
             stack = <intp_t*>malloc(self.n * sizeof(intp_t))
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
                 if stack != NULL:
-                    evals[b] = self._descend(batch[b], stack, &tile[b, 0], &net[0], nc,
-                                             &best_d[b], &best_q[b])
+                    evals[b] = self._descend(batch[b], stack, &net[0], n_enter[b],
+                                             &enter[b, 0], &row_of[b, 0], &kids_ptr[0],
+                                             &tile2_off[0], &tile2[0], &best_d[b], &best_q[b])
                 else:
                     evals[b] = -1
             # end: prange
             free(stack)
         if np.min(evals) < 0:
             raise MemoryError("could not allocate the traversal stacks")
-        self.traversal_evals += int(np.sum(evals)) + nb * nc
+        self.traversal_evals += int(np.sum(evals)) + nb * nc + tile2_off[nc]
+
+    cdef void _children_tiles(self, intp_t nc, const intp_t* members_ptr,
+                              const intp_t* members, const intp_t* kids_ptr,
+                              const intp_t* kids, const intp_t* tile2_off, float64_t* tile2,
+                              intp_t nb, intp_t max_kids, int num_threads) noexcept nogil:
+        """tile2[off_k + r * n_kids + j] = d(visitor r of net node k, child j of k)."""
+        cdef intp_t k, r, j, t, nm, nk, dim = self.P.dim, m = self.P.m, b, c
+        cdef intp_t mw = max(m, 1)
+        cdef float64_t* qx
+        cdef float64_t* qv
+        cdef float64_t* qs
+        cdef float64_t* kxt
+        cdef float64_t* kv
+        cdef float64_t* ks
+        with parallel(num_threads=num_threads):
+            qx = <float64_t*>malloc(nb * dim * sizeof(float64_t))
+            qv = <float64_t*>malloc(nb * mw * sizeof(float64_t))
+            qs = <float64_t*>malloc(nb * sizeof(float64_t))
+            kxt = <float64_t*>malloc(max_kids * dim * sizeof(float64_t))
+            kv = <float64_t*>malloc(max_kids * mw * sizeof(float64_t))
+            ks = <float64_t*>malloc(max_kids * sizeof(float64_t))
+            for k in prange(nc, schedule='dynamic', chunksize=16):
+                nm = members_ptr[k + 1] - members_ptr[k]
+                nk = kids_ptr[k + 1] - kids_ptr[k]
+                if nm == 0 or nk == 0 or qx == NULL or qv == NULL or qs == NULL \
+                        or kxt == NULL or kv == NULL or ks == NULL:
+                    continue
+                for r in range(nm):            # the visitors' rows, from the batch workspace
+                    b = members[members_ptr[k] + r]
+                    for t in range(dim):
+                        qx[r * dim + t] = self.gx[b, t]
+                    for t in range(m):
+                        qv[r * m + t] = self.gv[b, t]
+                    qs[r] = self.gs[b]
+                for j in range(nk):            # the children's rows
+                    c = kids[kids_ptr[k] + j]
+                    for t in range(dim):
+                        kxt[t * nk + j] = self.P.x[c * dim + t]
+                    for t in range(m):
+                        kv[j * m + t] = self.P.v[c * m + t]
+                    ks[j] = self.P.s[c] if self.P.residual else 0.0
+                self._distance_rows(qx, qv, qs, nm, kxt, nk, kv, ks, nk,
+                                    tile2 + tile2_off[k], nk)
+            # end: prange
+            free(qx)
+            free(qv)
+            free(qs)
+            free(kxt)
+            free(kv)
+            free(ks)
+
+    cdef intp_t _net_pass(self, intp_t p, const float64_t* net_d, const intp_t* net,
+                          intp_t nc, int32_t* enter, float64_t* out_d,
+                          intp_t* out_q) noexcept nogil:
+        """Score the net from the tile: the best cover so far, and the net positions to enter
+        (written to enter[0..count), ascending); returns count."""
+        cdef intp_t k, count = 0, slot, pushed
+        cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root))
+        cdef intp_t best_q = self.root
+        for k in range(nc):
+            pushed = 0
+            self._visit(net[k], net_d[k], &best_d, &best_q, &slot, &pushed)
+            if pushed:
+                enter[count] = <int32_t>k
+                count += 1
+        out_d[0] = best_d
+        out_q[0] = best_q
+        return count
 
     cdef inline void _visit(self, intp_t c, float64_t dc, float64_t* best_d, intp_t* best_q,
                             intp_t* stack, intp_t* sp) noexcept nogil:
@@ -189,7 +320,7 @@ cdef class TreeBuilder:
         if d(p, c) <= R(c) + 2^(l(c)-1) and d(p, c) - R(c) can beat the best so far. slack
         absorbs rounding and can only widen the search.
         """
-        cdef float64_t rc = ldexp(1.0, self.level[c])
+        cdef float64_t rc = self.cover[c]
         if dc <= rc and closer(dc, c, best_d[0], best_q[0]):
             best_d[0] = dc
             best_q[0] = c
@@ -198,27 +329,34 @@ cdef class TreeBuilder:
             stack[sp[0]] = c
             sp[0] += 1
 
-    cdef int64_t _descend(self, intp_t p, intp_t* stack, const float64_t* net_d,
-                          const intp_t* net, intp_t nc, float64_t* out_d,
-                          intp_t* out_q) noexcept nogil:
-        """Depth-first search for the nearest covering node; returns the distance evaluations
-        made below the net (the net's own come from the tile)."""
-        cdef intp_t sp = 0, u, c, k
-        cdef int64_t evals = 1
-        cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root))
-        cdef intp_t best_q = self.root
-        for k in range(nc):
-            self._visit(net[k], net_d[k], &best_d, &best_q, stack, &sp)
+    cdef int64_t _descend(self, intp_t p, intp_t* stack, const intp_t* net, intp_t n_enter,
+                          const int32_t* enter, const int32_t* row_of, const intp_t* kids_ptr,
+                          const intp_t* tile2_off, const float64_t* tile2,
+                          float64_t* best_d, intp_t* best_q) noexcept nogil:
+        """Depth-first search below the net for the nearest covering node, starting from the
+        best cover the net gave; returns the pair evaluations it made (the children of the
+        entered net nodes come from their tiles)."""
+        cdef intp_t sp = 0, u, c, k, j, nk, t
+        cdef int64_t evals = 0
+        cdef const float64_t* row
+        for t in range(n_enter):
+            k = enter[t]
+            nk = kids_ptr[k + 1] - kids_ptr[k]
+            row = tile2 + tile2_off[k] + row_of[t] * nk
+            c = self.first_child[net[k]]
+            j = 0
+            while c != NO_NODE:             # same order as the tile's columns
+                self._visit(c, row[j], best_d, best_q, stack, &sp)
+                j += 1
+                c = self.next_sibling[c]
         while sp > 0:
             sp -= 1
             u = stack[sp]
             c = self.first_child[u]
             while c != NO_NODE:
-                self._visit(c, sqrt(pair_key(&self.P, p, c)), &best_d, &best_q, stack, &sp)
+                self._visit(c, sqrt(pair_key(&self.P, p, c)), best_d, best_q, stack, &sp)
                 evals += 1
                 c = self.next_sibling[c]
-        out_d[0] = best_d
-        out_q[0] = best_q
         return evals
 
     # -- gathering rows into contiguous tile operands -------------------------------------------
@@ -252,6 +390,8 @@ cdef class TreeBuilder:
             s[:c] = self.net_s[:c]
         self.net, self.net_xt, self.net_v, self.net_s = net, xt, v, s
         self.net_tile = np.empty((b, cap))
+        self.net_enter = np.empty((b, cap), dtype=np.int32)
+        self.net_row = np.empty((b, cap), dtype=np.int32)
 
     def extend_net(self, const intp_t[::1] batch):
         """Append the batch's new children of the root to the net, in batch order."""
@@ -274,15 +414,15 @@ cdef class TreeBuilder:
 
     cdef void _distance_rows(self, const float64_t* xq, const float64_t* vq,
                              const float64_t* sq, intp_t nr,
-                             const float64_t[:, ::1] xct, const float64_t[:, ::1] vc,
-                             const float64_t[::1] sc, intp_t nc,
+                             const float64_t* xct, intp_t ldxct, const float64_t* vc,
+                             const float64_t* sc, intp_t nc,
                              float64_t* out, intp_t ldo) noexcept nogil:
         """out[r, j] = d(query r, column j): one tile (BLAS for the residual part), then sqrt."""
         cdef intp_t r, j
         cdef float64_t a
         cdef float64_t* row
         if self.P.residual:
-            residual_cov_tile(self.P.spec, xq, vq, nr, &xct[0, 0], xct.shape[1], &vc[0, 0], nc,
+            residual_cov_tile(self.P.spec, xq, vq, nr, xct, ldxct, vc, nc,
                               self.P.dim, self.P.m, out, ldo)
             for r in range(nr):
                 row = out + r * ldo
@@ -290,7 +430,7 @@ cdef class TreeBuilder:
                     a = fabs(row[j]) * sq[r] * sc[j]
                     row[j] = sqrt(1.0 - a) if a < 1.0 else 0.0
         else:
-            sqdist_direct_tile(xq, nr, &xct[0, 0], xct.shape[1], nc, self.P.dim, out, ldo)
+            sqdist_direct_tile(xq, nr, xct, ldxct, nc, self.P.dim, out, ldo)
             for r in range(nr):
                 row = out + r * ldo
                 for j in range(nc):
@@ -314,8 +454,10 @@ cdef class TreeBuilder:
             for c in prange(n_chunks, num_threads=num_threads, schedule='static'):
                 r0 = c * BLOCK_ROWS
                 nr = min(<intp_t>BLOCK_ROWS, nb - r0)
+                # only columns >= r0: the rest is mirrored below
                 self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
-                                    xct, vc, sc, nb, &block[r0, 0], nb)
+                                    &xct[0, r0], xct.shape[1], &vc[r0, 0], &sc[r0], nb - r0,
+                                    &block[r0, r0], nb)
                 for a in range(r0, r0 + nr):
                     block[a, a] = 0.0          # a point is at distance 0 from itself
         # one value per pair: the upper triangle, mirrored (BLAS may round (a, b) and (b, a)
@@ -326,7 +468,7 @@ cdef class TreeBuilder:
                     block[c, a] = block[a, c]
         self.block_evals += nb * (nb - 1) // 2
         self.kernel_tiles += n_chunks if self.P.residual else 0
-        self.kernel_elements += nb * nb if self.P.residual else 0
+        self.kernel_elements += nb * (nb + BLOCK_ROWS) // 2 if self.P.residual else 0
 
     # -- stage 3: conflict graph, MIS, attach ---------------------------------------------------
 
@@ -396,6 +538,7 @@ cdef class TreeBuilder:
                     p = batch[a]
                     q = best_q[a]
                     self.level[p] = i
+                    self.cover[p] = radius
                     self.parent[p] = q
                     self.pdist[p] = best_d[a]
                     self.next_sibling[p] = self.first_child[q]

@@ -71,7 +71,9 @@ class CoverTree:
     Notes
     -----
     ``stats["seconds"]`` has ``model`` (the model's own build, 0 for Euclidean),
-    ``traversal`` (of which ``traversal_net``: the batch x net tiles), ``pairwise``, ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
+    ``traversal`` (of which ``traversal_net``: the batch x net tiles, and
+    ``traversal_children``: the tiles of the entered net nodes' children), ``pairwise``,
+    ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
     covering radii exact), ``finalise`` and ``total``; the counters are
     ``distance_evaluations`` (and its parts ``traversal_evaluations``,
     ``pairwise_evaluations``, ``radius_evaluations``), ``kernel_tiles``,
@@ -137,7 +139,8 @@ class CoverTree:
                 seconds["traversal"] += t1 - t
                 seconds["pairwise"] += t2 - t1
                 seconds["radii"] += time.perf_counter() - t3
-        seconds["traversal_net"] = builder.t_net      # the part of traversal spent on the net
+        seconds["traversal_net"] = builder.t_net      # traversal's batch x net tiles
+        seconds["traversal_children"] = builder.t_kids  # and its visitors x children tiles
         seconds["conflict"] = builder.t_conflict
         seconds["mis"] = builder.t_mis
         seconds["attach"] = builder.t_attach
