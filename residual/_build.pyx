@@ -9,7 +9,12 @@
 # always exists and l(p) < l(root).
 #
 # One batch: (1) traversal, nogil prange over the batch: each point descends the tree as it was
-# before the batch and finds (q*, d*); (2) the batch x batch distance block, ONCE, with tiles;
+# before the batch and finds (q*, d*). The root's children (the "net": in the residual metric
+# thousands of nodes that nearly every point must score) are scored for the whole batch in one
+# BLAS tile, and so are the children of each net node, against the batch points that enter it;
+# below that a point goes on alone, one pair at a time. No scope needs keeping: a point's
+# answer can only change through the batch's own new nodes. (2) the batch x batch distance
+# block, ONCE, with tiles;
 # (3) rounds: the pending points at the highest level i, the conflict graph among them (edge iff
 # d <= 2^i, read from the block), a greedy MIS by batch position, attach; the other pending
 # points re-check only the new nodes, whose distances are in the block. Nodes of one round are
@@ -64,7 +69,7 @@ cdef class TreeBuilder:
     cdef int32_t[::1] level
     cdef intp_t[::1] parent, first_child, next_sibling, alias_of, inserted
     cdef float64_t[::1] pdist
-    cdef float64_t[::1] ubound      # each node's exact covering radius, kept as we go
+    cdef float64_t[::1] radius_     # each node's exact covering radius, kept as we go
     cdef float64_t[::1] cover       # 2^level of each node (read in the hot loop: no ldexp)
     cdef public intp_t n_inserted
     # per-batch workspaces, allocated once
@@ -118,7 +123,7 @@ cdef class TreeBuilder:
         self.alias_of = np.full(n, NO_NODE, dtype=np.intp)
         self.inserted = np.full(n, NO_NODE, dtype=np.intp)
         self.pdist = np.zeros(n)
-        self.ubound = np.zeros(n)
+        self.radius_ = np.zeros(n)
         self.cover = np.zeros(n)
         self.level[root] = root_level
         self.cover[root] = ldexp(1.0, root_level)
@@ -302,7 +307,7 @@ cdef class TreeBuilder:
         cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root))
         cdef intp_t best_q = self.root
         for k in range(nc):
-            pushed = 0
+            pushed = 0                  # _visit pushes onto a one-slot "stack" if k is entered
             self._visit(net[k], net_d[k], &best_d, &best_q, &slot, &pushed)
             if pushed:
                 enter[count] = <int32_t>k
@@ -325,7 +330,7 @@ cdef class TreeBuilder:
             best_d[0] = dc
             best_q[0] = c
         if self.first_child[c] != NO_NODE and \
-                dc - self.ubound[c] <= min(0.5 * rc, best_d[0]) + self.slack:
+                dc - self.radius_[c] <= min(0.5 * rc, best_d[0]) + self.slack:
             stack[sp[0]] = c
             sp[0] += 1
 
@@ -608,8 +613,8 @@ cdef class TreeBuilder:
                     a = self.parent[p]
                 t = 0
                 while a != NO_NODE:
-                    if dist[b, t] > self.ubound[a]:
-                        self.ubound[a] = dist[b, t]
+                    if dist[b, t] > self.radius_[a]:
+                        self.radius_[a] = dist[b, t]
                     t = t + 1
                     a = self.parent[a]
         for b in range(nb):
@@ -634,7 +639,7 @@ cdef class TreeBuilder:
         return (np.asarray(self.level).astype(np.int64), np.asarray(self.parent).astype(np.int64),
                 np.asarray(self.pdist).copy(), np.asarray(self.alias_of).astype(np.int64),
                 np.asarray(self.inserted)[: self.n_inserted].astype(np.int64),
-                np.asarray(self.ubound).copy())
+                np.asarray(self.radius_).copy())
 
 
 def pair_distances(bint residual, int kind, float64_t variance,
