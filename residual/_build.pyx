@@ -59,6 +59,46 @@ cdef inline bint closer(float64_t d, intp_t q, float64_t best_d, intp_t best_q) 
     return d < best_d or (d == best_d and q < best_q)
 
 
+cdef int64_t conflict_graph(const float64_t* block, intp_t nb, const intp_t* members,
+                            intp_t nl, float64_t radius, intp_t* adj_ptr, intp_t* adj,
+                            int num_threads) noexcept nogil:
+    """Edges {j, k} among the round's members with block[j, k] <= radius, as CSR.
+
+    block is the batch's nb x nb distance matrix (symmetric); members are batch positions in
+    priority order. Row j's neighbours (positions in the round) go to adj[j * nl ...] and its
+    degree to adj_ptr[j + 1]. Returns the number of edges counted from both ends. Rows in
+    parallel.
+    """
+    cdef intp_t j, k, count
+    cdef int64_t total = 0
+    cdef const float64_t* row
+    for j in prange(nl, num_threads=num_threads, schedule='static'):
+        row = block + members[j] * nb
+        count = 0
+        for k in range(nl):
+            if k != j and row[members[k]] <= radius:
+                adj[j * nl + count] = k
+                count = count + 1
+        adj_ptr[j + 1] = count
+    for j in range(nl):
+        total += adj_ptr[j + 1]
+    return total
+
+
+cdef void greedy_mis(intp_t nl, const intp_t* adj_ptr, const intp_t* adj,
+                     intp_t* chosen) noexcept nogil:
+    """Greedy maximal independent set by priority (position): j joins unless an earlier
+    neighbour joined. Sequential, so the set is the same for any thread count."""
+    cdef intp_t j, k, nbr
+    for j in range(nl):
+        chosen[j] = 1
+        for k in range(adj_ptr[j + 1]):
+            nbr = adj[j * nl + k]
+            if nbr < j and chosen[nbr]:
+                chosen[j] = 0
+                break
+
+
 cdef class TreeBuilder:
     """Mutable tree state during batch insertion, and the three per-batch stages."""
 
@@ -481,6 +521,9 @@ cdef class TreeBuilder:
                 float64_t[::1] best_d, intp_t[::1] best_q, int num_threads):
         """Insert the batch: rounds of conflict graph + MIS + attach, reading only the block."""
         cdef intp_t nb = batch.shape[0]
+        if block.shape[0] != nb or block.shape[1] != nb:
+            raise ValueError(f"the pairwise block must be {nb} x {nb} (the batch), got "
+                             f"{block.shape[0]} x {block.shape[1]}: compute it first")
         if nb == 0:
             return
         with nogil:
@@ -517,23 +560,13 @@ cdef class TreeBuilder:
                 if lev[pending[j]] == i:
                     in_round[nl] = pending[j]
                     nl += 1
-            # conflict graph on the round: CSR adjacency, rows in parallel
-            adj_ptr[0] = 0
-            for j in prange(nl, num_threads=num_threads, schedule='static'):
-                adj_ptr[j + 1] = self._neighbours(block, nb, in_round, nl, j, radius,
-                                                  adj + j * nl)
-            for j in range(nl):
-                self.conflict_edges += adj_ptr[j + 1]   # each edge seen from both ends
+            # conflict graph on the round, then a greedy MIS by priority; both see the block
+            # and the round's members, nothing of the metric
+            self.conflict_edges += conflict_graph(block, nb, in_round, nl, radius, adj_ptr, adj,
+                                                  num_threads)
             self.t_conflict += _now() - t0
-            # greedy MIS by priority: a point joins unless an earlier neighbour joined
             t0 = _now()
-            ni = 0
-            for j in range(nl):
-                chosen[j] = 1
-                for k in range(adj_ptr[j + 1]):
-                    if adj[j * nl + k] < j and chosen[adj[j * nl + k]]:
-                        chosen[j] = 0
-                        break
+            greedy_mis(nl, adj_ptr, adj, chosen)
             self.t_mis += _now() - t0
             # attach the MIS at level i; pending points re-check the new nodes only
             t0 = _now()
@@ -619,18 +652,6 @@ cdef class TreeBuilder:
                     a = self.parent[a]
         for b in range(nb):
             self.radius_evals += depth[b]
-
-    cdef intp_t _neighbours(self, const float64_t* block, intp_t nb, const intp_t* members,
-                            intp_t nl, intp_t j, float64_t radius,
-                            intp_t* out) noexcept nogil:
-        """Positions (in the round) of the members within `radius` of member j."""
-        cdef intp_t k, count = 0
-        cdef const float64_t* row = block + members[j] * nb
-        for k in range(nl):
-            if k != j and row[members[k]] <= radius:
-                out[count] = k
-                count += 1
-        return count
 
     # -- results --------------------------------------------------------------------------------
 

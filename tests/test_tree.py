@@ -191,3 +191,13 @@ def test_bad_data():
         residual.CoverTree(residual.RBF())
     with pytest.raises(ValueError, match="X is empty"):
         residual.CoverTree(np.zeros((0, 2)))
+
+
+def test_conflict_step_refuses_a_missing_block():
+    from residual import _build
+    X = harness_like(10)
+    builder = _build.TreeBuilder(False, 0, 1.0, X, None, None, 0, 3, 8, 1e-9)
+    batch = np.arange(1, 5, dtype=np.intp)
+    best_d, best_q = np.ones(4), np.zeros(4, dtype=np.intp)
+    with pytest.raises(ValueError, match="pairwise block must be 4 x 4"):
+        builder.resolve(batch, np.zeros((3, 3)), best_d, best_q, 1)
