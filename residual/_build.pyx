@@ -39,6 +39,7 @@ cdef enum:
                              # 32 (see _bruteforce.pyx on BLAS blocking and determinism), and
                              # tall enough that BLAS packs each column panel for many rows
     NO_NODE = -1
+    INSERTED = -2147483647   # a batch point's pending level once it has joined the tree
 
 
 cdef inline float64_t _now() noexcept nogil:
@@ -531,10 +532,9 @@ cdef class TreeBuilder:
 
     cdef void _resolve(self, const intp_t* batch, intp_t nb, const float64_t* block,
                        float64_t* best_d, intp_t* best_q, int num_threads) noexcept nogil:
-        cdef intp_t n_pending = 0, a, b, j, k, nl, ni, p, q, e
+        cdef intp_t n_pending = 0, a, b, j, k, nl, p, q, e
         cdef int i
         cdef float64_t radius, d, t0
-        cdef bint free_of_conflict
         cdef intp_t* pending = &self.pending[0]
         cdef intp_t* in_round = &self.in_round[0]
         cdef intp_t* chosen = &self.chosen[0]
@@ -542,10 +542,7 @@ cdef class TreeBuilder:
         cdef intp_t* adj = &self.adj[0]
         cdef int32_t* lev = &self.lev[0]
         for a in range(nb):
-            if best_d[a] == 0.0:
-                self.alias_of[batch[a]] = best_q[a]
-            else:
-                lev[a] = level_below(best_d[a])
+            if self._settle(a, batch, best_d, best_q, lev):
                 pending[n_pending] = a
                 n_pending += 1
         while n_pending > 0:
@@ -583,11 +580,11 @@ cdef class TreeBuilder:
                     self.first_child[q] = p
                     self.inserted[self.n_inserted] = p
                     self.n_inserted += 1
-                    lev[a] = -2147483647       # marks "inserted"
+                    lev[a] = INSERTED
             e = 0
             for j in range(n_pending):
                 b = pending[j]
-                if lev[b] == -2147483647:
+                if lev[b] == INSERTED:
                     continue
                 for k in range(nl):
                     if not chosen[k]:
@@ -597,14 +594,21 @@ cdef class TreeBuilder:
                     if d <= radius and closer(d, batch[a], best_d[b], best_q[b]):
                         best_d[b] = d
                         best_q[b] = batch[a]
-                if best_d[b] == 0.0:
-                    self.alias_of[batch[b]] = best_q[b]
-                else:
-                    lev[b] = level_below(best_d[b])
+                if self._settle(b, batch, best_d, best_q, lev):
                     pending[e] = b
                     e += 1
             n_pending = e
             self.t_attach += _now() - t0
+
+    cdef inline bint _settle(self, intp_t a, const intp_t* batch, const float64_t* best_d,
+                             const intp_t* best_q, int32_t* lev) noexcept nogil:
+        """Batch point a becomes an alias (d* = 0) or waits at level ceil(log2 d*) - 1;
+        returns True when it is still pending."""
+        if best_d[a] == 0.0:
+            self.alias_of[batch[a]] = best_q[a]
+            return False
+        lev[a] = level_below(best_d[a])
+        return True
 
     def raise_radii(self, const intp_t[::1] batch, int num_threads):
         """Keep each node's covering radius exact as the batch joins the tree.
@@ -619,9 +623,7 @@ cdef class TreeBuilder:
         h = 0
         for b in range(nb):                      # chain lengths, to size the buffer
             t = 0
-            a = self.alias_of[batch[b]]
-            if a == NO_NODE:
-                a = self.parent[batch[b]]
+            a = self._first_above(batch[b])
             while a != NO_NODE:
                 t += 1
                 a = self.parent[a]
@@ -631,19 +633,14 @@ cdef class TreeBuilder:
         with nogil:
             for b in prange(nb, num_threads=num_threads, schedule='dynamic', chunksize=8):
                 p = batch[b]
-                a = self.alias_of[p]
-                if a == NO_NODE:
-                    a = self.parent[p]
+                a = self._first_above(p)
                 t = 0
                 while a != NO_NODE:
                     dist[b, t] = sqrt(pair_key(&self.P, p, a))
                     t = t + 1
                     a = self.parent[a]
             for b in range(nb):
-                p = batch[b]
-                a = self.alias_of[p]
-                if a == NO_NODE:
-                    a = self.parent[p]
+                a = self._first_above(batch[b])
                 t = 0
                 while a != NO_NODE:
                     if dist[b, t] > self.radius_[a]:
@@ -652,6 +649,10 @@ cdef class TreeBuilder:
                     a = self.parent[a]
         for b in range(nb):
             self.radius_evals += depth[b]
+
+    cdef inline intp_t _first_above(self, intp_t p) noexcept nogil:
+        """The first node whose subtree holds p: its node for an alias, else its parent."""
+        return self.alias_of[p] if self.alias_of[p] != NO_NODE else self.parent[p]
 
     # -- results --------------------------------------------------------------------------------
 
