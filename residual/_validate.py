@@ -48,6 +48,13 @@ def as_float_matrix(a, name, *, ncols=None, allow_empty=False):
     return arr
 
 
+def check_euclidean_range(X, name):
+    """Refuse coordinates so large that squared distances would overflow float64."""
+    if X.size and np.abs(X).max() > 1e150:
+        raise ValueError(f"{name} has entries above 1e150 in magnitude: squared distances "
+                         "would overflow float64; rescale the coordinates")
+
+
 def as_float_vector(a, name, *, size):
     """Validate a 1-D finite real array of the given size, returned as C-contiguous float64."""
     arr = np.asarray(a)

@@ -6,7 +6,8 @@ from residual import _bruteforce
 from residual.model import ResidualCorrelation
 from residual.kernels import Kernel
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import as_float_matrix, check_int, resolve_chunk_size
+from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
+                                resolve_chunk_size)
 
 #: Queries per parallel work item when ``chunk_size`` is None.
 DEFAULT_CHUNK_SIZE = 128
@@ -74,6 +75,10 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
         if predecessors:
             raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
         Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
+        if not residual:
+            check_euclidean_range(Y, "Y")
+    if not residual:
+        check_euclidean_range(X, "X")
     k = _check_k(k, n, in_sample, predecessors)
     nt = resolve_num_threads(num_threads)
     chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)

@@ -14,7 +14,8 @@ from residual import _build
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import as_float_matrix, check_int, resolve_chunk_size
+from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
+                                resolve_chunk_size)
 
 #: Largest batch inserted at once when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = 512
@@ -95,6 +96,7 @@ class CoverTree:
         else:
             self.model = None
             x, v, s = as_float_matrix(X_or_model, "X"), None, None
+            check_euclidean_range(x, "X")
             kind, variance = 0, 1.0
         self._metric = (self.residual, kind, variance, x, v, s)
         n = x.shape[0]

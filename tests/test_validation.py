@@ -124,3 +124,13 @@ def test_bad_user_factors():
         residual.ResidualCorrelation(X, KERN, V=np.full_like(V, np.nan), p_diag=p)
     with pytest.raises(ValueError, match="p_diag contains NaN"):
         residual.ResidualCorrelation(X, KERN, V=V, p_diag=np.full(30, np.nan))
+
+
+def test_coordinates_that_would_overflow():
+    big = np.array([[1e200, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match="X has entries above 1e150"):
+        residual.brute_force_knn(big, 1)
+    with pytest.raises(ValueError, match="X has entries above 1e150"):
+        residual.CoverTree(big)
+    with pytest.raises(ValueError, match="Y has entries above 1e150"):
+        residual.brute_force_knn(big[1:], 1, big[:1])
