@@ -23,7 +23,7 @@
 # count. Step (3) gets the block by pointer and nothing else of the metric.
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, fabs, ldexp, frexp, INFINITY
+from libc.math cimport sqrt, fabs, ldexp, frexp
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
@@ -31,7 +31,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport (KernelSpec, Points, pair_key, residual_cov_tile,
+from residual._tiles cimport (Points, pair_key, residual_cov_tile,
                               sqdist_direct_tile)
 
 cdef enum:
