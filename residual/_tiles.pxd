@@ -109,22 +109,29 @@ cdef struct Points:
     const float64_t* s      # (n,) residual 1/sqrt(p) (0 if degenerate), else NULL
 
 
-cdef inline float64_t pair_key(const Points* P, intp_t i, intp_t j) noexcept nogil:
-    """Squared distance d(i, j)^2 between two indexed points, in float64.
+cdef inline float64_t query_key(const Points* P, const float64_t* xq, const float64_t* vq,
+                                float64_t sq, intp_t j) noexcept nogil:
+    """Squared distance between a query (coordinates xq, residual row vq and 1/sqrt(p) sq,
+    prepared like the indexed points) and indexed point j, in float64.
 
-    Euclidean: the direct sum of squared differences. Residual: 1 - min(1, |C_ij| s_i s_j)
-    with C_ij = k(x_i, x_j) - V_i . V_j (the same quantity the tiles compute).
+    Euclidean: the direct sum of squared differences. Residual: 1 - min(1, |C| s_q s_j) with
+    C = k(x_q, x_j) - v_q . V_j (the same quantity the tiles compute).
     """
     cdef intp_t t
     cdef float64_t r2 = 0.0, diff, a
-    cdef const float64_t* xi = P.x + i * P.dim
     cdef const float64_t* xj = P.x + j * P.dim
     for t in range(P.dim):
-        diff = xi[t] - xj[t]
+        diff = xq[t] - xj[t]
         r2 += diff * diff
     if not P.residual:
         return r2
     # BLAS ddot: vectorised, and a fixed summation order for a given m
-    a = fabs(kernel_value(P.spec, r2) - ddot_(P.m, P.v + i * P.m, P.v + j * P.m))
-    a = a * P.s[i] * P.s[j]
+    a = fabs(kernel_value(P.spec, r2) - ddot_(P.m, vq, P.v + j * P.m)) * sq * P.s[j]
     return 1.0 - a if a < 1.0 else 0.0
+
+
+cdef inline float64_t pair_key(const Points* P, intp_t i, intp_t j) noexcept nogil:
+    """Squared distance d(i, j)^2 between two indexed points (see query_key)."""
+    if not P.residual:
+        return query_key(P, P.x + i * P.dim, NULL, 0.0, j)
+    return query_key(P, P.x + i * P.dim, P.v + i * P.m, P.s[i], j)

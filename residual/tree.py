@@ -10,9 +10,10 @@ import time
 
 import numpy as np
 
-from residual import _build
+from residual import _build, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
+from residual.bruteforce import _check_k
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
@@ -170,6 +171,73 @@ class CoverTree:
                                             + counters["radius_evaluations"])
         self.stats = {"seconds": seconds, **counters}
         self.num_threads, self.batch_size, self.seed, self.schedule = nt, batch_size, seed, schedule
+        self._slack = slack
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def query(self, Y=None, k=1, *, predecessors=False, num_threads=None, chunk_size=None):
+        """Exact k nearest neighbours by best-first search on the tree.
+
+        Same contract as :func:`residual.brute_force_knn`: in-sample queries (``Y=None``)
+        exclude the point itself; ``predecessors=True`` keeps only j < i and returns
+        ``min(k, i)`` neighbours; rows ascend by (distance, index), padded with inf / -1.
+
+        Parameters
+        ----------
+        Y : array-like of shape (n_queries, n_features), default=None
+            New points (for a residual tree, V and p of the new points come from the model).
+        k : int, default=1
+        predecessors : bool, default=False
+        num_threads : int, default=None
+        chunk_size : int, default=None
+            Queries per parallel work item (None = 16). Results do not depend on it.
+
+        Returns
+        -------
+        dist : ndarray of shape (n_queries, k), float64
+        idx : ndarray of shape (n_queries, k), int64
+
+        Notes
+        -----
+        ``stats["query"]`` records the last call: seconds and distance evaluations per query.
+        Distances are evaluated one pair at a time in float64; scoring the residual tree's
+        top levels as BLAS tiles, as the build does, is not done yet.
+        """
+        t0 = time.perf_counter()
+        n = self.n_samples
+        if not isinstance(predecessors, (bool, np.bool_)):
+            raise TypeError(f"predecessors must be a bool, got {type(predecessors).__name__}")
+        in_sample = Y is None
+        residual, kind, variance, x, v, s = self._metric
+        dim = self.model.n_features if residual else x.shape[1]
+        if not in_sample:
+            if predecessors:
+                raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
+            Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
+            if not residual:
+                check_euclidean_range(Y, "Y")
+        k = _check_k(k, n, in_sample, predecessors)
+        nt = resolve_num_threads(num_threads)
+        chunk = resolve_chunk_size(chunk_size, 16)
+        if in_sample:
+            xq, vq, sq = x, v, s
+        elif residual:
+            xq, vq, sq = self.model._new_points(Y, nt)
+        else:
+            xq, vq, sq = Y, None, None
+        nq = xq.shape[0]
+        dist = np.empty((nq, k))
+        idx = np.empty((nq, k), dtype=np.int64)
+        with single_threaded_blas():
+            evals = _search.knn(residual, kind, variance, x, v, s, self.root,
+                                self.children_ptr, self.children, self.aliases_ptr,
+                                self.aliases, self.radii, self.parent_distances,
+                                self.min_index, self._slack, xq, vq, sq, in_sample,
+                                bool(predecessors), k, dist, idx, nt, chunk)
+        self.stats["query"] = {"seconds": time.perf_counter() - t0,
+                               "distance_evaluations_per_query":
+                                   float(evals.mean()) if nq else 0.0}
+        return dist, idx
 
     # -- finalise -------------------------------------------------------------------------------
 
@@ -198,6 +266,12 @@ class CoverTree:
             grp = nodes[level[nodes] == lev]
             np.minimum.at(min_index, parent[grp], min_index[grp])
         self.min_index = min_index
+
+        # CSR aliases per node, by index
+        al = aliases[np.argsort(alias_of[aliases], kind="stable")]
+        self.aliases = al.astype(np.int64)
+        self.aliases_ptr = np.concatenate([[0], np.cumsum(np.bincount(alias_of[al],
+                                                                      minlength=n))])
 
         # CSR children, highest level first, then index
         kids = nodes[np.lexsort((nodes, -level[nodes], parent[nodes]))]

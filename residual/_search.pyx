@@ -1,0 +1,288 @@
+# Exact kNN search on the compressed cover tree (ALGORITHMS.md sections 5-6).
+#
+# One query at a time, best-first: a min-heap of nodes keyed by the lower bound
+# max(0, d(q, u) - R(u)) on the distance to anything in u's subtree, and a bounded max-heap of
+# the k best (distance, index) pairs so far, whose top is tau. A node is popped while its bound
+# is <= tau (plus slack for rounding), so ties with the k-th stay reachable; a child c is not
+# even evaluated when |d(q, parent) - pd(c)| - R(c) > tau (triangle inequality). Predecessor
+# queries (row i: only j < i) enter a subtree only if its smallest index is < i, and offer only
+# eligible points; ineligible nodes still route the search. Aliases (points at distance 0 from
+# a node) are offered with their node.
+#
+# Queries are independent and read-only: prange over queries, one workspace per thread.
+# Distances are float64, one pair at a time (query_key); scoring the top levels as BLAS tiles,
+# as the build does, is the next step for the residual metric.
+
+from cython.parallel cimport prange, parallel
+from libc.math cimport sqrt, fabs, INFINITY
+from libc.stdlib cimport malloc, free
+
+import numpy as np
+
+from residual._typedefs cimport float64_t, intp_t, int64_t
+from residual._tiles cimport Points, query_key
+
+
+cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
+    """(da, ia) < (db, ib): nearer first, ties by index."""
+    return da < db or (da == db and ia < ib)
+
+
+cdef inline void best_offer(float64_t* hd, intp_t* hi, intp_t* count, intp_t k,
+                            float64_t d, intp_t i) noexcept nogil:
+    """Offer (d, i) to the bounded max-heap of the k best (root = the worst kept)."""
+    cdef intp_t pos, child, parent
+    if count[0] < k:                       # not full: sift up
+        pos = count[0]
+        count[0] += 1
+        while pos > 0:
+            parent = (pos - 1) // 2
+            if not before(hd[parent], hi[parent], d, i):
+                break
+            hd[pos] = hd[parent]
+            hi[pos] = hi[parent]
+            pos = parent
+        hd[pos] = d
+        hi[pos] = i
+        return
+    if not before(d, i, hd[0], hi[0]):     # not better than the worst kept: rejected at root
+        return
+    pos = 0                                # replace the root, sift down
+    while True:
+        child = 2 * pos + 1
+        if child >= k:
+            break
+        if child + 1 < k and before(hd[child], hi[child], hd[child + 1], hi[child + 1]):
+            child += 1
+        if not before(d, i, hd[child], hi[child]):
+            break
+        hd[pos] = hd[child]
+        hi[pos] = hi[child]
+        pos = child
+    hd[pos] = d
+    hi[pos] = i
+
+
+cdef inline void frontier_push(float64_t* fl, float64_t* fd, intp_t* fn, intp_t* size,
+                               float64_t lb, float64_t d, intp_t node) noexcept nogil:
+    """Push (lower bound, distance, node) onto the min-heap keyed by the bound."""
+    cdef intp_t pos = size[0], parent
+    size[0] += 1
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if fl[parent] <= lb:
+            break
+        fl[pos] = fl[parent]
+        fd[pos] = fd[parent]
+        fn[pos] = fn[parent]
+        pos = parent
+    fl[pos] = lb
+    fd[pos] = d
+    fn[pos] = node
+
+
+cdef inline void frontier_pop(float64_t* fl, float64_t* fd, intp_t* fn,
+                              intp_t* size) noexcept nogil:
+    """Remove the smallest bound (read it from index 0 first)."""
+    cdef intp_t pos = 0, child, n
+    cdef float64_t lb, d
+    cdef intp_t node
+    size[0] -= 1
+    n = size[0]
+    if n == 0:
+        return
+    lb = fl[n]
+    d = fd[n]
+    node = fn[n]
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        if child + 1 < n and fl[child + 1] < fl[child]:
+            child += 1
+        if lb <= fl[child]:
+            break
+        fl[pos] = fl[child]
+        fd[pos] = fd[child]
+        fn[pos] = fn[child]
+        pos = child
+    fl[pos] = lb
+    fd[pos] = d
+    fn[pos] = node
+
+
+cdef struct Tree:
+    intp_t root
+    const int64_t* children_ptr
+    const int64_t* children
+    const int64_t* alias_ptr
+    const int64_t* aliases
+    const float64_t* radius
+    const float64_t* pdist
+    const int64_t* min_index
+    float64_t slack
+
+
+cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
+                     const float64_t* vq, float64_t sq, intp_t self_index, intp_t limit,
+                     intp_t k, float64_t* hd, intp_t* hi, float64_t* fl, float64_t* fd,
+                     intp_t* fn, float64_t* out_d, int64_t* out_i) noexcept nogil:
+    """k nearest eligible points to one query; returns the distance evaluations.
+
+    self_index: the query's own row (excluded), or -1. limit: only indices < limit are
+    eligible and only subtrees with min_index < limit are entered (predecessors), else n.
+    """
+    cdef intp_t count = 0, size = 0, u, c, t, a, j
+    cdef int64_t evals = 1
+    cdef float64_t tau, lb, du, dc
+    cdef float64_t d0 = sqrt(query_key(P, xq, vq, sq, T.root))
+    _offer_node(T, T.root, d0, self_index, limit, k, hd, hi, &count)
+    frontier_push(fl, fd, fn, &size, 0.0, d0, T.root)
+    while size > 0:
+        tau = hd[0] if count == k else INFINITY
+        lb = fl[0]
+        du = fd[0]
+        u = fn[0]
+        if lb > tau + T.slack:
+            break
+        frontier_pop(fl, fd, fn, &size)
+        for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
+            c = T.children[t]
+            if T.min_index[c] >= limit:
+                continue                    # nothing eligible below c
+            tau = hd[0] if count == k else INFINITY
+            if fabs(du - T.pdist[c]) - T.radius[c] > tau + T.slack:
+                continue                    # the parent distance already rules c out
+            dc = sqrt(query_key(P, xq, vq, sq, c))
+            evals += 1
+            _offer_node(T, c, dc, self_index, limit, k, hd, hi, &count)
+            tau = hd[0] if count == k else INFINITY
+            lb = dc - T.radius[c]
+            if T.children_ptr[c + 1] > T.children_ptr[c] and lb <= tau + T.slack:
+                frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
+    # the k best, sorted by (distance, index): pop the max-heap from the back
+    j = count
+    while j > 0:
+        j -= 1
+        out_d[j] = hd[0]
+        out_i[j] = hi[0]
+        _pop_max(hd, hi, j + 1)
+    for j in range(count, k):
+        out_d[j] = INFINITY
+        out_i[j] = -1
+    return evals
+
+
+cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_index,
+                             intp_t limit, intp_t k, float64_t* hd, intp_t* hi,
+                             intp_t* count) noexcept nogil:
+    """Offer node c and its aliases (same distance) if eligible."""
+    cdef intp_t t, a
+    if c != self_index and c < limit:
+        best_offer(hd, hi, count, k, d, c)
+    for t in range(T.alias_ptr[c], T.alias_ptr[c + 1]):
+        a = T.aliases[t]
+        if a != self_index and a < limit:
+            best_offer(hd, hi, count, k, d, a)
+
+
+cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
+    """Remove the root of a max-heap of n entries (n - 1 remain)."""
+    cdef intp_t pos = 0, child, last = n - 1
+    cdef float64_t d = hd[last]
+    cdef intp_t i = hi[last]
+    while True:
+        child = 2 * pos + 1
+        if child >= last:
+            break
+        if child + 1 < last and before(hd[child], hi[child], hd[child + 1], hi[child + 1]):
+            child += 1
+        if not before(d, i, hd[child], hi[child]):
+            break
+        hd[pos] = hd[child]
+        hi[pos] = hi[child]
+        pos = child
+    if last > 0:
+        hd[pos] = d
+        hi[pos] = i
+
+
+def knn(bint residual, int kind, float64_t variance,
+        const float64_t[:, ::1] x, v, s,
+        intp_t root, const int64_t[::1] children_ptr, const int64_t[::1] children,
+        const int64_t[::1] alias_ptr, const int64_t[::1] aliases,
+        const float64_t[::1] radius, const float64_t[::1] pdist,
+        const int64_t[::1] min_index, float64_t slack,
+        const float64_t[:, ::1] xq, vq, sq,
+        bint in_sample, bint predecessors, intp_t k,
+        float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
+        int num_threads, intp_t chunk):
+    """Exact kNN for every query row; returns the distance evaluations per query.
+
+    In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows): row i
+    excludes itself and, with predecessors, considers only j < i.
+    """
+    cdef Points P
+    cdef Tree T
+    cdef intp_t nq = xq.shape[0], n = x.shape[0], q, m = 0
+    cdef const float64_t[:, ::1] vv
+    cdef const float64_t[::1] ss
+    cdef const float64_t[:, ::1] vqq
+    cdef const float64_t[::1] sqq
+    cdef float64_t* hd
+    cdef intp_t* hi
+    cdef float64_t* fl
+    cdef float64_t* fd
+    cdef intp_t* fn
+    evals = np.zeros(nq, dtype=np.int64)
+    cdef int64_t[::1] ev = evals
+    P.residual = residual
+    P.spec.kind = kind
+    P.spec.variance = variance
+    P.n = n
+    P.dim = x.shape[1]
+    P.x = &x[0, 0]
+    P.v = NULL
+    P.s = NULL
+    if residual:
+        vv, ss, vqq, sqq = v, s, vq, sq
+        m = vv.shape[1]
+        P.v = &vv[0, 0]
+        P.s = &ss[0]
+    P.m = m
+    T.root = root
+    T.children_ptr = &children_ptr[0]
+    T.children = &children[0] if children.shape[0] else NULL
+    T.alias_ptr = &alias_ptr[0]
+    T.aliases = &aliases[0] if aliases.shape[0] else NULL
+    T.radius = &radius[0]
+    T.pdist = &pdist[0]
+    T.min_index = &min_index[0]
+    T.slack = slack
+    if nq == 0:
+        return evals
+    with nogil, parallel(num_threads=num_threads):
+        hd = <float64_t*>malloc(k * sizeof(float64_t))
+        hi = <intp_t*>malloc(k * sizeof(intp_t))
+        fl = <float64_t*>malloc(n * sizeof(float64_t))
+        fd = <float64_t*>malloc(n * sizeof(float64_t))
+        fn = <intp_t*>malloc(n * sizeof(intp_t))
+        for q in prange(nq, schedule='dynamic', chunksize=chunk):
+            if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL:
+                ev[q] = -1
+            else:
+                ev[q] = _search(&P, &T, &xq[q, 0],
+                                (&vqq[q, 0]) if residual else NULL,
+                                sqq[q] if residual else 0.0,
+                                q if in_sample else -1,
+                                q if predecessors else n, k, hd, hi, fl, fd, fn,
+                                &out_dist[q, 0], &out_idx[q, 0])
+        # end: prange
+        free(hd)
+        free(hi)
+        free(fl)
+        free(fd)
+        free(fn)
+    if nq and evals.min() < 0:
+        raise MemoryError("could not allocate the search workspaces")
+    return evals
