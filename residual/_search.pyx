@@ -216,15 +216,17 @@ def knn(bint residual, int kind, float64_t variance,
         const float64_t[:, ::1] xq, vq, sq,
         bint in_sample, bint predecessors, intp_t k,
         float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
-        int num_threads, intp_t chunk):
+        int num_threads, intp_t chunk, const int64_t[::1] visit_order):
     """Exact kNN for every query row; returns the distance evaluations per query.
 
     In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows): row i
-    excludes itself and, with predecessors, considers only j < i.
+    excludes itself and, with predecessors, considers only j < i. Queries are answered in
+    visit_order (a permutation of the rows): neighbouring queries in that order share the
+    tree nodes they touch, so they find them in cache.
     """
     cdef Points P
     cdef Tree T
-    cdef intp_t nq = xq.shape[0], n = x.shape[0], q, m = 0
+    cdef intp_t nq = xq.shape[0], n = x.shape[0], q, pos, m = 0
     cdef const float64_t[:, ::1] vv
     cdef const float64_t[::1] ss
     cdef const float64_t[:, ::1] vqq
@@ -261,13 +263,16 @@ def knn(bint residual, int kind, float64_t variance,
     T.slack = slack
     if nq == 0:
         return evals
+    if visit_order.shape[0] != nq:
+        raise ValueError("visit_order must be a permutation of the query rows")
     with nogil, parallel(num_threads=num_threads):
         hd = <float64_t*>malloc(k * sizeof(float64_t))
         hi = <intp_t*>malloc(k * sizeof(intp_t))
         fl = <float64_t*>malloc(n * sizeof(float64_t))
         fd = <float64_t*>malloc(n * sizeof(float64_t))
         fn = <intp_t*>malloc(n * sizeof(intp_t))
-        for q in prange(nq, schedule='dynamic', chunksize=chunk):
+        for pos in prange(nq, schedule='dynamic', chunksize=chunk):
+            q = visit_order[pos]
             if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL:
                 ev[q] = -1
             else:
