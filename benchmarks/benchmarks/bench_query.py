@@ -1,0 +1,28 @@
+# Exact kNN queries on the cover tree: seconds, and distance evaluations per query (noise-free).
+#   cd benchmarks && asv continuous -f 1.1 main HEAD -b bench_query
+#   cd benchmarks && asv run --python=same --quick -b bench_query   (editable tree)
+import residual
+
+from .common import harness_points
+
+
+class TreeQuery:
+    number, repeat, warmup_time, timeout = 1, 2, 0, 600
+    params = ([8192, 32768], ["euclidean", "residual"], [False, True])
+    param_names = ["n", "metric", "predecessors"]
+
+    def setup(self, n, metric, predecessors):
+        X = harness_points(n, 3)
+        data = X if metric == "euclidean" else residual.ResidualCorrelation.from_kernel(
+            X, residual.RBF(), n_inducing=512, seed=0)
+        self.tree = residual.CoverTree(data)
+        self.k = 30 if metric == "euclidean" else 50
+
+    def time_query(self, n, metric, predecessors):
+        self.tree.query(k=self.k, predecessors=predecessors)
+
+    def track_distance_evaluations_per_query(self, n, metric, predecessors):
+        self.tree.query(k=self.k, predecessors=predecessors)
+        return self.tree.stats["query"]["distance_evaluations_per_query"]
+
+    track_distance_evaluations_per_query.unit = "evaluations"
