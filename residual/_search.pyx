@@ -31,7 +31,7 @@ cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexce
 cdef inline void best_offer(float64_t* hd, intp_t* hi, intp_t* count, intp_t k,
                             float64_t d, intp_t i) noexcept nogil:
     """Offer (d, i) to the bounded max-heap of the k best (root = the worst kept)."""
-    cdef intp_t pos, child, parent
+    cdef intp_t pos, parent
     if count[0] < k:                       # not full: sift up
         pos = count[0]
         count[0] += 1
@@ -45,14 +45,19 @@ cdef inline void best_offer(float64_t* hd, intp_t* hi, intp_t* count, intp_t k,
         hd[pos] = d
         hi[pos] = i
         return
-    if not before(d, i, hd[0], hi[0]):     # not better than the worst kept: rejected at root
-        return
-    pos = 0                                # replace the root, sift down
+    if before(d, i, hd[0], hi[0]):         # else no better than the worst kept: rejected
+        _sift_down(hd, hi, k, d, i)
+
+
+cdef inline void _sift_down(float64_t* hd, intp_t* hi, intp_t n, float64_t d,
+                            intp_t i) noexcept nogil:
+    """Put (d, i) at the root of a max-heap of n entries and sift it down."""
+    cdef intp_t pos = 0, child
     while True:
         child = 2 * pos + 1
-        if child >= k:
+        if child >= n:
             break
-        if child + 1 < k and before(hd[child], hi[child], hd[child + 1], hi[child + 1]):
+        if child + 1 < n and before(hd[child], hi[child], hd[child + 1], hi[child + 1]):
             child += 1
         if not before(d, i, hd[child], hi[child]):
             break
@@ -188,23 +193,8 @@ cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_i
 
 cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
     """Remove the root of a max-heap of n entries (n - 1 remain)."""
-    cdef intp_t pos = 0, child, last = n - 1
-    cdef float64_t d = hd[last]
-    cdef intp_t i = hi[last]
-    while True:
-        child = 2 * pos + 1
-        if child >= last:
-            break
-        if child + 1 < last and before(hd[child], hi[child], hd[child + 1], hi[child + 1]):
-            child += 1
-        if not before(d, i, hd[child], hi[child]):
-            break
-        hd[pos] = hd[child]
-        hi[pos] = hi[child]
-        pos = child
-    if last > 0:
-        hd[pos] = d
-        hi[pos] = i
+    if n > 1:
+        _sift_down(hd, hi, n - 1, hd[n - 1], hi[n - 1])
 
 
 def knn(bint residual, int kind, float64_t variance,

@@ -68,18 +68,10 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
     residual = isinstance(X_or_model, ResidualCorrelation)
     X = X_or_model.X if residual else as_float_matrix(X_or_model, "X")
     n, dim = X.shape
-    if not isinstance(predecessors, (bool, np.bool_)):
-        raise TypeError(f"predecessors must be a bool, got {type(predecessors).__name__}")
-    in_sample = Y is None
-    if not in_sample:
-        if predecessors:
-            raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
-        Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
-        if not residual:
-            check_euclidean_range(Y, "Y")
     if not residual:
         check_euclidean_range(X, "X")
-    k = _check_k(k, n, in_sample, predecessors)
+    Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
+    in_sample = Y is None
     nt = resolve_num_threads(num_threads)
     chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
     chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
@@ -104,6 +96,23 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
         _bruteforce.euclidean_knn(X if in_sample else Y, xct, k, in_sample, bool(predecessors),
                                   dist, idx, chunk, nt)
     return dist, idx
+
+
+def check_query(Y, k, predecessors, n, dim, *, euclidean):
+    """Validate a query's arguments (shared by brute_force_knn and CoverTree.query).
+
+    Returns ``(Y, k)``: Y as C-contiguous float64 (None for in-sample queries) and k checked
+    against the eligible set.
+    """
+    if not isinstance(predecessors, (bool, np.bool_)):
+        raise TypeError(f"predecessors must be a bool, got {type(predecessors).__name__}")
+    if Y is not None:
+        if predecessors:
+            raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
+        Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
+        if euclidean:
+            check_euclidean_range(Y, "Y")
+    return Y, _check_k(k, n, Y is None, predecessors)
 
 
 def _check_k(k, n, in_sample, predecessors):

@@ -13,7 +13,7 @@ import numpy as np
 from residual import _build, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.bruteforce import _check_k
+from residual.bruteforce import check_query
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
@@ -206,18 +206,10 @@ class CoverTree:
         """
         t0 = time.perf_counter()
         n = self.n_samples
-        if not isinstance(predecessors, (bool, np.bool_)):
-            raise TypeError(f"predecessors must be a bool, got {type(predecessors).__name__}")
-        in_sample = Y is None
         residual, kind, variance, x, v, s = self._metric
         dim = self.model.n_features if residual else x.shape[1]
-        if not in_sample:
-            if predecessors:
-                raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
-            Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
-            if not residual:
-                check_euclidean_range(Y, "Y")
-        k = _check_k(k, n, in_sample, predecessors)
+        Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
+        in_sample = Y is None
         nt = resolve_num_threads(num_threads)
         chunk = resolve_chunk_size(chunk_size, 16)
         if in_sample:
