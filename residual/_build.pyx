@@ -269,8 +269,9 @@ cdef class TreeBuilder:
         # C. one tile per entered net node: its visitors x its children (BLAS), in parallel
         cdef float64_t t1 = _now()
         if tile2_off[nc] > 0:
-            self._children_tiles(nc, &members_ptr[0], &members[0], &kids_ptr[0], &kids[0],
-                                 &tile2_off[0], &tile2[0], nb, max_kids, num_threads)
+            if self._children_tiles(nc, &members_ptr[0], &members[0], &kids_ptr[0], &kids[0],
+                                    &tile2_off[0], &tile2[0], nb, max_kids, num_threads):
+                raise MemoryError("could not allocate the children-tile workspaces")
         self.t_kids += _now() - t1
         self.kernel_elements += tile2_off[nc] if self.P.residual else 0
         # D. each point descends on its own below that, one pair at a time
@@ -289,11 +290,16 @@ cdef class TreeBuilder:
             raise MemoryError("could not allocate the traversal stacks")
         self.traversal_evals += int(np.sum(evals)) + nb * nc + tile2_off[nc]
 
-    cdef void _children_tiles(self, intp_t nc, const intp_t* members_ptr,
-                              const intp_t* members, const intp_t* kids_ptr,
-                              const intp_t* kids, const intp_t* tile2_off, float64_t* tile2,
-                              intp_t nb, intp_t max_kids, int num_threads) noexcept nogil:
-        """tile2[off_k + r * n_kids + j] = d(visitor r of net node k, child j of k)."""
+    cdef int _children_tiles(self, intp_t nc, const intp_t* members_ptr,
+                             const intp_t* members, const intp_t* kids_ptr,
+                             const intp_t* kids, const intp_t* tile2_off, float64_t* tile2,
+                             intp_t nb, intp_t max_kids, int num_threads) noexcept nogil:
+        """tile2[off_k + r * n_kids + j] = d(visitor r of net node k, child j of k).
+
+        Returns 0, or 1 if a thread could not allocate its workspace (tile2 is then
+        incomplete and must not be read)."""
+        cdef int failed = 0
+        cdef int* failed_flag = &failed     # written through a pointer: shared, not private
         cdef intp_t k, r, j, t, nm, nk, dim = self.P.dim, m = self.P.m, b, c
         cdef intp_t mw = max(m, 1)
         cdef float64_t* qx
@@ -312,8 +318,11 @@ cdef class TreeBuilder:
             for k in prange(nc, schedule='dynamic', chunksize=16):
                 nm = members_ptr[k + 1] - members_ptr[k]
                 nk = kids_ptr[k + 1] - kids_ptr[k]
-                if nm == 0 or nk == 0 or qx == NULL or qv == NULL or qs == NULL \
-                        or kxt == NULL or kv == NULL or ks == NULL:
+                if qx == NULL or qv == NULL or qs == NULL or kxt == NULL or kv == NULL \
+                        or ks == NULL:
+                    failed_flag[0] = 1
+                    continue
+                if nm == 0 or nk == 0:
                     continue
                 for r in range(nm):            # the visitors' rows, from the batch workspace
                     b = members[members_ptr[k] + r]
@@ -338,6 +347,7 @@ cdef class TreeBuilder:
             free(kxt)
             free(kv)
             free(ks)
+        return failed
 
     cdef intp_t _net_pass(self, intp_t p, const float64_t* net_d, const intp_t* net,
                           intp_t nc, int32_t* enter, float64_t* out_d,

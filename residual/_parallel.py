@@ -31,7 +31,7 @@ def resolve_num_threads(num_threads):
     if num_threads is None:
         n = cores
     else:
-        n = check_int(num_threads, "num_threads")
+        n = check_int(num_threads, "num_threads", minimum=-(1 << 16), maximum=1 << 16)
         if n == 0:
             raise ValueError("num_threads must be a non-zero integer (None = all cores)")
         if n < 0:

@@ -2,7 +2,8 @@
 #
 # One query at a time, best-first: a min-heap of nodes keyed by the lower bound
 # max(0, d(q, u) - R(u)) on the distance to anything in u's subtree, and a bounded max-heap of
-# the k best (distance, index) pairs so far, whose top is tau. A node is popped while its bound
+# the k best (squared distance, index) pairs so far (the oracle's selection key), whose top's
+# square root is tau. A node is popped while its bound
 # is <= tau (plus slack for rounding), so ties with the k-th stay reachable; a child c is not
 # even evaluated when |d(q, parent) - pd(c)| - R(c) > tau (triangle inequality). Predecessor
 # queries (row i: only j < i) enter a subtree only if its smallest index is < i, and offer only
@@ -140,11 +141,11 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
     cdef intp_t count = 0, size = 0, u, c, t, a, j
     cdef int64_t evals = 1
     cdef float64_t tau, lb, du, dc
-    cdef float64_t d0 = sqrt(query_key(P, xq, vq, sq, T.root))
-    _offer_node(T, T.root, d0, self_index, limit, k, hd, hi, &count)
+    cdef float64_t key = query_key(P, xq, vq, sq, T.root), d0 = sqrt(key)
+    _offer_node(T, T.root, key, self_index, limit, k, hd, hi, &count)
     frontier_push(fl, fd, fn, &size, 0.0, d0, T.root)
     while size > 0:
-        tau = hd[0] if count == k else INFINITY
+        tau = sqrt(hd[0]) if count == k else INFINITY
         lb = fl[0]
         du = fd[0]
         u = fn[0]
@@ -155,23 +156,32 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
             c = T.children[t]
             if T.min_index[c] >= limit:
                 continue                    # nothing eligible below c
-            tau = hd[0] if count == k else INFINITY
+            tau = sqrt(hd[0]) if count == k else INFINITY
             if fabs(du - T.pdist[c]) - T.radius[c] > tau + T.slack:
                 continue                    # the parent distance already rules c out
-            dc = sqrt(query_key(P, xq, vq, sq, c))
+            key = query_key(P, xq, vq, sq, c)
+            dc = sqrt(key)
             evals += 1
-            _offer_node(T, c, dc, self_index, limit, k, hd, hi, &count)
-            tau = hd[0] if count == k else INFINITY
+            _offer_node(T, c, key, self_index, limit, k, hd, hi, &count)
+            tau = sqrt(hd[0]) if count == k else INFINITY
             lb = dc - T.radius[c]
             if T.children_ptr[c + 1] > T.children_ptr[c] and lb <= tau + T.slack:
                 frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
-    # the k best, sorted by (distance, index): pop the max-heap from the back
+    # the k best by (squared distance, index), as the oracle selects them: pop the max-heap
+    # from the back, then take square roots and order by (distance, index), since two keys
+    # one ulp apart can share a square root
     j = count
     while j > 0:
         j -= 1
-        out_d[j] = hd[0]
+        out_d[j] = sqrt(hd[0])
         out_i[j] = hi[0]
         _pop_max(hd, hi, j + 1)
+    for j in range(1, count):           # insertion sort: already sorted but for such ties
+        t = j
+        while t > 0 and before(out_d[t], out_i[t], out_d[t - 1], out_i[t - 1]):
+            out_d[t], out_d[t - 1] = out_d[t - 1], out_d[t]
+            out_i[t], out_i[t - 1] = out_i[t - 1], out_i[t]
+            t -= 1
     for j in range(count, k):
         out_d[j] = INFINITY
         out_i[j] = -1
@@ -181,7 +191,7 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
 cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_index,
                              intp_t limit, intp_t k, float64_t* hd, intp_t* hi,
                              intp_t* count) noexcept nogil:
-    """Offer node c and its aliases (same distance) if eligible."""
+    """Offer node c and its aliases (same key d) if eligible."""
     cdef intp_t t, a
     if c != self_index and c < limit:
         best_offer(hd, hi, count, k, d, c)

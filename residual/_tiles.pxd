@@ -44,11 +44,15 @@ cdef extern from *:
        scalar call unless -ffast-math, which would also break NaN/inf handling elsewhere).
        x = k ln2 + r with |r| <= ln2/2 (Cody-Waite, two-part ln2), exp(r) by its Taylor
        series to degree 13 (truncation < 1e-17), 2^k built in the exponent bits. Error about
-       1-2 ulp; tests compare the kernels with NumPy's exp at rtol 1e-12. Inputs below -708
-       are clamped there (exp(-708) ~ 3e-308, far below anything that can decide a
-       comparison). */
+       1-2 ulp; tests compare the kernels with NumPy's exp at rtol 1e-12. Inputs in
+       [-745, -708] are clamped to -708 (exp(-708) ~ 3e-308, far below anything that can decide
+       a comparison); below -745 (and -inf) the result is 0, as for libm. */
+    /* r^2 is capped here before a kernel sees it: the kernel is exactly 0 long before, and a
+       finite r keeps the Matern polynomial finite (inf times exp's 0 would be NaN). */
+    #define RESIDUAL_R2_MAX 1e300
     static inline double residual_exp_nonpos(double x) {
         const double shift = 0x1.8p52;
+        const double x0 = x;
         x = x < -708.0 ? -708.0 : x;
         double kd = x * 0x1.71547652b82fep0 + shift;    /* round(x / ln2) in the low bits */
         double k = kd - shift;
@@ -73,10 +77,11 @@ cdef extern from *:
         bits = (bits + 1023u) << 52;                    /* low bits of kd hold k: 2^k */
         double scale;
         memcpy(&scale, &bits, sizeof scale);
-        return p * scale;
+        return x0 < -745.0 ? 0.0 : p * scale;          /* below -745 exp underflows to 0 */
     }
     """
     float64_t residual_exp_nonpos(float64_t x) noexcept nogil
+    float64_t R2_MAX "RESIDUAL_R2_MAX"
 
 
 cdef inline float64_t exp(float64_t x) noexcept nogil:
@@ -88,6 +93,7 @@ cdef inline float64_t exp(float64_t x) noexcept nogil:
 cdef inline float64_t kernel_value(KernelSpec spec, float64_t r2) noexcept nogil:
     """k as a function of r^2 >= 0, one pair at a time (the tiles use the row loops)."""
     cdef float64_t r
+    r2 = r2 if r2 < R2_MAX else R2_MAX
     if spec.kind == KERNEL_RBF:
         return spec.variance * exp(-0.5 * r2)
     if spec.kind == KERNEL_MATERN12:

@@ -58,6 +58,8 @@ cdef inline void _kernel_of_sqdist(KernelSpec spec, float64_t* row, intp_t ncols
     """row[j] = k(r^2) in place, r^2 = row[j] >= 0; one flat loop per kernel so it vectorises."""
     cdef intp_t j
     cdef float64_t r, var = spec.variance
+    for j in range(ncols):                      # see R2_MAX
+        row[j] = row[j] if row[j] < R2_MAX else R2_MAX
     if spec.kind == KERNEL_RBF:
         for j in range(ncols):
             row[j] = var * exp(-0.5 * row[j])

@@ -74,9 +74,10 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
     in_sample = Y is None
     nt = resolve_num_threads(num_threads)
     chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
+    n_queries = n if Y is None else Y.shape[0]
+    chunk = min(chunk, max(n_queries, 1))          # no workspace larger than the work
     chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
 
-    n_queries = n if in_sample else Y.shape[0]
     dist = np.empty((n_queries, k))
     idx = np.empty((n_queries, k), dtype=np.int64)
     if n_queries == 0:

@@ -39,6 +39,10 @@ class Kernel:
                              f"dimension, got shape {ls.shape}")
         if not (np.isfinite(ls).all() and (ls > 0).all()):
             raise ValueError(f"lengthscale must be finite and > 0, got {lengthscale!r}")
+        with np.errstate(divide="ignore", over="ignore"):
+            if not np.isfinite(1.0 / ls).all():
+                raise ValueError(f"lengthscale is too small (1 / lengthscale overflows): "
+                                 f"{lengthscale!r}")
         self.lengthscale = float(ls) if ls.ndim == 0 else ls
         self.variance = check_positive(variance, "variance")
 

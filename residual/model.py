@@ -142,6 +142,9 @@ class ResidualCorrelation:
                                            check_finite=False)
         V = np.ascontiguousarray(vt.T)
         p = kernel.variance - np.einsum("ij,ij->i", V, V)
+        if not (np.isfinite(L).all() and np.isfinite(V).all() and np.isfinite(p).all()):
+            raise ValueError("the inducing-point factorisation is not finite: check the "
+                             "kernel parameters and the scale of X")
         self._setup(X, kernel, V, p, inducing=inducing, jitter=jitter, L=L, xs=xs)
         return self
 
@@ -151,7 +154,12 @@ class ResidualCorrelation:
     def _scale(X, kernel):
         """Centred, lengthscale-scaled coordinates (float64, C-contiguous)."""
         scale = 1.0 / kernel.lengthscales(X.shape[1])
-        return np.ascontiguousarray((X - X.mean(axis=0)) * scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            xs = np.ascontiguousarray((X - X.mean(axis=0)) * scale)
+        if not np.isfinite(xs).all():
+            raise ValueError("X divided by the lengthscale overflows float64: rescale X or "
+                             "the lengthscale")
+        return xs
 
     def _setup(self, X, kernel, V, p, *, inducing, jitter, L, xs=None):
         self.X = X

@@ -24,9 +24,9 @@ DEFAULT_BATCH_SIZE = 512
 #: Batch points per traversal work item when ``chunk_size`` is None.
 DEFAULT_TRAVERSAL_CHUNK = 8
 
-# Extra room in the traversal's pruning test, in distance units. It absorbs rounding in the
-# triangle inequality; it can only make the search wider, never wrong. The residual distance
-# sqrt(1 - |rho|) carries up to ~1e-5 of rounding near 0 when p ~ 1e-6.
+# Extra room in the pruning tests of the build and the search, in distance units. It absorbs
+# rounding in the triangle inequality; it can only make a search wider, never wrong. For the
+# residual metric it grows with 1/min(p) (see CoverTree.__init__); 1e-4 is the floor.
 _SLACK_RESIDUAL = 1e-4
 _SLACK_EUCLIDEAN_REL = 1e-10
 
@@ -105,6 +105,7 @@ class CoverTree:
         chunk = resolve_chunk_size(chunk_size, DEFAULT_TRAVERSAL_CHUNK)
         batch_size = (DEFAULT_BATCH_SIZE if batch_size is None
                       else check_int(batch_size, "batch_size", minimum=1))
+        batch_size = min(batch_size, max(n - 1, 1))    # workspaces are batch_size^2
         seed = check_int(seed, "seed", minimum=0)
         if schedule not in ("doubling", "fixed"):
             raise ValueError(f"schedule must be 'doubling' or 'fixed', got {schedule!r}")
@@ -112,7 +113,13 @@ class CoverTree:
         order = np.random.default_rng(seed).permutation(n)
         root = int(order[0])
         if self.residual:
-            root_level, slack = 0, _SLACK_RESIDUAL           # d <= 1 = 2^0 everywhere
+            root_level = 0                                   # d <= 1 = 2^0 everywhere
+            # two float64 evaluations of d^2 = 1 - |C| s_i s_j differ by up to
+            # 2 m u variance s_i s_j; near d = 0 that is its square root in d
+            m = self.model
+            slack = min(1.0, max(_SLACK_RESIDUAL, math.sqrt(
+                2 * m.n_inducing * np.finfo(float).eps / 2 * m.kernel.variance)
+                * float(m._inv_sqrt_p.max())))
         else:
             far = self._distances(np.full(n, root), np.arange(n), nt).max()
             root_level = _level_at_least(far)

@@ -149,3 +149,14 @@ def test_query_arguments():
         tree.query(np.full((1, 3), np.nan), k=1)
     d, i = tree.query(np.zeros((0, 3)), k=2)
     assert d.shape == (0, 2)
+
+
+def test_ties_of_the_square_root_break_like_the_oracle():
+    # two squared distances one ulp apart share a square root: both paths select on the
+    # squared distance, then order by (distance, index)
+    X = np.array([[0.003, 0.002], [0.003, 0.003]])
+    Y = np.array([[4000000.5, 0.5]])
+    got = residual.CoverTree(X).query(Y, k=1)
+    want = residual.brute_force_knn(X, 1, Y)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])

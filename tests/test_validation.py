@@ -134,3 +134,27 @@ def test_coordinates_that_would_overflow():
         residual.CoverTree(big)
     with pytest.raises(ValueError, match="Y has entries above 1e150"):
         residual.brute_force_knn(big[1:], 1, big[:1])
+
+
+def test_values_that_would_overflow_the_residual_model():
+    with pytest.raises(ValueError, match="lengthscale is too small"):
+        residual.RBF(lengthscale=1e-310)
+    huge = np.array([[1e308], [1.5e308], [1.7e308]])          # their mean overflows
+    with pytest.raises(ValueError, match="overflows float64"):
+        residual.ResidualCorrelation.from_kernel(huge, KERN, n_inducing=2)
+
+
+def test_far_apart_points_get_zero_kernel_not_nan():
+    # r^2 overflows: the Matern polynomial must not turn exp's 0 into NaN or inf
+    X = np.array([[0.0], [1e155], [2e155]])
+    for kern in (residual.Matern(2.5), residual.Matern(1.5), residual.RBF()):
+        np.testing.assert_array_equal(kern(X), np.eye(3) * kern.variance)
+
+
+def test_oversized_parallel_arguments_are_safe():
+    d, i = residual.brute_force_knn(X, 3, chunk_size=2 ** 62)
+    np.testing.assert_array_equal(i, residual.brute_force_knn(X, 3)[1])
+    tree = residual.CoverTree(X, batch_size=10 ** 9)          # clamped to the data
+    tree.check_invariants()
+    with pytest.raises(ValueError, match="num_threads must be <="):
+        residual.brute_force_knn(X, 1, num_threads=2 ** 31)
