@@ -1,6 +1,6 @@
 """Named benchmark cases run side by side in one process, printed as a table of times and ratios.
 
-    python benchmarks/compare.py                       # every case, standard harness
+    python benchmarks/compare.py                       # every case, standard harness (slow)
     python benchmarks/compare.py --case bruteforce-vs-gemm --n 8192 --repeat 3
 
 This machine is shared and noisy: each case alternates its contenders within every repeat and
@@ -165,10 +165,39 @@ def case_build_scaling(args):
             prev = t
 
 
+def case_query(args):
+    """Tree queries vs the brute force, one run each, with agreement (issue 4's first row).
+
+    For now the tree evaluates pairs one at a time and is slower than the brute force on the
+    residual harness; this case tracks that until the tiled search lands.
+    """
+    _, model, t_model = harness(args.n, args.dim, args.m)
+    nt = resolve_num_threads(args.threads)
+    t = time.perf_counter()
+    tree = residual.CoverTree(model, num_threads=nt)
+    t_build = time.perf_counter() - t
+    print(f"\nquery: n={args.n}, D={args.dim}, m={args.m}, k={args.k}, threads={nt}, "
+          f"model {t_model:.2f} s, build {t_build:.2f} s")
+    print(f"{'mode':14s} {'tree s':>9s} {'brute s':>9s} {'tree/brute':>11s} "
+          f"{'evals/query':>12s} {'rows identical':>15s}")
+    for pred in (True, False):
+        t = time.perf_counter()
+        d, i = tree.query(k=args.k, predecessors=pred, num_threads=nt)
+        t_tree = time.perf_counter() - t
+        t = time.perf_counter()
+        db, ib = residual.brute_force_knn(model, args.k, predecessors=pred, num_threads=nt)
+        t_brute = time.perf_counter() - t
+        same = np.mean((i == ib).all(axis=1)) * 100
+        print(f"{'predecessors' if pred else 'all points':14s} {t_tree:9.2f} {t_brute:9.2f} "
+              f"{t_tree / t_brute:11.2f} "
+              f"{tree.stats['query']['distance_evaluations_per_query']:12.0f} {same:14.2f}%")
+
+
 CASES = {
     "bruteforce-vs-gemm": case_bruteforce_vs_gemm,
     "build": case_build,
     "build-scaling": case_build_scaling,
+    "query": case_query,
 }
 
 
