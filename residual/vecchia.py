@@ -1,1 +1,384 @@
-"""Placeholder: being written (issue 5)."""
+"""Vecchia conditioning sets: order the points, then find each point's k nearest predecessors.
+
+The pipeline is model -> ordering -> build -> query. The residual model is built once on the
+rows as given (so its inducing points are the ones ``from_kernel`` would draw for that data),
+then its per-row arrays are permuted into the chosen order; the neighbour search runs on the
+ordered sequence, so every index it returns is a position in that sequence.
+"""
+
+import time
+
+import numpy as np
+import scipy.sparse
+
+from residual.bruteforce import brute_force_knn
+from residual.kernels import Kernel
+from residual.model import ResidualCorrelation
+from residual.tree import CoverTree
+from residual._parallel import resolve_num_threads
+from residual._validate import as_float_matrix, check_euclidean_range, check_int
+
+ORDERINGS = ("random", "natural", "maximin")
+METRICS = ("residual", "euclidean")
+METHODS = ("auto", "tree", "brute")
+STAGES = ("model", "ordering", "build", "query")
+
+
+class VecchiaNeighbors:
+    """The result of :func:`vecchia_neighbors`: an ordering and each point's conditioning set.
+
+    Positions ``0..n-1`` index the ordered sequence; ``order[pos]`` is the original row of X
+    at that position.
+
+    Parameters
+    ----------
+    order : ndarray of int64, shape (n_samples,)
+    neighbors : ndarray of int64, shape (n_samples, k)
+    distances : ndarray of float64, shape (n_samples, k)
+    stats : dict
+    metric, method : str
+        The metric, and the search method actually used (``"tree"`` or ``"brute"``).
+
+    Attributes
+    ----------
+    order : ndarray of int64, shape (n_samples,)
+        A permutation: position -> original row of X.
+    neighbors : ndarray of int64, shape (n_samples, k)
+        Row i holds the ``min(k, i)`` nearest earlier positions (all < i), ascending by
+        (distance, position), then ``-1``.
+    distances : ndarray of float64, shape (n_samples, k)
+        The matching distances, then ``inf``.
+    stats : dict
+        ``seconds`` (a dict: ``model``, ``ordering``, ``build``, ``query``, ``total``),
+        ``distance_evaluations``, ``n_neighbors`` (non-padded entries) and
+        ``neighbors_per_second`` (``n_neighbors`` over build + query seconds).
+    metric, method : str
+    """
+
+    def __init__(self, order, neighbors, distances, stats, *, metric, method):
+        self.order = order
+        self.neighbors = neighbors
+        self.distances = distances
+        self.stats = stats
+        self.metric = metric
+        self.method = method
+
+    @property
+    def n_samples(self):
+        return self.neighbors.shape[0]
+
+    @property
+    def k(self):
+        return self.neighbors.shape[1]
+
+    def to_csr(self, dtype=np.float64):
+        """Sparsity pattern of the Vecchia (sparse inverse-Cholesky) factor, in ordered positions.
+
+        Row i has nonzeros at column i and at its conditioning set ``neighbors[i, :min(k, i)]``:
+        the pattern of the lower-triangular B with ``B Sigma B^T`` diagonal, where
+        ``p(y) = prod_i p(y_i | y_{c(i)})``. Column indices are sorted within each row.
+
+        Parameters
+        ----------
+        dtype : data-type, default=numpy.float64
+            Type of the stored values, all ones (``bool`` gives a boolean pattern).
+
+        Returns
+        -------
+        pattern : scipy.sparse.csr_matrix of shape (n_samples, n_samples)
+            Lower triangular, ``n_samples + sum_i min(k, i)`` stored entries.
+        """
+        n = self.n_samples
+        valid = self.neighbors >= 0
+        # padding becomes n so that one sort per row puts it last, after the diagonal i
+        cols = np.where(valid, self.neighbors, n)
+        cols = np.sort(np.concatenate([cols, np.arange(n)[:, None]], axis=1), axis=1)
+        counts = valid.sum(axis=1) + 1
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        indices = cols[cols < n].astype(np.int64)
+        data = np.ones(indices.size, dtype=dtype)
+        return scipy.sparse.csr_matrix((data, indices, indptr), shape=(n, n))
+
+    def __repr__(self):
+        s = self.stats.get("seconds", {})
+        return (f"VecchiaNeighbors(n_samples={self.n_samples}, k={self.k}, "
+                f"metric={self.metric!r}, method={self.method!r}, "
+                f"n_neighbors={self.stats.get('n_neighbors')}, "
+                f"seconds={s.get('total', float('nan')):.3g})")
+
+
+def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random", seed=0,
+                      metric="residual", method="auto", num_threads=None, progress=None):
+    """Order the points and find each one's k nearest predecessors (Vecchia conditioning sets).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features) or ResidualCorrelation
+        Coordinates, or a prebuilt residual model (its rows in their given order; ``kernel``
+        must then be None and ``n_inducing`` is ignored; with ``metric="euclidean"`` the
+        model's ``X`` is used).
+    kernel : residual.RBF or residual.Matern, default=None
+        Required for ``metric="residual"`` with coordinates; ignored for
+        ``metric="euclidean"``.
+    k : int, default=30
+        Conditioning-set size, >= 1. Row i gets ``min(k, i)`` neighbours; ``k`` may exceed
+        ``n_samples - 1`` (the rows are padded).
+    n_inducing : int, default=200
+        Inducing points of the residual model, drawn from the rows as given by
+        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)``.
+    ordering : {"random", "natural", "maximin"} or array-like of int, default="random"
+        ``"random"``: ``numpy.random.default_rng(seed).permutation(n_samples)``;
+        ``"natural"``: the input order; ``"maximin"``:
+        ``residual.ordering.maximin_order(X_or_model)`` under the chosen metric; an array:
+        an explicit permutation of ``0..n_samples-1`` (position -> original row).
+    seed : int, default=0
+        Seeds the inducing points and the random ordering.
+    metric : {"residual", "euclidean"}, default="residual"
+    method : {"auto", "tree", "brute"}, default="auto"
+        ``"brute"``: :func:`residual.brute_force_knn`; ``"tree"``: :class:`residual.CoverTree`
+        then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path today:
+        brute force for the residual metric, the tree for Euclidean.
+    num_threads : int, default=None
+        Threads (None = all usable cores; negative counts back from them).
+    progress : callable, default=None
+        ``progress(stage, done, total)``, called at the start (``done=0``) and end
+        (``done=total``) of each stage ``"model"``, ``"ordering"``, ``"build"``, ``"query"``.
+        For ``"query"``, ``total`` is ``n_samples`` (rows). Results do not depend on it.
+
+    Returns
+    -------
+    result : VecchiaNeighbors
+        ``order``, ``neighbors`` and ``distances`` (positions in the ordered sequence),
+        ``stats``, and ``to_csr()``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        On a bad argument, before any work starts; the message names it.
+    ImportError
+        For ``ordering="maximin"`` while ``residual.ordering.maximin_order`` is unavailable.
+
+    Notes
+    -----
+    The answer is exact: ``neighbors`` equals ``brute_force_knn(model_ordered, k,
+    predecessors=True)`` on the ordered model, padded to k columns. The query runs in one
+    compiled call, so ``progress`` hears only the start and end of each stage: the compiled
+    entry points cannot yet answer a block of predecessor rows.
+
+    Examples
+    --------
+    >>> import numpy as np, residual
+    >>> X = np.random.default_rng(0).standard_normal((500, 2))
+    >>> res = residual.vecchia_neighbors(X, residual.RBF(), k=5, n_inducing=50)
+    >>> res.neighbors.shape, int(res.neighbors[3, 3])
+    ((500, 5), -1)
+    """
+    t_start = time.perf_counter()
+    args = _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_threads,
+                     progress)
+    n, k, nt = args["n"], args["k"], args["num_threads"]
+    report = progress if progress is not None else _no_progress
+    seconds = {}
+
+    t = _stage_start(report, "model", 1)
+    base = _base_model(args)
+    seconds["model"] = _stage_end(report, "model", 1, t)
+
+    t = _stage_start(report, "ordering", 1)
+    order = _resolve_order(args["ordering"], base, n, args["seed"])
+    ordered = _permute(base, order)
+    seconds["ordering"] = _stage_end(report, "ordering", 1, t)
+
+    # rows have at most n - 1 predecessors; the library refuses k > n, so ask for what exists
+    k_lib = min(k, max(n - 1, 1))
+    method = args["method"]
+    t = _stage_start(report, "build", 1)
+    tree = CoverTree(ordered, num_threads=nt) if method == "tree" else None
+    seconds["build"] = _stage_end(report, "build", 1, t)
+
+    t = _stage_start(report, "query", n)
+    if tree is None:
+        dist, idx = brute_force_knn(ordered, k_lib, predecessors=True, num_threads=nt)
+        evals = n * (n - 1) // 2                 # every predecessor pair, once
+    else:
+        dist, idx = tree.query(k=k_lib, predecessors=True, num_threads=nt)
+        evals = tree.stats["distance_evaluations"] + int(round(
+            tree.stats["query"]["distance_evaluations_per_query"] * n))
+    seconds["query"] = _stage_end(report, "query", n, t)
+
+    dist, idx = _pad(dist, idx, k)
+    seconds["total"] = time.perf_counter() - t_start
+    n_neighbors = int((idx >= 0).sum())
+    search = seconds["build"] + seconds["query"]
+    stats = {"seconds": seconds, "distance_evaluations": int(evals),
+             "n_neighbors": n_neighbors,
+             "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
+    return VecchiaNeighbors(order, idx, dist, stats, metric=args["metric"], method=method)
+
+
+# -- validation -----------------------------------------------------------------------------------
+
+def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_threads, progress):
+    """Check every argument before any work; return them normalised in a dict."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    is_model = isinstance(X, ResidualCorrelation)
+    if isinstance(X, Kernel):
+        raise TypeError("X must be coordinates or a ResidualCorrelation, not a kernel "
+                        "(pass the kernel as the second argument)")
+    if is_model:
+        if kernel is not None:
+            raise ValueError("kernel must be None when X is a prebuilt ResidualCorrelation "
+                             "(the model already holds its kernel)")
+        coords = X.X
+    else:
+        coords = as_float_matrix(X, "X")
+    n = coords.shape[0]
+    if metric == "euclidean":
+        check_euclidean_range(coords, "X")
+    elif not is_model:
+        if kernel is None:
+            raise ValueError("kernel is required for metric='residual' with coordinates "
+                             "(e.g. residual.RBF(lengthscale=1.0)); or pass a "
+                             "ResidualCorrelation, or use metric='euclidean'")
+        if not isinstance(kernel, Kernel):
+            raise TypeError("kernel must be a residual kernel (residual.RBF or "
+                            f"residual.Matern), got {type(kernel).__name__}")
+        kernel.lengthscales(coords.shape[1])             # ARD length vs D, before any work
+        n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
+    k = check_int(k, "k", minimum=1)
+    seed = check_int(seed, "seed", minimum=0)
+    if isinstance(ordering, str):
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {ORDERINGS} or a permutation array, "
+                             f"got {ordering!r}")
+        if ordering == "maximin":
+            _maximin_order()                         # fail before any work if it is missing
+    else:
+        ordering = _check_permutation(ordering, n)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a callable, got {type(progress).__name__}")
+    nt = resolve_num_threads(num_threads)
+    if method == "auto":
+        method = "brute" if metric == "residual" else "tree"
+    return {"X": X, "coords": coords, "is_model": is_model, "kernel": kernel, "n": n, "k": k,
+            "n_inducing": n_inducing, "ordering": ordering, "seed": seed, "metric": metric,
+            "method": method, "num_threads": nt}
+
+
+def _check_permutation(ordering, n):
+    perm = np.asarray(ordering)
+    if perm.dtype.kind not in "iu":
+        raise TypeError(f"ordering must be a string or an integer permutation array, got dtype "
+                        f"{perm.dtype}")
+    if perm.shape != (n,):
+        raise ValueError(f"ordering must be a permutation of 0..{n - 1} with shape ({n},), "
+                         f"got shape {perm.shape}")
+    perm = perm.astype(np.int64)
+    if perm.min() < 0 or perm.max() >= n or np.bincount(perm, minlength=n).max() != 1:
+        raise ValueError(f"ordering must be a permutation of 0..{n - 1} (each row exactly once)")
+    return perm
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+def _base_model(args):
+    """The unpermuted model: a ResidualCorrelation, or float64 coordinates for Euclidean."""
+    if args["metric"] == "euclidean":
+        return args["coords"]
+    if args["is_model"]:
+        return args["X"]
+    return ResidualCorrelation.from_kernel(args["coords"], args["kernel"],
+                                           n_inducing=args["n_inducing"], seed=args["seed"],
+                                           num_threads=args["num_threads"])
+
+
+def _resolve_order(ordering, base, n, seed):
+    if not isinstance(ordering, str):
+        return ordering
+    if ordering == "random":
+        return np.random.default_rng(seed).permutation(n).astype(np.int64)
+    if ordering == "natural":
+        return np.arange(n, dtype=np.int64)
+    return _check_permutation(_maximin_order()(base, start=None), n)
+
+
+def _maximin_order():
+    # imported lazily: residual.ordering is written in parallel and may not have it yet
+    try:
+        from residual.ordering import maximin_order
+    except ImportError as exc:
+        raise ImportError("ordering='maximin' needs residual.ordering.maximin_order, which "
+                          f"this installation lacks ({exc})") from exc
+    return maximin_order
+
+
+def _permute(base, order):
+    """The model (or coordinates) with its rows in ``order``."""
+    if isinstance(base, ResidualCorrelation):
+        return _permute_model(base, order)
+    return np.ascontiguousarray(base[order])
+
+
+# Attributes of ResidualCorrelation, by how a row permutation acts on them. A model attribute
+# missing from these lists is refused (not guessed at): a per-row array left unpermuted would
+# give silently wrong neighbours.
+_ROW_ATTRS = ("X", "V", "p_diag", "degenerate", "_inv_sqrt_p", "_xs")
+_COLUMN_ATTRS = ("_xs_t",)
+_FIXED_ATTRS = ("kernel", "jitter", "L", "_centre", "_scale_inv", "build_seconds")
+
+
+def _permute_model(model, order):
+    """A copy of ``model`` whose row ``pos`` is the original row ``order[pos]``.
+
+    Every per-row array is gathered (bitwise the same values, so distances are unchanged);
+    the inducing indices are mapped to their new positions, so new-point queries still use
+    the same inducing rows. The centre and scale stay those of the original data.
+    """
+    state = dict(vars(model))
+    known = set(_ROW_ATTRS + _COLUMN_ATTRS + _FIXED_ATTRS + ("inducing",))
+    unknown = sorted(set(state) - known)
+    if unknown:
+        raise NotImplementedError(f"residual.vecchia cannot permute ResidualCorrelation "
+                                  f"attributes {unknown}: add them to _ROW_ATTRS, "
+                                  "_COLUMN_ATTRS or _FIXED_ATTRS")
+    for name in _ROW_ATTRS:
+        state[name] = np.ascontiguousarray(state[name][order])
+    for name in _COLUMN_ATTRS:
+        state[name] = np.ascontiguousarray(state[name][:, order])
+    if state["inducing"] is not None:
+        where = np.empty_like(order)
+        where[order] = np.arange(order.size)
+        state["inducing"] = where[state["inducing"]]
+    out = ResidualCorrelation.__new__(ResidualCorrelation)
+    vars(out).update(state)
+    return out
+
+
+def _pad(dist, idx, k):
+    """Widen (n, k_lib) results to k columns with inf / -1."""
+    if dist.shape[1] == k:
+        return dist, idx
+    n = dist.shape[0]
+    d = np.full((n, k), np.inf)
+    i = np.full((n, k), -1, dtype=np.int64)
+    d[:, :dist.shape[1]] = dist
+    i[:, :idx.shape[1]] = idx
+    return d, i
+
+
+def _no_progress(stage, done, total):
+    pass
+
+
+def _stage_start(report, stage, total):
+    report(stage, 0, total)
+    return time.perf_counter()
+
+
+def _stage_end(report, stage, total, t0):
+    seconds = time.perf_counter() - t0
+    report(stage, total, total)
+    return seconds
