@@ -103,6 +103,14 @@ class Kernel:
         ls = self.lengthscale if np.ndim(self.lengthscale) == 0 else list(self.lengthscale)
         return f"{type(self).__name__}(lengthscale={ls!r}, variance={self.variance!r})"
 
+    def _state(self):
+        """The kernel's entries in a saved model; read back by :func:`kernel_from_state`."""
+        state = {"name": type(self).__name__, "lengthscale": self.lengthscale,
+                 "variance": self.variance}
+        if isinstance(self, Matern):
+            state["nu"] = self.nu
+        return state
+
 
 class RBF(Kernel):
     """Squared-exponential kernel ``variance * exp(-r^2 / 2)``.
@@ -155,3 +163,16 @@ class Matern(Kernel):
         ls = self.lengthscale if np.ndim(self.lengthscale) == 0 else list(self.lengthscale)
         return (f"Matern(nu={self.nu!r}, lengthscale={ls!r}, "
                 f"variance={self.variance!r})")
+
+
+def kernel_from_state(reader):
+    """Rebuild a kernel from its saved entries, through its constructor's checks."""
+    name = reader.text("name", ("RBF", "Matern"))
+    # a scalar lengthscale is saved 0-d, an ARD one 1-d: keep the distinction on the way back
+    ls = reader.array("lengthscale", np.float64, () if reader.ndim("lengthscale") == 0
+                      else (None,))
+    ls = float(ls) if ls.ndim == 0 else ls
+    variance = reader.number("variance")
+    if name == "RBF":
+        return RBF(lengthscale=ls, variance=variance)
+    return Matern(nu=reader.number("nu"), lengthscale=ls, variance=variance)

@@ -15,7 +15,8 @@ pruning with it is exact.
 import numpy as np
 import scipy.linalg
 
-from residual.kernels import Kernel
+from residual import _persist
+from residual.kernels import Kernel, kernel_from_state
 from residual._parallel import resolve_num_threads
 from residual._validate import as_float_matrix, as_float_vector, check_int, check_positive
 
@@ -151,17 +152,18 @@ class ResidualCorrelation:
     # -- internals ------------------------------------------------------------------------------
 
     @staticmethod
-    def _scale(X, kernel):
+    def _scale(X, kernel, centre=None):
         """Centred, lengthscale-scaled coordinates (float64, C-contiguous)."""
         scale = 1.0 / kernel.lengthscales(X.shape[1])
+        centre = X.mean(axis=0) if centre is None else centre
         with np.errstate(over="ignore", invalid="ignore"):
-            xs = np.ascontiguousarray((X - X.mean(axis=0)) * scale)
+            xs = np.ascontiguousarray((X - centre) * scale)
         if not np.isfinite(xs).all():
             raise ValueError("X divided by the lengthscale overflows float64: rescale X or "
                              "the lengthscale")
         return xs
 
-    def _setup(self, X, kernel, V, p, *, inducing, jitter, L, xs=None):
+    def _setup(self, X, kernel, V, p, *, inducing, jitter, L, xs=None, centre=None):
         self.X = X
         self.kernel = kernel
         self.V = V
@@ -169,9 +171,9 @@ class ResidualCorrelation:
         self.inducing = None if inducing is None else np.asarray(inducing, dtype=np.int64)
         self.jitter = jitter
         self.L = L
+        self._centre = X.mean(axis=0) if centre is None else centre
         if xs is None:
-            xs = self._scale(X, kernel)
-        self._centre = X.mean(axis=0)
+            xs = self._scale(X, kernel, self._centre)
         self._scale_inv = 1.0 / kernel.lengthscales(X.shape[1])
         self._xs = xs
         self._xs_t = np.ascontiguousarray(xs.T)     # (D, n): candidate side of the tiles
@@ -203,6 +205,97 @@ class ResidualCorrelation:
         v_new = np.ascontiguousarray(vt.T)
         p_new = self.kernel.variance - np.einsum("ij,ij->i", v_new, v_new)
         return ys, v_new, _inv_sqrt_p(p_new, self.kernel.variance)[1]
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the model to a ``.npz`` file (NumPy arrays only, no pickle).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination. As with ``numpy.savez``, ``.npz`` is appended when the name lacks it.
+
+        Returns
+        -------
+        path : str
+            The file written.
+
+        Notes
+        -----
+        The file holds X, the kernel (name, nu, lengthscale, variance), V, p_diag and, for a
+        model from :meth:`from_kernel`, the inducing indices, jitter and L, plus the centre of
+        X; the scaled coordinates and 1/sqrt(p) are recomputed on load by the same elementwise
+        float64 operations, so distances are bitwise identical. The format is versioned (see
+        ``residual/_persist.py``).
+        """
+        return _persist.save(path, self._state(), _persist.MODEL_FORMAT)
+
+    @classmethod
+    def load(cls, path):
+        """Read a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; when it does not exist, ``path + ".npz"`` is tried (as saved).
+
+        Returns
+        -------
+        model : ResidualCorrelation
+
+        Raises
+        ------
+        ValueError
+            Naming the path and the problem: the file is missing, unreadable, truncated or
+            corrupted, not a residual model file, from a newer format version, or has missing
+            or inconsistent entries.
+        """
+        self = cls.__new__(cls)
+        _persist.load(path, _persist.MODEL_FORMAT, self._restore)
+        return self
+
+    def __getstate__(self):
+        # the pickle is the saved file's dict: one description of a model, checked on the way in
+        return _persist.pack(self._state(), _persist.MODEL_FORMAT)
+
+    def __setstate__(self, state):
+        _persist.unpickle(state, _persist.MODEL_FORMAT, self._restore)
+
+    def _state(self):
+        """The entries describing this model (residual/_persist.py adds the header)."""
+        state = {"X": self.X, "V": self.V, "p_diag": self.p_diag, "centre": self._centre,
+                 "from_kernel": self.L is not None}
+        state.update(("kernel_" + key, value) for key, value in self.kernel._state().items())
+        if self.L is not None:
+            state.update(inducing=self.inducing, jitter=self.jitter, L=self.L)
+        return state
+
+    def _restore(self, reader):
+        """Fill this (new) object from a :class:`residual._persist.Reader`, checking it."""
+        X = reader.array("X", np.float64, (None, None))
+        n, dim = X.shape
+        if n == 0 or dim == 0:
+            raise ValueError(f"entry 'X' is empty (shape {X.shape})")
+        kernel = kernel_from_state(reader.prefixed("kernel_"))
+        kernel.lengthscales(dim)                  # an ARD kernel must match the columns of X
+        V = reader.array("V", np.float64, (n, None))
+        p = reader.array("p_diag", np.float64, (n,))
+        if (p < 0).any():
+            raise ValueError("entry 'p_diag' has negative values")
+        centre = reader.array("centre", np.float64, (dim,))
+        inducing = jitter = L = None
+        if reader.flag("from_kernel"):
+            m = V.shape[1]
+            inducing = reader.in_range("inducing", reader.array("inducing", np.int64, (m,)),
+                                       0, n)
+            if np.unique(inducing).size != m:
+                raise ValueError("entry 'inducing' has repeated indices")
+            jitter = check_positive(reader.number("jitter"), "entry 'jitter'")
+            L = reader.array("L", np.float64, (m, m))
+            if not (np.diag(L) > 0).all():
+                raise ValueError("entry 'L' is not a Cholesky factor (its diagonal must be > 0)")
+        self._setup(X, kernel, V, p, inducing=inducing, jitter=jitter, L=L, centre=centre)
 
     def __repr__(self):
         return (f"ResidualCorrelation(n_samples={self.n_samples}, n_features={self.n_features}, "

@@ -5,12 +5,14 @@ subtree minimum index, CSR children) and the invariant checker. The build itself
 ``_build.pyx``; see its opening comment for the insertion rule and why batches are exact.
 """
 
+import json
 import math
+import numbers
 import time
 
 import numpy as np
 
-from residual import _build, _search
+from residual import _build, _persist, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
 from residual.bruteforce import check_query
@@ -91,15 +93,12 @@ class CoverTree:
                             "kernel; build ResidualCorrelation.from_kernel(X, kernel) first")
         self.residual = isinstance(X_or_model, ResidualCorrelation)
         if self.residual:
-            self.model = X_or_model
-            x, v, s = self.model._xs, self.model.V, self.model._inv_sqrt_p
-            kind, variance = self.model.kernel._code, self.model.kernel.variance
+            self.model, x = X_or_model, None
         else:
-            self.model = None
-            x, v, s = as_float_matrix(X_or_model, "X"), None, None
+            self.model, x = None, as_float_matrix(X_or_model, "X")
             check_euclidean_range(x, "X")
-            kind, variance = 0, 1.0
-        self._metric = (self.residual, kind, variance, x, v, s)
+        self._metric = _metric(self.model, x)
+        _, kind, variance, x, v, s = self._metric
         n = x.shape[0]
         nt = resolve_num_threads(num_threads)
         chunk = resolve_chunk_size(chunk_size, DEFAULT_TRAVERSAL_CHUNK)
@@ -269,17 +268,8 @@ class CoverTree:
             np.minimum.at(min_index, parent[grp], min_index[grp])
         self.min_index = min_index
 
-        # CSR aliases per node, by index
-        al = aliases[np.argsort(alias_of[aliases], kind="stable")]
-        self.aliases = al.astype(np.int64)
-        self.aliases_ptr = np.concatenate([[0], np.cumsum(np.bincount(alias_of[al],
-                                                                      minlength=n))])
-
-        # CSR children, highest level first, then index
-        kids = nodes[np.lexsort((nodes, -level[nodes], parent[nodes]))]
-        self.children = kids.astype(np.int64)
-        self.children_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[kids],
-                                                                       minlength=n))])
+        self.aliases_ptr, self.aliases, self.children_ptr, self.children = _csr(
+            level, parent, alias_of)
 
     def _depth_first_order(self):
         """Every point, in depth-first order of the tree (aliases right after their node)."""
@@ -302,6 +292,142 @@ class CoverTree:
     @property
     def n_samples(self):
         return self.levels.shape[0]
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the tree, and its residual model if any, to one ``.npz`` file (no pickle).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination. As with ``numpy.savez``, ``.npz`` is appended when the name lacks it.
+
+        Returns
+        -------
+        path : str
+            The file written.
+
+        Notes
+        -----
+        The file holds the tree arrays (root, levels, parents, parent_distances, alias_of,
+        radii, min_index, CSR children and aliases, insertion_order, height), the metric's
+        inputs (X for Euclidean; the model's entries under ``model_`` for the residual
+        metric, see :meth:`ResidualCorrelation.save`), the pruning slack, the build
+        parameters and the numeric ``stats``. The format is versioned
+        (``residual/_persist.py``); a loaded tree answers every query bitwise identically.
+
+        Examples
+        --------
+        >>> import numpy as np, residual, tempfile, os
+        >>> tree = residual.CoverTree(np.random.default_rng(0).standard_normal((100, 3)))
+        >>> path = tree.save(os.path.join(tempfile.mkdtemp(), "tree"))
+        >>> path.endswith("tree.npz")
+        True
+        >>> np.array_equal(residual.CoverTree.load(path).query(k=3)[1], tree.query(k=3)[1])
+        True
+        """
+        return _persist.save(path, self._state(), _persist.TREE_FORMAT)
+
+    @classmethod
+    def load(cls, path):
+        """Read a tree written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; when it does not exist, ``path + ".npz"`` is tried (as saved).
+
+        Returns
+        -------
+        tree : CoverTree
+            With its own residual model (a new object) if the saved tree had one.
+
+        Raises
+        ------
+        ValueError
+            Naming the path and the problem: the file is missing, unreadable, truncated or
+            corrupted, not a residual tree file, from a newer format version, or has missing
+            or inconsistent entries (wrong dtype or shape, indices out of range, children
+            lists that do not match the parents).
+
+        Notes
+        -----
+        The structure is checked enough that no file can make the compiled search read out
+        of bounds; :meth:`check_invariants` checks the cover-tree rules themselves.
+        """
+        self = cls.__new__(cls)
+        _persist.load(path, _persist.TREE_FORMAT, self._restore)
+        return self
+
+    def __getstate__(self):
+        # the pickle is the saved file's dict: one description of a tree, checked on the way in
+        return _persist.pack(self._state(), _persist.TREE_FORMAT)
+
+    def __setstate__(self, state):
+        _persist.unpickle(state, _persist.TREE_FORMAT, self._restore)
+
+    def _state(self):
+        """The entries describing this tree (residual/_persist.py adds the header)."""
+        state = {"metric": "residual" if self.residual else "euclidean", "root": self.root,
+                 "height": self.height, "slack": self._slack, "num_threads": self.num_threads,
+                 "batch_size": self.batch_size, "seed": self.seed, "schedule": self.schedule,
+                 "stats": json.dumps(_plain_numbers(self.stats))}
+        state.update((key, getattr(self, key)) for key in _INDEX_ARRAYS + _DISTANCE_ARRAYS
+                     + _CSR_ARRAYS + ("insertion_order",))
+        if self.residual:
+            state.update(("model_" + key, value) for key, value in self.model._state().items())
+        else:
+            state["X"] = self._metric[3]
+        return state
+
+    def _restore(self, reader):
+        """Fill this (new) object from a :class:`residual._persist.Reader`, checking it."""
+        self.residual = reader.text("metric", ("euclidean", "residual")) == "residual"
+        x = None
+        if self.residual:
+            self.model = ResidualCorrelation.__new__(ResidualCorrelation)
+            self.model._restore(reader.prefixed("model_"))
+        else:
+            self.model, x = None, reader.array("X", np.float64, (None, None))
+            if x.size == 0:
+                raise ValueError(f"entry 'X' is empty (shape {x.shape})")
+            check_euclidean_range(x, "entry 'X'")
+        self._metric = _metric(self.model, x)
+        self._restore_structure(reader, self._metric[3].shape[0])
+        self._slack = reader.number("slack")
+        if self._slack < 0:
+            raise ValueError(f"entry 'slack' is {self._slack}, must be >= 0")
+        self.height = reader.integer("height", minimum=0)
+        self.num_threads = reader.integer("num_threads", minimum=1)
+        self.batch_size = reader.integer("batch_size", minimum=1)
+        self.seed = reader.integer("seed", minimum=0)
+        self.schedule = reader.text("schedule", ("doubling", "fixed"))
+        self.stats = json.loads(reader.text("stats"))
+        if not isinstance(self.stats, dict):
+            raise ValueError("entry 'stats' is not a JSON object")
+
+    def _restore_structure(self, reader, n):
+        """The tree arrays, checked so that the compiled search stays in bounds."""
+        self.root = int(reader.in_range("root", np.int64(reader.integer("root")), 0, n))
+        for key in _INDEX_ARRAYS:
+            low = 0 if key == "min_index" else -1     # levels are any integers
+            arr = reader.array(key, np.int64, (n,))
+            setattr(self, key, arr if key == "levels" else reader.in_range(key, arr, low, n))
+        for key in _DISTANCE_ARRAYS:
+            setattr(self, key, reader.array(key, np.float64, (n,)))
+            if (getattr(self, key) < 0).any():
+                raise ValueError(f"entry {key!r} has negative distances")
+        _check_links(self.root, self.levels, self.parents, self.alias_of)
+        # the CSR lists are a function of parents, alias_of and levels: a file whose lists
+        # differ (a node listed twice would overflow the search's frontier) is refused
+        for key, want in zip(_CSR_ARRAYS, _csr(self.levels, self.parents, self.alias_of)):
+            if not np.array_equal(reader.array(key, np.int64, (None,)), want):
+                raise ValueError(f"entry {key!r} does not match parents, alias_of and levels")
+            setattr(self, key, want)
+        n_nodes = int((self.alias_of < 0).sum())
+        self.insertion_order = reader.in_range(
+            "insertion_order", reader.array("insertion_order", np.int64, (n_nodes,)), 0, n)
 
     # -- invariants -----------------------------------------------------------------------------
 
@@ -412,6 +538,64 @@ class CoverTree:
                    f"node {u}: radius {self.radii[u]!r} > 2^(level+1)")
             _check(self.min_index[u] == sub.min(), "I7",
                    f"node {u}: stored min index {self.min_index[u]}, true {sub.min()}")
+
+
+# the tree arrays as saved (residual/_persist.py); levels ... min_index have one entry per point
+_INDEX_ARRAYS = ("levels", "parents", "alias_of", "min_index")
+_DISTANCE_ARRAYS = ("parent_distances", "radii")
+_CSR_ARRAYS = ("aliases_ptr", "aliases", "children_ptr", "children")
+
+
+def _metric(model, x):
+    """The compiled code's view of the metric: (residual, kind, variance, x, v, s)."""
+    if model is None:
+        return False, 0, 1.0, x, None, None
+    return True, model.kernel._code, model.kernel.variance, model._xs, model.V, model._inv_sqrt_p
+
+
+def _check_links(root, level, parent, alias_of):
+    """Refuse parent/alias links that are not a tree rooted at ``root`` (ValueError)."""
+    node = alias_of < 0
+    if not node[root] or parent[root] != -1:
+        raise ValueError(f"root {root} must be a node without a parent")
+    if (parent[~node] != -1).any() or not node[alias_of[~node]].all():
+        raise ValueError("aliases must have no parent and point at a node")
+    child = np.nonzero(node)[0]
+    child = child[child != root]
+    if (parent[child] < 0).any() or not node[parent[child]].all():
+        raise ValueError("every node but the root must have a node as parent")
+    # levels fall strictly from parent to child, so following parents cannot cycle
+    if (level[parent[child]] <= level[child]).any():
+        raise ValueError("a node's level is not below its parent's level")
+
+
+def _plain_numbers(stats):
+    """``stats`` with only its (nested) numbers, as Python ints and floats for JSON."""
+    out = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            out[str(key)] = _plain_numbers(value)
+        elif isinstance(value, (numbers.Integral, np.bool_)):
+            out[str(key)] = int(value)
+        elif isinstance(value, numbers.Real):
+            out[str(key)] = float(value)
+    return out
+
+
+def _csr(level, parent, alias_of):
+    """(aliases_ptr, aliases, children_ptr, children): CSR lists per node.
+
+    Aliases by index; children highest level first, then by index.
+    """
+    n = level.shape[0]
+    aliases = np.nonzero(alias_of >= 0)[0]
+    nodes = np.nonzero((alias_of < 0) & (parent >= 0))[0]
+    al = aliases[np.argsort(alias_of[aliases], kind="stable")]
+    aliases_ptr = np.concatenate([[0], np.cumsum(np.bincount(alias_of[al], minlength=n))])
+    kids = nodes[np.lexsort((nodes, -level[nodes], parent[nodes]))]
+    children_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[kids], minlength=n))])
+    return (aliases_ptr.astype(np.int64), al.astype(np.int64),
+            children_ptr.astype(np.int64), kids.astype(np.int64))
 
 
 def _check(ok, rule, message):
