@@ -50,8 +50,10 @@ class VecchiaNeighbors:
         The matching distances, then ``inf``.
     stats : dict
         ``seconds`` (a dict: ``model``, ``ordering``, ``build``, ``query``, ``total``),
-        ``distance_evaluations``, ``n_neighbors`` (non-padded entries) and
-        ``neighbors_per_second`` (``n_neighbors`` over build + query seconds).
+        ``distance_evaluations`` of the search (brute force: every predecessor pair,
+        ``n (n - 1) / 2``; tree: those of the build plus the query), ``n_neighbors``
+        (non-padded entries) and ``neighbors_per_second`` (``n_neighbors`` over build +
+        query seconds).
     metric, method : str
     """
 

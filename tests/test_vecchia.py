@@ -264,3 +264,15 @@ def test_model_with_kernel_is_refused():
     model = _model(harness_like(60))
     with pytest.raises(ValueError, match="kernel must be None"):
         vecchia_neighbors(model, KERN, k=2)
+
+
+@pytest.mark.parametrize("metric", ["residual", "euclidean"])
+def test_read_only_and_non_contiguous_input(metric):
+    X = harness_like(400, dim=6, seed=13)
+    base = vecchia_neighbors(np.ascontiguousarray(X[:, ::2]), KERN, k=5, n_inducing=M,
+                             metric=metric)
+    ro = np.ascontiguousarray(X[:, ::2])
+    ro.setflags(write=False)
+    _assert_identical(base, vecchia_neighbors(ro, KERN, k=5, n_inducing=M, metric=metric))
+    _assert_identical(base, vecchia_neighbors(X[:, ::2], KERN, k=5, n_inducing=M,
+                                              metric=metric))
