@@ -132,21 +132,21 @@ class Reader:
         arr = self._get(key)
         want = np.dtype(dtype)
         if arr.dtype.kind != want.kind or arr.dtype.itemsize != want.itemsize:
-            raise ValueError(f"entry {self._name(key)} has dtype {arr.dtype}, expected {want}")
+            raise ValueError(f"entry {self.name(key)} has dtype {arr.dtype}, expected {want}")
         if arr.ndim != len(shape) or any(s is not None and s != a
                                          for s, a in zip(shape, arr.shape)):
             expected = tuple("*" if s is None else s for s in shape)
-            raise ValueError(f"entry {self._name(key)} has shape {arr.shape}, expected "
+            raise ValueError(f"entry {self.name(key)} has shape {arr.shape}, expected "
                              f"{expected}".replace("'*'", "*"))
         arr = np.asarray(arr, dtype=want.newbyteorder("="), order="C")   # keeps 0-d as 0-d
         if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise ValueError(f"entry {self._name(key)} contains NaN or inf")
+            raise ValueError(f"entry {self.name(key)} contains NaN or inf")
         return arr
 
     def integer(self, key, minimum=None):
         value = int(self.array(key, np.int64, ()))
         if minimum is not None and value < minimum:
-            raise ValueError(f"entry {self._name(key)} is {value}, must be >= {minimum}")
+            raise ValueError(f"entry {self.name(key)} is {value}, must be >= {minimum}")
         return value
 
     def number(self, key):
@@ -158,18 +158,18 @@ class Reader:
     def text(self, key, choices=None):
         arr = self._get(key)
         if arr.dtype.kind != "U" or arr.ndim != 0:
-            raise ValueError(f"entry {self._name(key)} must be a string, got dtype {arr.dtype} "
+            raise ValueError(f"entry {self.name(key)} must be a string, got dtype {arr.dtype} "
                              f"and shape {arr.shape}")
         value = str(arr)
         if choices is not None and value not in choices:
-            raise ValueError(f"entry {self._name(key)} is {value!r}, expected one of "
+            raise ValueError(f"entry {self.name(key)} is {value!r}, expected one of "
                              f"{list(choices)}")
         return value
 
     def in_range(self, key, arr, low, high):
         """Refuse entries of the index array ``arr`` outside [low, high)."""
         if arr.size and (arr.min() < low or arr.max() >= high):
-            raise ValueError(f"entry {self._name(key)} has values outside [{low}, {high - 1}]")
+            raise ValueError(f"entry {self.name(key)} has values outside [{low}, {high - 1}]")
         return arr
 
     def _get(self, key):
@@ -178,7 +178,8 @@ class Reader:
             raise ValueError(f"entry {full!r} is missing")
         return np.asarray(self._arrays[full])
 
-    def _name(self, key):
+    def name(self, key):
+        """How messages call entry ``key``: its full key, quoted."""
         return repr(self._prefix + key)
 
     def _check_header(self, format_name):

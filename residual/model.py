@@ -276,13 +276,13 @@ class ResidualCorrelation:
         X = reader.array("X", np.float64, (None, None))
         n, dim = X.shape
         if n == 0 or dim == 0:
-            raise ValueError(f"entry 'X' is empty (shape {X.shape})")
+            raise ValueError(f"entry {reader.name('X')} is empty (shape {X.shape})")
         kernel = kernel_from_state(reader.prefixed("kernel_"))
         kernel.lengthscales(dim)                  # an ARD kernel must match the columns of X
         V = reader.array("V", np.float64, (n, None))
         p = reader.array("p_diag", np.float64, (n,))
         if (p < 0).any():
-            raise ValueError("entry 'p_diag' has negative values")
+            raise ValueError(f"entry {reader.name('p_diag')} has negative values")
         centre = reader.array("centre", np.float64, (dim,))
         inducing = jitter = L = None
         if reader.flag("from_kernel"):
@@ -290,11 +290,12 @@ class ResidualCorrelation:
             inducing = reader.in_range("inducing", reader.array("inducing", np.int64, (m,)),
                                        0, n)
             if np.unique(inducing).size != m:
-                raise ValueError("entry 'inducing' has repeated indices")
-            jitter = check_positive(reader.number("jitter"), "entry 'jitter'")
+                raise ValueError(f"entry {reader.name('inducing')} has repeated indices")
+            jitter = check_positive(reader.number("jitter"), f"entry {reader.name('jitter')}")
             L = reader.array("L", np.float64, (m, m))
             if not (np.diag(L) > 0).all():
-                raise ValueError("entry 'L' is not a Cholesky factor (its diagonal must be > 0)")
+                raise ValueError(f"entry {reader.name('L')} is not a Cholesky factor (its "
+                                 "diagonal must be > 0)")
         self._setup(X, kernel, V, p, inducing=inducing, jitter=jitter, L=L, centre=centre)
 
     def __repr__(self):

@@ -391,13 +391,13 @@ class CoverTree:
         else:
             self.model, x = None, reader.array("X", np.float64, (None, None))
             if x.size == 0:
-                raise ValueError(f"entry 'X' is empty (shape {x.shape})")
-            check_euclidean_range(x, "entry 'X'")
+                raise ValueError(f"entry {reader.name('X')} is empty (shape {x.shape})")
+            check_euclidean_range(x, f"entry {reader.name('X')}")
         self._metric = _metric(self.model, x)
         self._restore_structure(reader, self._metric[3].shape[0])
         self._slack = reader.number("slack")
         if self._slack < 0:
-            raise ValueError(f"entry 'slack' is {self._slack}, must be >= 0")
+            raise ValueError(f"entry {reader.name('slack')} is {self._slack}, must be >= 0")
         self.height = reader.integer("height", minimum=0)
         self.num_threads = reader.integer("num_threads", minimum=1)
         self.batch_size = reader.integer("batch_size", minimum=1)
@@ -405,7 +405,7 @@ class CoverTree:
         self.schedule = reader.text("schedule", ("doubling", "fixed"))
         self.stats = json.loads(reader.text("stats"))
         if not isinstance(self.stats, dict):
-            raise ValueError("entry 'stats' is not a JSON object")
+            raise ValueError(f"entry {reader.name('stats')} is not a JSON object")
 
     def _restore_structure(self, reader, n):
         """The tree arrays, checked so that the compiled search stays in bounds."""
