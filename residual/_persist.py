@@ -29,6 +29,10 @@ def pack(body, format_name):
     state = {"format_name": np.asarray(format_name),
              "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64)}
     state.update((key, np.asarray(value)) for key, value in body.items())
+    for key, value in state.items():
+        # np.savez would pickle an object array (and np.load refuse it): keep files plain
+        if value.dtype.hasobject:
+            raise TypeError(f"entry {key!r} is not a plain numeric or string array")
     return state
 
 
@@ -41,7 +45,7 @@ def npz_path(path):
 def save(path, body, format_name):
     """Write ``pack(body, format_name)`` to ``npz_path(path)``; return that path."""
     path = npz_path(path)
-    np.savez(path, allow_pickle=False, **pack(body, format_name))
+    np.savez(path, **pack(body, format_name))     # pack() admits no object arrays
     return path
 
 
@@ -143,10 +147,12 @@ class Reader:
             raise ValueError(f"entry {self.name(key)} contains NaN or inf")
         return arr
 
-    def integer(self, key, minimum=None):
+    def integer(self, key, minimum=None, maximum=None):
         value = int(self.array(key, np.int64, ()))
         if minimum is not None and value < minimum:
             raise ValueError(f"entry {self.name(key)} is {value}, must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"entry {self.name(key)} is {value}, must be <= {maximum}")
         return value
 
     def number(self, key):

@@ -409,7 +409,7 @@ class CoverTree:
 
     def _restore_structure(self, reader, n):
         """The tree arrays, checked so that the compiled search stays in bounds."""
-        self.root = int(reader.in_range("root", np.int64(reader.integer("root")), 0, n))
+        self.root = reader.integer("root", minimum=0, maximum=n - 1)
         for key in _INDEX_ARRAYS:
             low = 0 if key == "min_index" else -1     # levels are any integers
             arr = reader.array(key, np.int64, (n,))
