@@ -207,7 +207,8 @@ class CoverTree:
         Notes
         -----
         ``stats["query"]`` records the last call: seconds and distance evaluations per query.
-        Distances are evaluated one pair at a time in float64; scoring the residual tree's
+        Distances are evaluated one pair at a time in float64 on a breadth-first copy of the
+        tree (built on the first query and kept); scoring the residual tree's
         top levels as BLAS tiles, as the build does, is not done yet, and for the residual
         metric this search is still slower than :func:`residual.brute_force_knn`.
         """
@@ -231,11 +232,9 @@ class CoverTree:
         # in-sample queries in the tree's depth-first order: neighbours share cache lines
         visit = self._depth_first_order() if in_sample else np.arange(nq, dtype=np.int64)
         with single_threaded_blas():
-            evals = _search.knn(residual, kind, variance, x, v, s, self.root,
-                                self.children_ptr, self.children, self.aliases_ptr,
-                                self.aliases, self.radii, self.parent_distances,
-                                self.min_index, self._slack, xq, vq, sq, in_sample,
-                                bool(predecessors), k, dist, idx, nt, chunk, visit)
+            evals = _search.knn(self._layout(), residual, kind, variance, self._slack, xq, vq,
+                                sq, in_sample, bool(predecessors), k, dist, idx, nt, chunk,
+                                visit)
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
                                    float(evals.mean()) if nq else 0.0}
@@ -280,6 +279,25 @@ class CoverTree:
         self.children = kids.astype(np.int64)
         self.children_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[kids],
                                                                        minlength=n))])
+
+    def _layout(self):
+        """The tree renumbered breadth-first, as the search reads it (built once, cached)."""
+        if getattr(self, "_search_layout", None) is None:
+            nodes = [np.array([self.root], dtype=np.int64)]
+            ptr, kids = self.children_ptr, self.children
+            while True:                      # one level of the breadth-first order at a time
+                f = nodes[-1]
+                counts = ptr[f + 1] - ptr[f]
+                if not counts.sum():
+                    break
+                starts = np.repeat(ptr[f] - np.cumsum(counts) + counts, counts)
+                nodes.append(kids[starts + np.arange(counts.sum())])
+            order = np.concatenate(nodes)
+            _, _, _, x, v, s = self._metric
+            self._search_layout = _search.SearchLayout(
+                order, np.diff(ptr).astype(np.int64), self.aliases_ptr.astype(np.int64),
+                self.aliases, self.radii, self.parent_distances, self.min_index, x, v, s)
+        return self._search_layout
 
     def _depth_first_order(self):
         """Every point, in depth-first order of the tree (aliases right after their node)."""
