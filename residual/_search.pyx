@@ -260,13 +260,15 @@ cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
 
 
 def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
-        const float64_t[:, ::1] xq, vq, sq, bint in_sample, bint predecessors, intp_t k,
+        const float64_t[:, ::1] xq, vq, sq, bint in_sample, bint predecessors,
+        intp_t row_offset, intp_t k,
         float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
         int num_threads, intp_t chunk, const int64_t[::1] visit_order):
     """Exact kNN for every query row; returns the distance evaluations per query.
 
     In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows, in row
-    order): row i excludes itself and, with predecessors, considers only j < i. Queries are
+    order, from row row_offset on): query q is point i = row_offset + q, which excludes itself
+    and, with predecessors, considers only j < i. Queries are
     answered in visit_order (a permutation of the rows): neighbouring queries in that order
     share the tree nodes they touch, so they find them in cache.
     """
@@ -321,8 +323,8 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
                 ev[q] = _search(&P, &T, &xq[q, 0],
                                 (&vqq[q, 0]) if residual else NULL,
                                 sqq[q] if residual else 0.0,
-                                q if in_sample else -1,
-                                q if predecessors else n, k, hd, hi, fl, fd, fn,
+                                row_offset + q if in_sample else -1,
+                                row_offset + q if predecessors else n, k, hd, hi, fl, fd, fn,
                                 &out_dist[q, 0], &out_idx[q, 0])
         # end: prange
         free(hd)

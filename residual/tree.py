@@ -13,7 +13,7 @@ import numpy as np
 from residual import _build, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.bruteforce import check_query
+from residual.bruteforce import check_query, check_rows
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
@@ -182,7 +182,8 @@ class CoverTree:
 
     # -- queries --------------------------------------------------------------------------------
 
-    def query(self, Y=None, k=1, *, predecessors=False, num_threads=None, chunk_size=None):
+    def query(self, Y=None, k=1, *, predecessors=False, rows=None, num_threads=None,
+              chunk_size=None):
         """Exact k nearest neighbours by best-first search on the tree.
 
         Same contract as :func:`residual.brute_force_knn`: in-sample queries (``Y=None``)
@@ -195,6 +196,8 @@ class CoverTree:
             New points (for a residual tree, V and p of the new points come from the model).
         k : int, default=1
         predecessors : bool, default=False
+        rows : (start, stop) or range, default=None
+            In-sample only: answer only rows ``start..stop-1``, as the full query would.
         num_threads : int, default=None
         chunk_size : int, default=None
             Queries per parallel work item (None = 16). Results do not depend on it.
@@ -218,10 +221,11 @@ class CoverTree:
         dim = self.model.n_features if residual else x.shape[1]
         Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
         in_sample = Y is None
+        start, stop = check_rows(rows, n, in_sample)
         nt = resolve_num_threads(num_threads)
         chunk = resolve_chunk_size(chunk_size, 16)
         if in_sample:
-            xq, vq, sq = x, v, s
+            xq, vq, sq = (a if a is None else a[start:stop] for a in (x, v, s))
         elif residual:
             xq, vq, sq = self.model._new_points(Y, nt)
         else:
@@ -229,12 +233,16 @@ class CoverTree:
         nq = xq.shape[0]
         dist = np.empty((nq, k))
         idx = np.empty((nq, k), dtype=np.int64)
-        # in-sample queries in the tree's depth-first order: neighbours share cache lines
-        visit = self._depth_first_order() if in_sample else np.arange(nq, dtype=np.int64)
+        if in_sample:   # the tree's depth-first order: neighbouring queries share cache lines
+            visit = self._depth_first_order()
+            if (start, stop) != (0, n):
+                visit = visit[(visit >= start) & (visit < stop)] - start
+        else:
+            visit = np.arange(nq, dtype=np.int64)
         with single_threaded_blas():
             evals = _search.knn(self._layout(), residual, kind, variance, self._slack, xq, vq,
-                                sq, in_sample, bool(predecessors), k, dist, idx, nt, chunk,
-                                visit)
+                                sq, in_sample, bool(predecessors), start, k, dist, idx, nt,
+                                chunk, visit)
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
                                    float(evals.mean()) if nq else 0.0}
