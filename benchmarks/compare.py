@@ -193,11 +193,118 @@ def case_query(args):
               f"{tree.stats['query']['distance_evaluations_per_query']:12.0f} {same:14.2f}%")
 
 
+VARIANTS = {
+    "harness": dict(dim=3, m=512, kernel=lambda: residual.RBF(1.0)),
+    "D=8": dict(dim=8, m=512, kernel=lambda: residual.RBF(1.0)),
+    "matern52": dict(dim=3, m=512, kernel=lambda: residual.Matern(nu=2.5, lengthscale=1.0)),
+    "m=128,l=0.3": dict(dim=3, m=128, kernel=lambda: residual.RBF(0.3)),
+}
+COVERTREEX_ENGINES = ("rust-hilbert", "rust-natural")
+
+
+def _recall(idx, ref):
+    """Percent of the oracle's neighbours (padding excluded) that idx also returns."""
+    hit = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(idx, ref))
+    return 100.0 * hit / max(int((ref >= 0).sum()), 1)
+
+
+def _same_rows(idx, ref, ordered=True):
+    """Percent of rows equal to the oracle's (as sets of indices when not ordered)."""
+    if not ordered:
+        idx, ref = np.sort(idx, axis=1), np.sort(ref, axis=1)
+    return float(np.mean((idx == ref).all(axis=1)) * 100)
+
+
+def case_table(args):
+    """Issue 4's table: Vecchia predecessor kNN (all points, k) per variant, model + build +
+    query, ours vs our brute force vs covertreex engines, with agreement to the oracle.
+
+    covertreex answers a seeded sample of --sample rows; its query time is projected to n.
+    Its agreement compares index sets (it may order ties differently); recall is the share of
+    the oracle's neighbours returned.
+    """
+    nt = resolve_num_threads(args.threads)
+    n, k = args.n, args.k
+    print(f"\ntable: predecessor kNN of all points, n={n}, k={k}, threads={nt}; "
+          f"covertreex on {args.sample} sampled rows, projected (*)")
+    print(f"{'variant':12s} {'contender':24s} {'model s':>8s} {'build s':>8s} {'query s':>9s} "
+          f"{'total s':>9s} {'evals/q':>8s} {'rows same':>10s} {'recall':>7s}")
+    for name in args.variant or list(VARIANTS):
+        spec = VARIANTS[name]
+        _, model, t_model = harness(n, spec["dim"], spec["m"], spec["kernel"]())
+        t = time.perf_counter()
+        _, ref = residual.brute_force_knn(model, k, predecessors=True, num_threads=nt)
+        t_brute = time.perf_counter() - t
+        rows = [("brute force (ours)", t_model, 0.0, t_brute, (n - 1) / 2, 100.0, 100.0, "")]
+        t = time.perf_counter()
+        tree = residual.CoverTree(model, num_threads=nt)
+        t_build = time.perf_counter() - t
+        t = time.perf_counter()
+        _, idx = tree.query(k=k, predecessors=True, num_threads=nt)
+        rows.append(("CoverTree (ours)", t_model, t_build, time.perf_counter() - t,
+                     tree.stats["query"]["distance_evaluations_per_query"],
+                     _same_rows(idx, ref), _recall(idx, ref), ""))
+        sample = np.sort(np.random.default_rng(0).choice(n, min(args.sample, n), replace=False))
+        for engine in COVERTREEX_ENGINES if covertreex_python() else ():
+            out = run_covertreex(model, engine, k, sample)
+            got = np.full((len(sample), k), -1, dtype=np.int64)
+            theirs = np.asarray(out["idx"], dtype=np.int64).reshape(len(sample), -1)[:, :k]
+            got[:, :theirs.shape[1]] = theirs
+            got[got >= sample[:, None]] = -1       # predecessors only; padding as ours
+            rows.append((f"covertreex {engine}", t_model, out["build_s"],
+                         out["query_s"] * n / len(sample), float("nan"),
+                         _same_rows(got, ref[sample], ordered=False),
+                         _recall(got, ref[sample]), "*"))
+        for who, tm, tb, tq, ev, same, rec, mark in rows:
+            print(f"{name:12s} {who:24s} {tm:8.2f} {tb:8.2f} {tq:8.2f}{mark or ' '} "
+                  f"{tm + tb + tq:8.2f}{mark or ' '} {ev:8.0f} {same:9.1f}% {rec:6.1f}%")
+    if not covertreex_python():
+        print("covertreex: not run (set COVERTREEX_PYTHON to a Python 3.12 with covertreex)")
+
+
+def case_euclidean(args):
+    """All-points Euclidean kNN (k=30 by default here) at n = --euclid-n, D = 3 and 8: ours
+    (build + query) vs scipy cKDTree(workers=-1) and scikit-learn KDTree (build + query)."""
+    from scipy.spatial import cKDTree
+    nt = resolve_num_threads(args.threads)
+    n, k = args.euclid_n, args.euclid_k
+    print(f"\neuclidean: all points, n={n}, k={k}, threads={nt} (sklearn KDTree queries on "
+          f"one thread)")
+    print(f"{'D':>3s} {'contender':24s} {'build s':>8s} {'query s':>8s} {'total s':>8s} "
+          f"{'/ cKDTree':>9s} {'identical':>10s}")
+    for dim in (3, 8):
+        X = np.random.default_rng(0).standard_normal((n, dim))
+        res = {}
+
+        def timed(name, build, query):
+            t = time.perf_counter()
+            obj = build()
+            t1 = time.perf_counter()
+            idx = query(obj)
+            res[name] = (t1 - t, time.perf_counter() - t1, idx)
+
+        timed("cKDTree", lambda: cKDTree(X),
+              lambda t: t.query(X, k + 1, workers=nt)[1][:, 1:])
+        timed("CoverTree (ours)", lambda: residual.CoverTree(X, num_threads=nt),
+              lambda t: t.query(k=k, num_threads=nt)[1])
+        try:
+            from sklearn.neighbors import KDTree
+            timed("sklearn KDTree", lambda: KDTree(X), lambda t: t.query(X, k + 1)[1][:, 1:])
+        except ImportError:
+            print("scikit-learn not installed: its row is skipped")
+        ref, base = res["cKDTree"][2], sum(res["cKDTree"][:2])
+        for who, (tb, tq, idx) in res.items():
+            print(f"{dim:3d} {who:24s} {tb:8.2f} {tq:8.2f} {tb + tq:8.2f} "
+                  f"{(tb + tq) / base:9.2f} {_same_rows(idx, ref):9.1f}%")
+
+
 CASES = {
     "bruteforce-vs-gemm": case_bruteforce_vs_gemm,
     "build": case_build,
     "build-scaling": case_build_scaling,
     "query": case_query,
+    "table": case_table,
+    "euclidean": case_euclidean,
 }
 
 
@@ -212,6 +319,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--chunk-size", type=int, default=residual.bruteforce.DEFAULT_CHUNK_SIZE)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--variant", action="append", choices=sorted(VARIANTS),
+                   help="table: variant to run (repeatable; default: all)")
+    p.add_argument("--sample", type=int, default=2048, help="table: covertreex sample rows")
+    p.add_argument("--euclid-n", type=int, default=1 << 20)
+    p.add_argument("--euclid-k", type=int, default=30)
     args = p.parse_args(argv)
     print(f"residual {residual.__version__}, Python {platform.python_version()}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}")

@@ -41,6 +41,7 @@ cdef struct Problem:
     intp_t dim, m, k
     bint in_sample          # queries are the candidates themselves: skip j == i
     bint predecessors       # only j < i (in-sample only)
+    intp_t row_offset       # in-sample: query row r is point row_offset + r (a block of rows)
     # queries
     intp_t n_queries
     const float64_t* xq     # (n_queries, dim) residual: scaled, centred; euclidean: raw
@@ -109,14 +110,14 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
         topk_init(&tops[r], cands + r * cap, cap, P.k)
     col_end = P.n_cand
     if P.predecessors:
-        col_end = q1 - 1            # row q1-1 needs columns < q1-1
+        col_end = P.row_offset + q1 - 1     # the chunk's last point needs columns before it
     t0 = 0
     while t0 < col_end:
         ncols = min(<intp_t>TILE, P.n_cand - t0)
         ncols = min(ncols, (col_end - t0 + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN)
         _fill_tile(P, q0, nrows, t0, ncols, tile)
         for r in range(nrows):
-            i = q0 + r
+            i = P.row_offset + q0 + r           # the query's point index
             jmax = ncols
             if P.predecessors:
                 jmax = min(ncols, i - t0)
@@ -124,13 +125,13 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
                 continue
             row = tile + r * TILE
             if P.metric == METRIC_RESIDUAL:
-                _residual_keys(row, P.sq[i], P.sc + t0, jmax)
+                _residual_keys(row, P.sq[q0 + r], P.sc + t0, jmax)
             if P.in_sample and t0 <= i < t0 + jmax:
                 row[i - t0] = INFINITY          # a point is not its own neighbour
             _offer_row(&tops[r], row, jmax, t0)
         t0 += TILE
     for r in range(nrows):
-        i = q0 + r
+        i = q0 + r                          # output row
         count = topk_finish(&tops[r])
         for j in range(count):      # key -> distance, then one sort by (distance, index)
             tops[r].buf[j].first = sqrt(tops[r].buf[j].first)
@@ -175,7 +176,7 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
 
 
 cdef void _setup(Problem* P, int metric, intp_t k, bint in_sample, bint predecessors,
-                 const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
+                 intp_t row_offset, const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
                  float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx):
     """Fields common to both metrics; the residual ones start NULL."""
     P.metric = metric
@@ -184,6 +185,7 @@ cdef void _setup(Problem* P, int metric, intp_t k, bint in_sample, bint predeces
     P.k = k
     P.in_sample = in_sample
     P.predecessors = predecessors
+    P.row_offset = row_offset
     P.n_queries = xq.shape[0]
     P.xq = &xq[0, 0]
     P.vq = NULL
@@ -209,16 +211,18 @@ def residual_knn(int kind, float64_t variance,
                  const float64_t[::1] sq,
                  const float64_t[:, ::1] xct, const float64_t[:, ::1] vc,
                  const float64_t[::1] sc,
-                 intp_t k, bint in_sample, bint predecessors,
+                 intp_t k, bint in_sample, bint predecessors, intp_t row_offset,
                  float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
                  intp_t chunk, int num_threads):
     """Residual-correlation kNN; arguments already validated by residual.bruteforce.
 
     xq, vq, sq: query coordinates (scaled, centred), V rows and 1/sqrt(p); xct, vc, sc: the same
-    for the candidates, coordinates transposed to (dim, n_cand).
+    for the candidates, coordinates transposed to (dim, n_cand). In-sample queries may be a
+    block of rows: query r is candidate row_offset + r.
     """
     cdef Problem P
-    _setup(&P, METRIC_RESIDUAL, k, in_sample, predecessors, xq, xct, out_dist, out_idx)
+    _setup(&P, METRIC_RESIDUAL, k, in_sample, predecessors, row_offset, xq, xct, out_dist,
+           out_idx)
     P.spec.kind = kind
     P.spec.variance = variance
     P.m = vq.shape[1]
@@ -230,10 +234,12 @@ def residual_knn(int kind, float64_t variance,
 
 
 def euclidean_knn(const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
-                  intp_t k, bint in_sample, bint predecessors,
+                  intp_t k, bint in_sample, bint predecessors, intp_t row_offset,
                   float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
                   intp_t chunk, int num_threads):
-    """Euclidean kNN; xct holds the candidates transposed, shape (dim, n_cand)."""
+    """Euclidean kNN; xct holds the candidates transposed, shape (dim, n_cand); in-sample query
+    r is candidate row_offset + r."""
     cdef Problem P
-    _setup(&P, METRIC_EUCLIDEAN, k, in_sample, predecessors, xq, xct, out_dist, out_idx)
+    _setup(&P, METRIC_EUCLIDEAN, k, in_sample, predecessors, row_offset, xq, xct, out_dist,
+           out_idx)
     _solve(&P, chunk, num_threads)

@@ -11,8 +11,8 @@
 # a node) are offered with their node.
 #
 # Queries are independent and read-only: prange over queries, one workspace per thread.
-# Distances are float64, one pair at a time (query_key); scoring the top levels as BLAS tiles,
-# as the build does, is the next step for the residual metric.
+# Distances are float64, one pair at a time (query_key), on a breadth-first copy of the tree
+# (SearchLayout) so that a node's children and their rows are adjacent in memory.
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
@@ -117,16 +117,65 @@ cdef inline void frontier_pop(float64_t* fl, float64_t* fd, intp_t* fn,
     fn[pos] = node
 
 
+cdef struct Node:
+    # One cache line per node. Nodes are numbered breadth-first, so the children of a node
+    # are the consecutive nodes [child_begin, child_end) and their records and coordinates
+    # are read in order instead of gathered from seven scattered arrays.
+    float64_t radius         # covering radius
+    float64_t pdist          # distance to the parent
+    int64_t min_index        # smallest point index in the subtree (predecessor queries)
+    int64_t point            # the row this node is in the caller's numbering
+    int64_t child_begin
+    int64_t child_end
+    int64_t alias_begin      # aliases (rows at distance 0 from this node) in Tree.aliases
+    int64_t alias_end
+
+
 cdef struct Tree:
-    intp_t root
-    const int64_t* children_ptr
-    const int64_t* children
-    const int64_t* alias_ptr
+    const Node* node          # node 0 is the root
     const int64_t* aliases
-    const float64_t* radius
-    const float64_t* pdist
-    const int64_t* min_index
     float64_t slack
+
+
+cdef class SearchLayout:
+    """The tree renumbered breadth-first for the search: one packed record per node and the
+    metric's rows (coordinates; residual V and 1/sqrt(p)) copied in node order.
+
+    Built once per tree (``CoverTree._layout``); read-only afterwards, shared by all threads.
+    """
+    cdef Node* node
+    cdef readonly intp_t n_nodes
+    cdef readonly object x, v, s, aliases
+
+    def __cinit__(self, const int64_t[::1] order, const int64_t[::1] child_count,
+                  const int64_t[::1] alias_ptr, aliases, const float64_t[::1] radius,
+                  const float64_t[::1] pdist, const int64_t[::1] min_index, x, v, s):
+        cdef intp_t j, u, nn = order.shape[0]
+        cdef int64_t nxt = 1
+        self.n_nodes = nn
+        self.node = <Node*>malloc(max(nn, 1) * sizeof(Node))
+        if self.node == NULL:
+            raise MemoryError("could not allocate the search layout")
+        for j in range(nn):
+            u = order[j]
+            self.node[j].radius = radius[u]
+            self.node[j].pdist = pdist[u]
+            self.node[j].min_index = min_index[u]
+            self.node[j].point = u
+            self.node[j].child_begin = nxt
+            nxt += child_count[u]
+            self.node[j].child_end = nxt
+            self.node[j].alias_begin = alias_ptr[u]
+            self.node[j].alias_end = alias_ptr[u + 1]
+        if nxt != nn:
+            raise ValueError("order is not the breadth-first numbering of the tree")
+        self.aliases = np.ascontiguousarray(aliases, dtype=np.int64)
+        self.x = np.ascontiguousarray(np.asarray(x)[order])
+        self.v = None if v is None else np.ascontiguousarray(np.asarray(v)[order])
+        self.s = None if s is None else np.ascontiguousarray(np.asarray(s)[order])
+
+    def __dealloc__(self):
+        free(self.node)
 
 
 cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
@@ -137,35 +186,37 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
 
     self_index: the query's own row (excluded), or -1. limit: only indices < limit are
     eligible and only subtrees with min_index < limit are entered (predecessors), else n.
+    Nodes are the layout's numbers (P holds their rows); offered indices are rows.
     """
-    cdef intp_t count = 0, size = 0, u, c, t, a, j
+    cdef intp_t count = 0, size = 0, u, c, t, j
     cdef int64_t evals = 1
     cdef float64_t tau, lb, du, dc
-    cdef float64_t key = query_key(P, xq, vq, sq, T.root), d0 = sqrt(key)
-    _offer_node(T, T.root, key, self_index, limit, k, hd, hi, &count)
-    frontier_push(fl, fd, fn, &size, 0.0, d0, T.root)
+    cdef const Node* nc
+    cdef float64_t key = query_key(P, xq, vq, sq, 0), d0 = sqrt(key)
+    _offer_node(T, 0, key, self_index, limit, k, hd, hi, &count)
+    frontier_push(fl, fd, fn, &size, 0.0, d0, 0)
+    tau = sqrt(hd[0]) if count == k else INFINITY
     while size > 0:
-        tau = sqrt(hd[0]) if count == k else INFINITY
         lb = fl[0]
         du = fd[0]
         u = fn[0]
         if lb > tau + T.slack:
             break
         frontier_pop(fl, fd, fn, &size)
-        for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
-            c = T.children[t]
-            if T.min_index[c] >= limit:
+        for c in range(T.node[u].child_begin, T.node[u].child_end):
+            nc = &T.node[c]
+            if nc.min_index >= limit:
                 continue                    # nothing eligible below c
-            tau = sqrt(hd[0]) if count == k else INFINITY
-            if fabs(du - T.pdist[c]) - T.radius[c] > tau + T.slack:
+            if fabs(du - nc.pdist) - nc.radius > tau + T.slack:
                 continue                    # the parent distance already rules c out
             key = query_key(P, xq, vq, sq, c)
             dc = sqrt(key)
             evals += 1
-            _offer_node(T, c, key, self_index, limit, k, hd, hi, &count)
-            tau = sqrt(hd[0]) if count == k else INFINITY
-            lb = dc - T.radius[c]
-            if T.children_ptr[c + 1] > T.children_ptr[c] and lb <= tau + T.slack:
+            if count < k or key <= hd[0]:   # else c and its aliases cannot enter the k best
+                _offer_node(T, c, key, self_index, limit, k, hd, hi, &count)
+                tau = sqrt(hd[0]) if count == k else INFINITY
+            lb = dc - nc.radius
+            if nc.child_end > nc.child_begin and lb <= tau + T.slack:
                 frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
     # the k best by (squared distance, index), as the oracle selects them: pop the max-heap
     # from the back, then take square roots and order by (distance, index), since two keys
@@ -191,11 +242,12 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
 cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_index,
                              intp_t limit, intp_t k, float64_t* hd, intp_t* hi,
                              intp_t* count) noexcept nogil:
-    """Offer node c and its aliases (same key d) if eligible."""
+    """Offer node c's row and its aliases (same key d) if eligible."""
     cdef intp_t t, a
-    if c != self_index and c < limit:
-        best_offer(hd, hi, count, k, d, c)
-    for t in range(T.alias_ptr[c], T.alias_ptr[c + 1]):
+    cdef const Node* nc = &T.node[c]
+    if nc.point != self_index and nc.point < limit:
+        best_offer(hd, hi, count, k, d, nc.point)
+    for t in range(nc.alias_begin, nc.alias_end):
         a = T.aliases[t]
         if a != self_index and a < limit:
             best_offer(hd, hi, count, k, d, a)
@@ -207,30 +259,28 @@ cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
         _sift_down(hd, hi, n - 1, hd[n - 1], hi[n - 1])
 
 
-def knn(bint residual, int kind, float64_t variance,
-        const float64_t[:, ::1] x, v, s,
-        intp_t root, const int64_t[::1] children_ptr, const int64_t[::1] children,
-        const int64_t[::1] alias_ptr, const int64_t[::1] aliases,
-        const float64_t[::1] radius, const float64_t[::1] pdist,
-        const int64_t[::1] min_index, float64_t slack,
-        const float64_t[:, ::1] xq, vq, sq,
-        bint in_sample, bint predecessors, intp_t k,
+def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
+        const float64_t[:, ::1] xq, vq, sq, bint in_sample, bint predecessors,
+        intp_t row_offset, intp_t k,
         float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
         int num_threads, intp_t chunk, const int64_t[::1] visit_order):
     """Exact kNN for every query row; returns the distance evaluations per query.
 
-    In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows): row i
-    excludes itself and, with predecessors, considers only j < i. Queries are answered in
-    visit_order (a permutation of the rows): neighbouring queries in that order share the
-    tree nodes they touch, so they find them in cache.
+    In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows, in row
+    order, from row row_offset on): query q is point i = row_offset + q, which excludes itself
+    and, with predecessors, considers only j < i. Queries are
+    answered in visit_order (a permutation of the rows): neighbouring queries in that order
+    share the tree nodes they touch, so they find them in cache.
     """
     cdef Points P
     cdef Tree T
-    cdef intp_t nq = xq.shape[0], n = x.shape[0], q, pos, m = 0
+    cdef intp_t nq = xq.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos, m = 0
+    cdef const float64_t[:, ::1] x = layout.x
     cdef const float64_t[:, ::1] vv
     cdef const float64_t[::1] ss
     cdef const float64_t[:, ::1] vqq
     cdef const float64_t[::1] sqq
+    cdef const int64_t[::1] al = layout.aliases
     cdef float64_t* hd
     cdef intp_t* hi
     cdef float64_t* fl
@@ -241,25 +291,19 @@ def knn(bint residual, int kind, float64_t variance,
     P.residual = residual
     P.spec.kind = kind
     P.spec.variance = variance
-    P.n = n
+    P.n = layout.n_nodes
     P.dim = x.shape[1]
     P.x = &x[0, 0]
     P.v = NULL
     P.s = NULL
     if residual:
-        vv, ss, vqq, sqq = v, s, vq, sq
+        vv, ss, vqq, sqq = layout.v, layout.s, vq, sq
         m = vv.shape[1]
         P.v = &vv[0, 0]
         P.s = &ss[0]
     P.m = m
-    T.root = root
-    T.children_ptr = &children_ptr[0]
-    T.children = &children[0] if children.shape[0] else NULL
-    T.alias_ptr = &alias_ptr[0]
-    T.aliases = &aliases[0] if aliases.shape[0] else NULL
-    T.radius = &radius[0]
-    T.pdist = &pdist[0]
-    T.min_index = &min_index[0]
+    T.node = layout.node
+    T.aliases = &al[0] if al.shape[0] else NULL
     T.slack = slack
     if nq == 0:
         return evals
@@ -279,8 +323,8 @@ def knn(bint residual, int kind, float64_t variance,
                 ev[q] = _search(&P, &T, &xq[q, 0],
                                 (&vqq[q, 0]) if residual else NULL,
                                 sqq[q] if residual else 0.0,
-                                q if in_sample else -1,
-                                q if predecessors else n, k, hd, hi, fl, fd, fn,
+                                row_offset + q if in_sample else -1,
+                                row_offset + q if predecessors else n, k, hd, hi, fl, fd, fn,
                                 &out_dist[q, 0], &out_idx[q, 0])
         # end: prange
         free(hd)

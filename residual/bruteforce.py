@@ -18,7 +18,7 @@ DEFAULT_CHUNK_SIZE = 128
 CHUNK_ALIGN = 32
 
 
-def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=None,
+def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num_threads=None,
                     chunk_size=None):
     """Exact k nearest neighbours by exhaustive search, in float64.
 
@@ -36,6 +36,10 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
     predecessors : bool, default=False
         Vecchia mode (in-sample only): row i considers only points j < i and returns
         ``min(k, i)`` neighbours.
+    rows : (start, stop) or range, default=None
+        In-sample only: answer only rows ``start..stop-1`` (a block of the in-sample query,
+        e.g. for progress reports or to spread it over workers). The result equals the
+        corresponding rows of the full query, bit for bit.
     num_threads : int, default=None
         OpenMP threads (None = all usable cores, negative counts back from them).
     chunk_size : int, default=None
@@ -72,9 +76,17 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
         check_euclidean_range(X, "X")
     Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
     in_sample = Y is None
+    start, stop = check_rows(rows, n, in_sample)
     nt = resolve_num_threads(num_threads)
     chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
-    n_queries = n if Y is None else Y.shape[0]
+    if in_sample:
+        # widen the block to CHUNK_ALIGN boundaries: every row then meets BLAS in the same
+        # register-block position as in the full query, so the answer is the same to the bit
+        lo = start // CHUNK_ALIGN * CHUNK_ALIGN
+        hi = min(n, -(-stop // CHUNK_ALIGN) * CHUNK_ALIGN)
+    else:
+        lo, hi = 0, Y.shape[0]
+    n_queries = hi - lo
     chunk = min(chunk, max(n_queries, 1))          # no workspace larger than the work
     chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
 
@@ -85,18 +97,41 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, num_threads=No
     if residual:
         m = X_or_model
         if in_sample:
-            q = (m._xs, m.V, m._inv_sqrt_p)
+            q = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
         else:
             q = m._new_points(Y, nt)
         with single_threaded_blas():
             _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
                                      m._xs_t, m.V, m._inv_sqrt_p,
-                                     k, in_sample, bool(predecessors), dist, idx, chunk, nt)
+                                     k, in_sample, bool(predecessors), lo, dist, idx, chunk,
+                                     nt)
     else:
         xct = np.ascontiguousarray(X.T)
-        _bruteforce.euclidean_knn(X if in_sample else Y, xct, k, in_sample, bool(predecessors),
-                                  dist, idx, chunk, nt)
+        _bruteforce.euclidean_knn(X[lo:hi] if in_sample else Y, xct, k, in_sample,
+                                  bool(predecessors), lo, dist, idx, chunk, nt)
+    if (lo, hi) != (start, stop) and in_sample:
+        return dist[start - lo:stop - lo].copy(), idx[start - lo:stop - lo].copy()
     return dist, idx
+
+
+def check_rows(rows, n, in_sample):
+    """Validate ``rows`` (None, a (start, stop) pair or a step-1 range) -> (start, stop)."""
+    if rows is None:
+        return 0, n
+    if not in_sample:
+        raise ValueError("rows applies to in-sample queries only (Y=None)")
+    if isinstance(rows, range):
+        if rows.step != 1:
+            raise ValueError(f"rows must be a range with step 1, got {rows!r}")
+        rows = (rows.start, rows.stop)
+    if not isinstance(rows, (tuple, list)) or len(rows) != 2:
+        raise TypeError(f"rows must be a (start, stop) pair or a range, got {rows!r}")
+    start = check_int(rows[0], "rows start", minimum=0)
+    stop = check_int(rows[1], "rows stop", minimum=0)
+    if not start <= stop <= n:
+        raise ValueError(f"rows must satisfy 0 <= start <= stop <= n_samples = {n}, "
+                         f"got ({start}, {stop})")
+    return start, stop
 
 
 def check_query(Y, k, predecessors, n, dim, *, euclidean):

@@ -15,7 +15,7 @@ import numpy as np
 from residual import _build, _persist, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.bruteforce import check_query
+from residual.bruteforce import check_query, check_rows
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
@@ -181,7 +181,8 @@ class CoverTree:
 
     # -- queries --------------------------------------------------------------------------------
 
-    def query(self, Y=None, k=1, *, predecessors=False, num_threads=None, chunk_size=None):
+    def query(self, Y=None, k=1, *, predecessors=False, rows=None, num_threads=None,
+              chunk_size=None):
         """Exact k nearest neighbours by best-first search on the tree.
 
         Same contract as :func:`residual.brute_force_knn`: in-sample queries (``Y=None``)
@@ -194,6 +195,8 @@ class CoverTree:
             New points (for a residual tree, V and p of the new points come from the model).
         k : int, default=1
         predecessors : bool, default=False
+        rows : (start, stop) or range, default=None
+            In-sample only: answer only rows ``start..stop-1``, as the full query would.
         num_threads : int, default=None
         chunk_size : int, default=None
             Queries per parallel work item (None = 16). Results do not depend on it.
@@ -206,7 +209,8 @@ class CoverTree:
         Notes
         -----
         ``stats["query"]`` records the last call: seconds and distance evaluations per query.
-        Distances are evaluated one pair at a time in float64; scoring the residual tree's
+        Distances are evaluated one pair at a time in float64 on a breadth-first copy of the
+        tree (built on the first query and kept); scoring the residual tree's
         top levels as BLAS tiles, as the build does, is not done yet, and for the residual
         metric this search is still slower than :func:`residual.brute_force_knn`.
         """
@@ -216,10 +220,11 @@ class CoverTree:
         dim = self.model.n_features if residual else x.shape[1]
         Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
         in_sample = Y is None
+        start, stop = check_rows(rows, n, in_sample)
         nt = resolve_num_threads(num_threads)
         chunk = resolve_chunk_size(chunk_size, 16)
         if in_sample:
-            xq, vq, sq = x, v, s
+            xq, vq, sq = (a if a is None else a[start:stop] for a in (x, v, s))
         elif residual:
             xq, vq, sq = self.model._new_points(Y, nt)
         else:
@@ -227,14 +232,16 @@ class CoverTree:
         nq = xq.shape[0]
         dist = np.empty((nq, k))
         idx = np.empty((nq, k), dtype=np.int64)
-        # in-sample queries in the tree's depth-first order: neighbours share cache lines
-        visit = self._depth_first_order() if in_sample else np.arange(nq, dtype=np.int64)
+        if in_sample:   # the tree's depth-first order: neighbouring queries share cache lines
+            visit = self._depth_first_order()
+            if (start, stop) != (0, n):
+                visit = visit[(visit >= start) & (visit < stop)] - start
+        else:
+            visit = np.arange(nq, dtype=np.int64)
         with single_threaded_blas():
-            evals = _search.knn(residual, kind, variance, x, v, s, self.root,
-                                self.children_ptr, self.children, self.aliases_ptr,
-                                self.aliases, self.radii, self.parent_distances,
-                                self.min_index, self._slack, xq, vq, sq, in_sample,
-                                bool(predecessors), k, dist, idx, nt, chunk, visit)
+            evals = _search.knn(self._layout(), residual, kind, variance, self._slack, xq, vq,
+                                sq, in_sample, bool(predecessors), start, k, dist, idx, nt,
+                                chunk, visit)
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
                                    float(evals.mean()) if nq else 0.0}
@@ -270,6 +277,25 @@ class CoverTree:
 
         self.aliases_ptr, self.aliases, self.children_ptr, self.children = _csr(
             level, parent, alias_of)
+
+    def _layout(self):
+        """The tree renumbered breadth-first, as the search reads it (built once, cached)."""
+        if getattr(self, "_search_layout", None) is None:
+            nodes = [np.array([self.root], dtype=np.int64)]
+            ptr, kids = self.children_ptr, self.children
+            while True:                      # one level of the breadth-first order at a time
+                f = nodes[-1]
+                counts = ptr[f + 1] - ptr[f]
+                if not counts.sum():
+                    break
+                starts = np.repeat(ptr[f] - np.cumsum(counts) + counts, counts)
+                nodes.append(kids[starts + np.arange(counts.sum())])
+            order = np.concatenate(nodes)
+            _, _, _, x, v, s = self._metric
+            self._search_layout = _search.SearchLayout(
+                order, np.diff(ptr).astype(np.int64), self.aliases_ptr.astype(np.int64),
+                self.aliases, self.radii, self.parent_distances, self.min_index, x, v, s)
+        return self._search_layout
 
     def _depth_first_order(self):
         """Every point, in depth-first order of the tree (aliases right after their node)."""
