@@ -155,8 +155,8 @@ class ResidualCorrelation:
     def _scale(X, kernel, centre=None):
         """Centred, lengthscale-scaled coordinates (float64, C-contiguous)."""
         scale = 1.0 / kernel.lengthscales(X.shape[1])
-        centre = X.mean(axis=0) if centre is None else centre
         with np.errstate(over="ignore", invalid="ignore"):
+            centre = X.mean(axis=0) if centre is None else centre
             xs = np.ascontiguousarray((X - centre) * scale)
         if not np.isfinite(xs).all():
             raise ValueError("X divided by the lengthscale overflows float64: rescale X or "
@@ -171,9 +171,9 @@ class ResidualCorrelation:
         self.inducing = None if inducing is None else np.asarray(inducing, dtype=np.int64)
         self.jitter = jitter
         self.L = L
-        self._centre = X.mean(axis=0) if centre is None else centre
         if xs is None:
-            xs = self._scale(X, kernel, self._centre)
+            xs = self._scale(X, kernel, centre)         # refuses overflowing X first
+        self._centre = X.mean(axis=0) if centre is None else centre
         self._scale_inv = 1.0 / kernel.lengthscales(X.shape[1])
         self._xs = xs
         self._xs_t = np.ascontiguousarray(xs.T)     # (D, n): candidate side of the tiles
