@@ -145,7 +145,9 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     progress : callable, default=None
         ``progress(stage, done, total)``, called at the start (``done=0``) and end
         (``done=total``) of each stage ``"model"``, ``"ordering"``, ``"build"``, ``"query"``.
-        For ``"query"``, ``total`` is ``n_samples`` (rows). Results do not depend on it.
+        For ``"query"``, ``total`` is ``n_samples`` and ``done`` counts the rows answered,
+        reported after each of up to 50 row blocks of about equal work. Results do not
+        depend on it (a block equals those rows of the whole query, bit for bit).
 
     Returns
     -------
@@ -163,9 +165,7 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     Notes
     -----
     The answer is exact: ``neighbors`` equals ``brute_force_knn(model_ordered, k,
-    predecessors=True)`` on the ordered model, padded to k columns. The query runs in one
-    compiled call, so ``progress`` hears only the start and end of each stage: the compiled
-    entry points cannot yet answer a block of predecessor rows.
+    predecessors=True)`` on the ordered model, padded to k columns.
 
     Examples
     --------
@@ -199,13 +199,22 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     seconds["build"] = _stage_end(report, "build", 1, t)
 
     t = _stage_start(report, "query", n)
-    if tree is None:
-        dist, idx = brute_force_knn(ordered, k_lib, predecessors=True, num_threads=nt)
-        evals = n * (n - 1) // 2                 # every predecessor pair, once
-    else:
-        dist, idx = tree.query(k=k_lib, predecessors=True, num_threads=nt)
-        evals = tree.stats["distance_evaluations"] + int(round(
-            tree.stats["query"]["distance_evaluations_per_query"] * n))
+    blocks = _query_blocks(n) if progress is not None else [(0, n)]
+    parts, evals = [], 0 if tree is None else tree.stats["distance_evaluations"]
+    for start, stop in blocks:
+        if tree is None:
+            parts.append(brute_force_knn(ordered, k_lib, predecessors=True,
+                                         rows=(start, stop), num_threads=nt))
+            evals += (stop * (stop - 1) - start * (start - 1)) // 2    # pairs j < i, once
+        else:
+            parts.append(tree.query(k=k_lib, predecessors=True, rows=(start, stop),
+                                    num_threads=nt))
+            evals += int(round(tree.stats["query"]["distance_evaluations_per_query"]
+                               * (stop - start)))
+        if stop < n:
+            report("query", stop, n)
+    dist = np.concatenate([d for d, _ in parts])
+    idx = np.concatenate([i for _, i in parts])
     seconds["query"] = _stage_end(report, "query", n, t)
 
     dist, idx = _pad(dist, idx, k)
@@ -369,6 +378,27 @@ def _pad(dist, idx, k):
     d[:, :dist.shape[1]] = dist
     i[:, :idx.shape[1]] = idx
     return d, i
+
+
+#: Fewest rows in a progress block (smaller blocks would leave threads idle at block ends).
+QUERY_BLOCK_MIN_ROWS = 1024
+
+
+def _query_blocks(n, blocks=50, align=32):
+    """Row blocks of about equal predecessor work (row i scores i pairs), for progress reports.
+
+    Boundaries sit at n sqrt(j / blocks), on multiples of ``align`` (the brute force's row
+    alignment, so no block is widened); blocks under ``QUERY_BLOCK_MIN_ROWS`` rows are merged.
+    """
+    cuts = np.sqrt(np.arange(1, blocks) / blocks) * n
+    cuts = np.unique(np.round(cuts / align).astype(np.int64) * align)
+    out, start = [], 0
+    for cut in [int(c) for c in cuts] + [n]:
+        if cut - start >= QUERY_BLOCK_MIN_ROWS or cut == n:
+            if cut > start:
+                out.append((start, cut))
+            start = cut
+    return out
 
 
 def _no_progress(stage, done, total):

@@ -168,6 +168,23 @@ def test_progress(method):
     assert [t for s, _, t in calls if s == "query"][0] == n
 
 
+@pytest.mark.parametrize("method", ["brute", "tree"])
+def test_progress_during_the_query(method, monkeypatch):
+    # the query is answered in row blocks when someone listens; the blocks change nothing
+    monkeypatch.setattr(residual.vecchia, "QUERY_BLOCK_MIN_ROWS", 40)
+    n = 900
+    X = harness_like(n, seed=10)
+    calls = []
+    res = vecchia_neighbors(X, KERN, k=6, n_inducing=M, method=method,
+                            progress=lambda *a: calls.append(a))
+    _assert_identical(res, vecchia_neighbors(X, KERN, k=6, n_inducing=M, method=method))
+    done = [d for s, d, _ in calls if s == "query"]
+    assert len(done) > 10 and done == sorted(done) and done[-1] == n
+    assert len(set(done)) == len(done)
+    if method == "brute":
+        assert res.stats["distance_evaluations"] == n * (n - 1) // 2
+
+
 def test_stats_and_repr():
     res = vecchia_neighbors(harness_like(200), KERN, k=4, n_inducing=M)
     s = res.stats
