@@ -44,8 +44,8 @@ def main(argv=None):
         key_low = 1.0 - np.minimum(1.0, rho + err)
         decided += int(np.sum(key_low > kth_key[i]))
         total += args.n - 1
-    print(f"n={args.n}, D={args.dim}, m={args.m}, k={args.k}: median p {np.median(model.p_diag):.2g}"
-          f"; the float32 bound decides 'not a neighbour' for {100 * decided / total:.1f} % of "
+    print(f"n={args.n}, D={args.dim}, m={args.m}, k={args.k}: median p "
+          f"{np.median(model.p_diag):.2g}; the float32 bound decides 'not a neighbour' for {100 * decided / total:.1f} % of "
           f"pairs (knowing the exact k-th distance)")
 
 
