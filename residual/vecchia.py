@@ -178,10 +178,41 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     t_start = time.perf_counter()
     args = _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_threads,
                      progress)
-    n, k, nt = args["n"], args["k"], args["num_threads"]
+    n, nt = args["n"], args["num_threads"]
     report = progress if progress is not None else _no_progress
-    seconds = {}
+    prep = _prepare(args, report)
 
+    t = _stage_start(report, "query", n)
+    blocks = _query_blocks(n) if progress is not None else [(0, n)]
+    parts = []
+    for start, stop in blocks:
+        parts.append(_query_rows(prep.searcher, prep.k_lib, start, stop, nt))
+        if stop < n:
+            report("query", stop, n)
+    prep.seconds["query"] = _stage_end(report, "query", n, t)
+    return _assemble(args, prep, parts, t_start)
+
+
+class _Prepared:
+    """What the query stage needs, from :func:`_prepare` (shared with residual.dask).
+
+    ``searcher`` answers the row blocks: the tree for ``method="tree"``, else the ordered
+    model (or ordered coordinates for Euclidean); it is what a scale-out ships to workers.
+    """
+
+    def __init__(self, order, ordered, tree, k_lib, method, seconds):
+        self.order, self.ordered, self.tree = order, ordered, tree
+        self.k_lib, self.method, self.seconds = k_lib, method, seconds
+
+    @property
+    def searcher(self):
+        return self.ordered if self.tree is None else self.tree
+
+
+def _prepare(args, report):
+    """The stages before the query: model, ordering, build (timed and reported)."""
+    n, nt = args["n"], args["num_threads"]
+    seconds = {}
     t = _stage_start(report, "model", 1)
     base = _base_model(args)
     seconds["model"] = _stage_end(report, "model", 1, t)
@@ -192,39 +223,50 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     seconds["ordering"] = _stage_end(report, "ordering", 1, t)
 
     # rows have at most n - 1 predecessors; the library refuses k > n, so ask for what exists
-    k_lib = min(k, max(n - 1, 1))
+    k_lib = min(args["k"], max(n - 1, 1))
     method = args["method"]
     t = _stage_start(report, "build", 1)
     tree = CoverTree(ordered, num_threads=nt) if method == "tree" else None
     seconds["build"] = _stage_end(report, "build", 1, t)
+    return _Prepared(order, ordered, tree, k_lib, method, seconds)
 
-    t = _stage_start(report, "query", n)
-    blocks = _query_blocks(n) if progress is not None else [(0, n)]
-    parts, evals = [], 0 if tree is None else tree.stats["distance_evaluations"]
-    for start, stop in blocks:
-        if tree is None:
-            parts.append(brute_force_knn(ordered, k_lib, predecessors=True,
-                                         rows=(start, stop), num_threads=nt))
-            evals += (stop * (stop - 1) - start * (start - 1)) // 2    # pairs j < i, once
-        else:
-            parts.append(tree.query(k=k_lib, predecessors=True, rows=(start, stop),
-                                    num_threads=nt))
-            evals += int(round(tree.stats["query"]["distance_evaluations_per_query"]
-                               * (stop - start)))
-        if stop < n:
-            report("query", stop, n)
-    dist = np.concatenate([d for d, _ in parts])
-    idx = np.concatenate([i for _, i in parts])
-    seconds["query"] = _stage_end(report, "query", n, t)
 
-    dist, idx = _pad(dist, idx, k)
+def _query_rows(searcher, k_lib, start, stop, num_threads):
+    """Predecessor kNN of rows ``start..stop-1``: ``(dist, idx, distance_evaluations)``.
+
+    ``searcher`` is ``_Prepared.searcher``. The block equals those rows of the whole query,
+    bit for bit, so blocks may be answered in any order, by any process.
+    """
+    if isinstance(searcher, CoverTree):
+        dist, idx = searcher.query(k=k_lib, predecessors=True, rows=(start, stop),
+                                   num_threads=num_threads)
+        evals = int(round(searcher.stats["query"]["distance_evaluations_per_query"]
+                          * (stop - start)))
+    else:
+        dist, idx = brute_force_knn(searcher, k_lib, predecessors=True, rows=(start, stop),
+                                    num_threads=num_threads)
+        evals = (stop * (stop - 1) - start * (start - 1)) // 2     # pairs j < i, once
+    return dist, idx, evals
+
+
+def _assemble(args, prep, parts, t_start):
+    """The VecchiaNeighbors from the row blocks ``parts`` (in row order) and the stage times."""
+    seconds = prep.seconds
+    dist = np.concatenate([d for d, _, _ in parts])
+    idx = np.concatenate([i for _, i, _ in parts])
+    evals = sum(e for _, _, e in parts)
+    if prep.tree is not None:
+        evals += prep.tree.stats["distance_evaluations"]
+    dist, idx = _pad(dist, idx, args["k"])
     seconds["total"] = time.perf_counter() - t_start
     n_neighbors = int((idx >= 0).sum())
-    search = seconds["build"] + seconds["query"]
+    # the search: build + query, and shipping the searcher to workers when scaled out
+    search = seconds["build"] + seconds["query"] + seconds.get("scatter", 0.0)
     stats = {"seconds": seconds, "distance_evaluations": int(evals),
              "n_neighbors": n_neighbors,
              "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
-    return VecchiaNeighbors(order, idx, dist, stats, metric=args["metric"], method=method)
+    return VecchiaNeighbors(prep.order, idx, dist, stats, metric=args["metric"],
+                            method=prep.method)
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -384,17 +426,21 @@ def _pad(dist, idx, k):
 QUERY_BLOCK_MIN_ROWS = 1024
 
 
-def _query_blocks(n, blocks=50, align=32):
-    """Row blocks of about equal predecessor work (row i scores i pairs), for progress reports.
+def _query_blocks(n, blocks=50, align=32, min_rows=None):
+    """Row blocks of about equal predecessor work (row i scores i pairs).
 
+    For progress reports, and for spreading the query over workers (residual.dask).
     Boundaries sit at n sqrt(j / blocks), on multiples of ``align`` (the brute force's row
-    alignment, so no block is widened); blocks under ``QUERY_BLOCK_MIN_ROWS`` rows are merged.
+    alignment, so no block is widened); blocks under ``min_rows`` rows (None =
+    ``QUERY_BLOCK_MIN_ROWS``) are merged.
     """
+    if min_rows is None:
+        min_rows = QUERY_BLOCK_MIN_ROWS
     cuts = np.sqrt(np.arange(1, blocks) / blocks) * n
     cuts = np.unique(np.round(cuts / align).astype(np.int64) * align)
     out, start = [], 0
     for cut in [int(c) for c in cuts] + [n]:
-        if cut - start >= QUERY_BLOCK_MIN_ROWS or cut == n:
+        if cut - start >= min_rows or cut == n:
             if cut > start:
                 out.append((start, cut))
             start = cut
