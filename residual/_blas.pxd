@@ -15,3 +15,5 @@ cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
                    float32_t beta, float32_t* c, intp_t ldc) noexcept nogil
 
 cdef float64_t ddot_(intp_t n, const float64_t* x, const float64_t* y) noexcept nogil
+
+cdef void trsv_lower_rm(intp_t m, const float64_t* l, float64_t* x) noexcept nogil

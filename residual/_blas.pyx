@@ -8,7 +8,7 @@
 # Two explicit functions rather than one fused one: fused cdef functions do not cross module
 # boundaries reliably.
 
-from scipy.linalg.cython_blas cimport ddot, dgemm, sgemm
+from scipy.linalg.cython_blas cimport ddot, dgemm, dtrsv, sgemm
 
 
 cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
@@ -45,6 +45,17 @@ cdef float64_t ddot_(intp_t n, const float64_t* x, const float64_t* y) noexcept 
     """x . y for contiguous vectors (one pair's residual product in the tree)."""
     cdef blas_int bn = <blas_int>n, one = 1
     return ddot(&bn, <float64_t*>x, &one, <float64_t*>y, &one)
+
+
+cdef void trsv_lower_rm(intp_t m, const float64_t* l, float64_t* x) noexcept nogil:
+    """Solve L y = x in place for one vector; L is lower triangular, row-major (m x m).
+
+    Row-major L is column-major L^T (upper), so BLAS solves (L^T)^T y = x. One right-hand side
+    per call: its rounding cannot depend on which other vectors are solved with it.
+    """
+    cdef char uplo = b'U', trans = b'T', diag = b'N'
+    cdef blas_int bm = <blas_int>m, one = 1
+    dtrsv(&uplo, &trans, &diag, &bm, <float64_t*>l, &bm, x, &one)
 
 
 def gemm(const float64_t[:, ::1] a, const float64_t[:, ::1] b, bint trans_b=True):

@@ -18,7 +18,7 @@ from libc.math cimport sqrt
 
 import numpy as np
 
-from residual._blas cimport dgemm_rm
+from residual._blas cimport dgemm_rm, trsv_lower_rm
 
 # Rows per parallel work item in kernel_matrix.
 cdef intp_t KERNEL_CHUNK = 256
@@ -151,6 +151,22 @@ def kernel_matrix(int kind, float64_t variance, const float64_t[:, ::1] xq,
             nr = min(chunk, n - r0)
             kernel_tile(spec, &xq[r0, 0], nr, &xct[0, 0], ncols, ncols, dim, &o[r0, 0], ncols)
     return out
+
+
+def solve_lower_rows(const float64_t[:, ::1] l, float64_t[:, ::1] rows, int num_threads):
+    """rows[i] <- L^-1 rows[i] for every row, in place (V of new points: L^-1 k(U, y)).
+
+    One triangular solve per row, in parallel: a row's result is the same bits whatever the
+    other rows, their number and the thread count (a multi-right-hand-side solve rounds each
+    column according to its place in the block). The caller holds BLAS to one thread.
+    """
+    cdef intp_t i, m = l.shape[0]
+    if l.shape[1] != m or rows.shape[1] != m:
+        raise ValueError("L must be square and match the rows' length")
+    if m == 0:
+        return
+    for i in prange(rows.shape[0], nogil=True, num_threads=num_threads, schedule='static'):
+        trsv_lower_rm(m, &l[0, 0], &rows[i, 0])
 
 
 def residual_cov_matrix(int kind, float64_t variance,

@@ -86,6 +86,14 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
         hi = min(n, -(-stop // CHUNK_ALIGN) * CHUNK_ALIGN)
     else:
         lo, hi = 0, Y.shape[0]
+        pad = -hi % CHUNK_ALIGN
+        if pad and hi:
+            # whole 32-row groups only, as for in-sample blocks: a new point's answer then
+            # does not depend on how many points are queried with it, nor on its place
+            Y = np.concatenate([Y, np.repeat(Y[:1], pad, axis=0)])
+            dist, idx = brute_force_knn(X_or_model, k, Y, num_threads=num_threads,
+                                        chunk_size=chunk_size)
+            return dist[:hi].copy(), idx[:hi].copy()
     n_queries = hi - lo
     chunk = min(chunk, max(n_queries, 1))          # no workspace larger than the work
     chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN

@@ -48,9 +48,7 @@ BLOCKS_PER_THREAD = 4
 #: Rows per block when a NumPy ``Y`` is chunked for :func:`query`, at most.
 NUMPY_ROWS_PER_BLOCK = 4096
 
-#: NumPy query blocks start on multiples of this many rows. For a residual tree, V of new points
-#: comes from a BLAS triangular solve whose rounding can depend on a row's position in its
-#: block; aligned blocks match the whole-array call more often (not guaranteed: BLAS's choice).
+#: NumPy query blocks start on multiples of this many rows (whole cache lines per block).
 ROW_ALIGN = 32
 
 _RESULT = np.dtype([("dist", np.float64), ("idx", np.int64)])
@@ -59,12 +57,9 @@ _RESULT = np.dtype([("dist", np.float64), ("idx", np.int64)])
 def query(tree, Y, k, *, client=None, num_threads=None):
     """k nearest neighbours of new points, one task per row chunk of ``Y``.
 
-    Each block is answered by ``tree.query(block, k)`` on a worker's copy of the tree, bit
-    for bit. For a Euclidean tree that is ``tree.query(Y, k)`` exactly, whatever the chunking.
-    For a residual tree, V of the new points is computed per block (a BLAS triangular solve,
-    ``L^-1 k(U, block)``, whose rounding may depend on a row's place in its block), so
-    distances may differ from one ``tree.query(Y, k)`` call in the last bits (~1e-15), and
-    indices only between candidates tied to that precision.
+    Each block is answered by ``tree.query(block, k)`` on a worker's copy of the tree; the
+    result equals one ``tree.query(Y, k)`` call bit for bit, whatever the chunking (a new
+    point's answer does not depend on the other points queried with it).
 
     Parameters
     ----------

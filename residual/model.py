@@ -15,9 +15,9 @@ pruning with it is exact.
 import numpy as np
 import scipy.linalg
 
-from residual import _persist
+from residual import _persist, _tiles
 from residual.kernels import Kernel, kernel_from_state
-from residual._parallel import resolve_num_threads
+from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import as_float_matrix, as_float_vector, check_int, check_positive
 
 #: A point whose residual variance is at most ``DEGENERATE_P_RTOL * variance`` has, numerically,
@@ -199,10 +199,9 @@ class ResidualCorrelation:
                              "L and k(U, Y))")
         ys = np.ascontiguousarray((Y - self._centre) * self._scale_inv)
         us = np.ascontiguousarray(self._xs[self.inducing])
-        kyu = self.kernel._matrix(ys, us, num_threads)
-        vt = scipy.linalg.solve_triangular(self.L, kyu.T, lower=True, overwrite_b=True,
-                                           check_finite=False)
-        v_new = np.ascontiguousarray(vt.T)
+        v_new = self.kernel._matrix(ys, us, num_threads)        # k(Y, U), then L^-1 per row
+        with single_threaded_blas():
+            _tiles.solve_lower_rows(np.ascontiguousarray(self.L), v_new, num_threads)
         p_new = self.kernel.variance - np.einsum("ij,ij->i", v_new, v_new)
         return ys, v_new, _inv_sqrt_p(p_new, self.kernel.variance)[1]
 

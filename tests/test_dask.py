@@ -73,12 +73,7 @@ def test_query_equals_tree_query(client, trees, metric, kind):
     Y = _data(700, 1)
     ref_d, ref_i = tree.query(Y, 6)
     np.testing.assert_array_equal(idx, ref_i)
-    if metric == "euclidean":
-        np.testing.assert_array_equal(dist, ref_d)
-    else:
-        # V of new points comes from a BLAS triangular solve per block, whose last bits
-        # depend on the block's size and on BLAS's thread count (1 on the workers)
-        np.testing.assert_allclose(dist, ref_d, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(dist, ref_d)      # bit for bit, both metrics
 
 
 def test_query_finds_the_current_client_and_scatters_once(client, trees, count_pickles):

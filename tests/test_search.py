@@ -160,3 +160,24 @@ def test_ties_of_the_square_root_break_like_the_oracle():
     want = residual.brute_force_knn(X, 1, Y)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_new_points_do_not_depend_on_their_companions():
+    # V of a new point is one triangular solve of its own: the same bits whatever other points
+    # are queried with it, in any order, with any thread count
+    X = harness_like(1500)
+    model = residual.ResidualCorrelation.from_kernel(X, residual.RBF(), n_inducing=200)
+    tree = residual.CoverTree(model)
+    Y = harness_like(333, seed=5)
+    d, i = tree.query(Y, k=6, num_threads=2)
+    for part, nt in ((slice(0, 1), 1), (slice(17, 250), 1), (slice(None, None, -1), 2)):
+        dp, ip = tree.query(Y[part], k=6, num_threads=nt)
+        np.testing.assert_array_equal(dp, d[part])
+        np.testing.assert_array_equal(ip, i[part])
+    for data in (model, X):                 # the brute force too (it pads to whole tiles)
+        d, i = residual.brute_force_knn(data, 6, Y=Y, num_threads=2)
+        for part in (slice(40, 41), slice(17, 250), slice(None, None, -1)):
+            dp, ip = residual.brute_force_knn(data, 6, Y=Y[part], num_threads=1,
+                                              chunk_size=50)
+            np.testing.assert_array_equal(dp, d[part])
+            np.testing.assert_array_equal(ip, i[part])
