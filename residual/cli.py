@@ -18,7 +18,7 @@ from residual.vecchia import ORDERINGS, STAGES, vecchia_neighbors
 
 KERNELS = {"rbf": None, "matern12": 0.5, "matern32": 1.5, "matern52": 2.5}
 
-#: The built-in data when no --input is given: the standard harness of DESIGN.md section 6.
+#: The built-in data when no --input is given: the standard harness (X ~ N(0, I), RBF, l = 1).
 HARNESS_N, HARNESS_DIM = 32768, 3
 
 
@@ -55,7 +55,7 @@ def build_parser():
                        help="kernel variance (default 1)")
     model.add_argument("--n-inducing", type=int, default=200,
                        help="inducing points, a seeded random subset of the rows (default "
-                            "200; DESIGN.md's benchmark harness uses 512)")
+                            "200; the benchmarks' standard harness uses 512)")
     search = p.add_argument_group("search")
     search.add_argument("--k", type=int, default=30, help="neighbours per point (default 30)")
     search.add_argument("--ordering", choices=ORDERINGS, default="random",
