@@ -38,8 +38,14 @@ def pack(body, format_name):
 
 def npz_path(path):
     """``path`` as a str, with ``.npz`` appended when missing (as ``np.savez`` does)."""
-    path = os.fsdecode(os.fspath(path))
+    path = _as_str(path)
     return path if path.endswith(".npz") else path + ".npz"
+
+
+def _as_str(path):
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path must be a str, bytes or os.PathLike, got {type(path).__name__}")
+    return os.fsdecode(os.fspath(path))
 
 
 def save(path, body, format_name):
@@ -76,7 +82,7 @@ def blame(source):
 
 
 def _existing_path(path):
-    path = os.fsdecode(os.fspath(path))
+    path = _as_str(path)
     if not os.path.exists(path) and os.path.exists(npz_path(path)):
         return npz_path(path)
     return path

@@ -7,6 +7,40 @@ import numbers
 
 import numpy as np
 
+#: Largest chunk size passed on to compiled code (larger requests are clamped).
+MAX_CHUNK_SIZE = 1 << 30
+
+
+def as_numeric_array(a, name, *, integer=False, what=None):
+    """``a`` as a NumPy array of real numbers (integer ones if ``integer``), not yet cast.
+
+    Object arrays of plain numbers are accepted; masked arrays are refused (NumPy would drop
+    the mask and use the masked entries as data); ragged sequences raise a TypeError naming
+    the argument. ``what`` completes "{name} must be ..." in the dtype error.
+    """
+    if a is None:
+        raise TypeError(f"{name} must {what or 'be an array'}, got None")
+    if isinstance(a, np.ma.MaskedArray):
+        raise ValueError(f"{name} is a masked array: fill or drop the masked entries first "
+                        "(numpy.ma.filled / compressed)")
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} must be a numeric array: {exc}") from None
+    if arr.dtype.kind == "O":
+        ok = all(isinstance(v, numbers.Integral if integer else numbers.Real)
+                 and not isinstance(v, (bool, np.bool_)) for v in arr.ravel())
+        if not ok:
+            raise TypeError(f"{name} must {what or 'be a numeric array'}, got dtype object "
+                            f"with non-{'integer' if integer else 'numeric'} entries")
+        arr = arr.astype(np.int64 if integer else np.float64)
+    kinds = "iu" if integer else "iuf"
+    if what is None:
+        what = "hold integers" if integer else "hold real numbers (integer or float)"
+    if arr.dtype.kind not in kinds:
+        raise TypeError(f"{name} must {what}, got dtype {arr.dtype}")
+    return arr
+
 
 def as_float_matrix(a, name, *, ncols=None, allow_empty=False):
     """Validate a 2-D real array and return it as C-contiguous float64 (copying only if needed).
@@ -18,21 +52,7 @@ def as_float_matrix(a, name, *, ncols=None, allow_empty=False):
     ValueError
         If ``a`` is not 2-D, is empty, has the wrong number of columns, or holds NaN or inf.
     """
-    if isinstance(a, np.ndarray):
-        arr = a
-    else:
-        try:
-            arr = np.asarray(a)
-        except (ValueError, TypeError) as exc:
-            raise TypeError(f"{name} must be a numeric array: {exc}") from None
-    if arr.dtype.kind == "O":
-        try:
-            arr = arr.astype(np.float64)
-        except (ValueError, TypeError):
-            raise TypeError(f"{name} must be a numeric array, got dtype object with "
-                            "non-numeric entries") from None
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must hold real numbers (integer or float), got dtype {arr.dtype}")
+    arr = as_numeric_array(a, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features), "
                          f"got {arr.ndim}-D with shape {arr.shape}")
@@ -57,9 +77,7 @@ def check_euclidean_range(X, name):
 
 def as_float_vector(a, name, *, size):
     """Validate a 1-D finite real array of the given size, returned as C-contiguous float64."""
-    arr = np.asarray(a)
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    arr = as_numeric_array(a, name)
     if arr.ndim != 1 or arr.shape[0] != size:
         raise ValueError(f"{name} must have shape ({size},), got {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
@@ -91,7 +109,12 @@ def check_positive(value, name):
 
 
 def resolve_chunk_size(chunk_size, default):
-    """Queries per parallel work item: ``default`` when None, else an integer >= 1."""
+    """Queries per parallel work item: ``default`` when None, else an integer >= 1.
+
+    Sizes beyond ``MAX_CHUNK_SIZE`` are clamped to it: answers never depend on the chunk size,
+    and the compiled loops take C integers.
+    """
     if chunk_size is None:
         return default
-    return check_int(chunk_size, "chunk_size", minimum=1)
+    return min(check_int(chunk_size, "chunk_size", minimum=1), MAX_CHUNK_SIZE)
+

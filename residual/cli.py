@@ -9,6 +9,7 @@ ValueError / TypeError into that line.
 import argparse
 import os
 import sys
+import warnings
 import time
 
 import numpy as np
@@ -100,6 +101,10 @@ def main(argv=None):
         msg = " ".join(str(exc).split())       # one line, whatever the exception held
         print(f"residual: error: {msg}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        print(f"residual: error: out of memory ({' '.join(str(exc).split())}); try a smaller "
+              "--k or --n-inducing, or fewer points", file=sys.stderr)
+        return 1
     _summary(sys.stdout, res, args, kernel, X.shape, source, output)
     return 0
 
@@ -157,8 +162,10 @@ def load_coordinates(path):
         if ext == ".npy":
             X = np.load(path, allow_pickle=False)
         else:
-            X = np.loadtxt(path, delimiter=",", skiprows=_header_lines(path), ndmin=2,
-                           dtype=np.float64)
+            with warnings.catch_warnings():     # an empty file: our message, not numpy's
+                warnings.simplefilter("ignore", UserWarning)
+                X = np.loadtxt(path, delimiter=",", skiprows=_header_lines(path), ndmin=2,
+                               dtype=np.float64)
     except (ValueError, OSError, EOFError) as exc:
         raise CLIError(f"--input {path!r} could not be read: {exc}") from None
     if X.dtype.kind not in "iuf":

@@ -11,7 +11,7 @@ import numpy as np
 
 from residual import _tiles
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import as_float_matrix, check_positive
+from residual._validate import as_float_matrix, as_numeric_array, check_positive
 
 _MATERN_CODES = {0.5: 1, 1.5: 2, 2.5: 3}
 
@@ -30,10 +30,8 @@ class Kernel:
     _code = None  # the kernel code of residual/_tiles.pxd
 
     def __init__(self, lengthscale=1.0, variance=1.0):
-        ls = np.asarray(lengthscale)
-        if ls.dtype.kind not in "iuf":
-            raise TypeError(f"lengthscale must be a real number or array, got dtype {ls.dtype}")
-        ls = ls.astype(np.float64)
+        ls = as_numeric_array(lengthscale, "lengthscale",
+                              what="be a real number or array").astype(np.float64)
         if ls.ndim > 1 or ls.size == 0:
             raise ValueError("lengthscale must be a scalar or a 1-D array with one entry per "
                              f"dimension, got shape {ls.shape}")
@@ -74,9 +72,10 @@ class Kernel:
         Y = X if Y is None else as_float_matrix(Y, "Y", ncols=X.shape[1])
         nt = resolve_num_threads(num_threads)
         scale = 1.0 / self.lengthscales(X.shape[1])
-        centre = X.mean(axis=0)
-        xs = (X - centre) * scale
-        ys = xs if Y is X else (Y - centre) * scale
+        with np.errstate(over="ignore"):    # far points overflow to inf: k = 0, as it should
+            centre = X.mean(axis=0)
+            xs = (X - centre) * scale
+            ys = xs if Y is X else (Y - centre) * scale
         return self._matrix(xs, ys, nt)
 
     def _matrix(self, xs, ys, num_threads=1):

@@ -18,7 +18,8 @@ import scipy.linalg
 from residual import _persist, _tiles
 from residual.kernels import Kernel, kernel_from_state
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import as_float_matrix, as_float_vector, check_int, check_positive
+from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array, check_int,
+                                check_positive)
 
 #: A point whose residual variance is at most ``DEGENERATE_P_RTOL * variance`` has, numerically,
 #: no residual left: its correlations would be rounding noise divided by ~0. Such a point gets
@@ -197,7 +198,8 @@ class ResidualCorrelation:
             raise ValueError("queries with new points need a model built by "
                              "ResidualCorrelation.from_kernel (V for new points comes from "
                              "L and k(U, Y))")
-        ys = np.ascontiguousarray((Y - self._centre) * self._scale_inv)
+        with np.errstate(over="ignore"):    # far points overflow to inf: k = 0, d = 1
+            ys = np.ascontiguousarray((Y - self._centre) * self._scale_inv)
         us = np.ascontiguousarray(self._xs[self.inducing])
         v_new = self.kernel._matrix(ys, us, num_threads)        # k(Y, U), then L^-1 per row
         with single_threaded_blas():
@@ -318,11 +320,11 @@ def _check_kernel(kernel):
 
 
 def _check_inducing(inducing, n):
-    idx = np.asarray(inducing)
-    if idx.size == 0:
+    if (isinstance(inducing, (list, tuple)) and len(inducing) == 0
+            or isinstance(inducing, np.ndarray) and inducing.size == 0):
         raise ValueError("inducing must be a non-empty 1-D array of row indices")
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"inducing must be integer row indices, got dtype {idx.dtype}")
+    idx = as_numeric_array(inducing, "inducing", integer=True,
+                           what="be integer row indices")
     if idx.ndim != 1 or idx.size == 0:
         raise ValueError(f"inducing must be a non-empty 1-D array of row indices, got shape "
                          f"{idx.shape}")

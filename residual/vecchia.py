@@ -16,7 +16,8 @@ from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads
-from residual._validate import as_float_matrix, check_euclidean_range, check_int
+from residual._validate import (as_float_matrix, as_numeric_array, check_euclidean_range,
+                                check_int)
 
 ORDERINGS = ("random", "natural", "maximin")
 METRICS = ("residual", "euclidean")
@@ -123,8 +124,8 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
         Required for ``metric="residual"`` with coordinates; ignored for
         ``metric="euclidean"``.
     k : int, default=30
-        Conditioning-set size, >= 1. Row i gets ``min(k, i)`` neighbours; ``k`` may exceed
-        ``n_samples - 1`` (the rows are padded).
+        Conditioning-set size, ``1 <= k <= n_samples``. Row i gets ``min(k, i)`` neighbours,
+        then padding.
     n_inducing : int, default=200
         Inducing points of the residual model, drawn from the rows as given by
         ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)``.
@@ -301,7 +302,10 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
                             f"residual.Matern), got {type(kernel).__name__}")
         kernel.lengthscales(coords.shape[1])             # ARD length vs D, before any work
         n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
+    # as brute_force_knn(predecessors=True): rows are padded, but never past n columns
     k = check_int(k, "k", minimum=1)
+    if k > n:
+        raise ValueError(f"k = {k} is larger than n_samples = {n}")
     seed = check_int(seed, "seed", minimum=0)
     if isinstance(ordering, str):
         if ordering not in ORDERINGS:
@@ -322,10 +326,8 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
 
 
 def _check_permutation(ordering, n):
-    perm = np.asarray(ordering)
-    if perm.dtype.kind not in "iu":
-        raise TypeError(f"ordering must be a string or an integer permutation array, got dtype "
-                        f"{perm.dtype}")
+    perm = as_numeric_array(ordering, "ordering", integer=True,
+                            what="be a string or an integer permutation array")
     if perm.shape != (n,):
         raise ValueError(f"ordering must be a permutation of 0..{n - 1} with shape ({n},), "
                          f"got shape {perm.shape}")

@@ -187,8 +187,8 @@ def test_vecchia_defaults_current_client_and_model_input(client):
 
 def test_vecchia_local_scheduler_and_padding():
     X = _data(400, 7)
-    res = rdask.vecchia_neighbors(X, KERN, 450, n_inducing=M, n_blocks=3, num_threads=2)
-    _assert_identical(res, residual.vecchia_neighbors(X, KERN, 450, n_inducing=M))
+    res = rdask.vecchia_neighbors(X, KERN, 400, n_inducing=M, n_blocks=3, num_threads=2)
+    _assert_identical(res, residual.vecchia_neighbors(X, KERN, 400, n_inducing=M))
     assert res.stats["seconds"]["scatter"] >= 0 and res.stats["dask"]["n_workers"] == 1
 
 

@@ -13,7 +13,6 @@
 
 tests/test_validation.py holds the first checks of brute_force_knn and from_kernel; this file
 sweeps the other entry points with the same table and adds the cases found missing there.
-Tests marked ``xfail(strict=True)`` describe library bugs still to fix (see their reasons).
 """
 
 import concurrent.futures
@@ -102,12 +101,8 @@ BAD_MATRICES = [
     ("structured", np.zeros(X.shape, [("a", float)]), TypeError, "{name} must hold real"),
     ("ragged", [[1.0, 2.0, 3.0]] * (N - 1) + [[1.0, 2.0]], TypeError,
      "{name} must be a numeric array"),
-    ("None", None, ValueError, "{name} must be a 2-D array"),
-    pytest.param("masked", _masked(), ValueError, "{name}.*mask", id="masked",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "FINDING: a numpy masked array is silently unmasked (np.asarray drops "
-                     "the mask), so masked (missing) entries are used as coordinates: a "
-                     "silently wrong answer; it should be refused like NaN"))),
+    ("None", None, TypeError, "{name} must be an array, got None"),
+    pytest.param("masked", _masked(), ValueError, "{name}.*mask", id="masked"),
 ]
 BAD_MATRICES = [c if hasattr(c, "marks") else pytest.param(*c, id=c[0]) for c in BAD_MATRICES]
 
@@ -187,7 +182,7 @@ def test_new_points_on_a_tree_of_user_factors(no_work):
     ("complex", MODEL.p_diag + 1j, TypeError, "p_diag must hold real numbers"),
     ("complex-zero-imag", MODEL.p_diag.astype(complex), TypeError, "p_diag must hold real"),
     ("bool", MODEL.p_diag > 0, TypeError, "p_diag must hold real numbers"),
-    ("None", None, TypeError, "p_diag must hold real numbers"),
+    ("None", None, TypeError, "p_diag must be an array, got None"),
 ])
 def test_bad_p_diag(no_work, label, p_diag, exc, match):
     _refused(lambda: residual.ResidualCorrelation(X, KERN, V=MODEL.V, p_diag=p_diag), exc, match)
@@ -204,25 +199,18 @@ def test_bad_factor_shapes(no_work):
 
 # -- 1b. ragged lists and object arrays in the non-matrix arguments -------------------------------
 
-_RAGGED = pytest.mark.xfail(strict=True, reason=(
-    "FINDING: a ragged list reaches np.asarray outside the validators and numpy's own "
-    "ValueError ('setting an array element with a sequence...') escapes without naming the "
-    "argument"))
-
-
 @pytest.mark.parametrize("name, call", [
     pytest.param("lengthscale", lambda: residual.RBF(lengthscale=[1.0, [2.0, 3.0]]),
-                 id="RBF.lengthscale", marks=_RAGGED),
+                 id="RBF.lengthscale"),
     pytest.param("lengthscale", lambda: residual.Matern(1.5, lengthscale=[[1.0], [2.0, 3.0]]),
-                 id="Matern.lengthscale", marks=_RAGGED),
+                 id="Matern.lengthscale"),
     pytest.param("p_diag", lambda: residual.ResidualCorrelation(
-        X, KERN, V=MODEL.V, p_diag=[[1.0]] * (N - 1) + [[1.0, 2.0]]), id="p_diag",
-        marks=_RAGGED),
+        X, KERN, V=MODEL.V, p_diag=[[1.0]] * (N - 1) + [[1.0, 2.0]]), id="p_diag"),
     pytest.param("inducing", lambda: residual.ResidualCorrelation.from_kernel(
-        X, KERN, inducing=[[0], [1, 2]]), id="from_kernel.inducing", marks=_RAGGED),
+        X, KERN, inducing=[[0], [1, 2]]), id="from_kernel.inducing"),
     pytest.param("ordering", lambda: residual.vecchia_neighbors(
         X, KERN, k=2, n_inducing=4, ordering=[[0]] * (N - 1) + [[1, 2]]),
-        id="vecchia.ordering", marks=_RAGGED),
+        id="vecchia.ordering"),
     pytest.param("V", lambda: residual.ResidualCorrelation(
         X, KERN, V=[[1.0, 2.0]] * (N - 1) + [[1.0]], p_diag=MODEL.p_diag), id="V"),
 ])
@@ -230,23 +218,17 @@ def test_ragged_lists_name_the_argument(no_work, name, call):
     _refused(call, (TypeError, ValueError), name)
 
 
-_OBJECT = pytest.mark.xfail(strict=True, reason=(
-    "FINDING: an object array of plain numbers is refused (TypeError 'got dtype object') for "
-    "this argument, while X, Y and V accept it and DESIGN section 2 refuses only object "
-    "arrays that can't be cast"))
-
-
 @pytest.mark.parametrize("call", [
     pytest.param(lambda: residual.ResidualCorrelation(
         X, KERN, V=MODEL.V, p_diag=MODEL.p_diag.astype(object)).p_diag,
-        id="p_diag", marks=_OBJECT),
+        id="p_diag"),
     pytest.param(lambda: residual.RBF(lengthscale=np.array([1.0, 2.0, 0.5], dtype=object))(X),
-                 id="lengthscale", marks=_OBJECT),
+                 id="lengthscale"),
     pytest.param(lambda: residual.ResidualCorrelation.from_kernel(
-        X, KERN, inducing=np.arange(8).astype(object)).V, id="inducing", marks=_OBJECT),
+        X, KERN, inducing=np.arange(8).astype(object)).V, id="inducing"),
     pytest.param(lambda: residual.vecchia_neighbors(
         X, KERN, k=2, n_inducing=4, ordering=np.arange(N).astype(object)).neighbors,
-        id="vecchia.ordering", marks=_OBJECT),
+        id="vecchia.ordering"),
     pytest.param(lambda: residual.ResidualCorrelation(
         X, KERN, V=MODEL.V.astype(object), p_diag=MODEL.p_diag).V, id="V"),
 ])
@@ -294,12 +276,6 @@ def test_k_larger_than_the_eligible_set(no_work, tree, k):
                  f"k = {k} is larger than n_samples")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING: vecchia_neighbors puts no upper bound on k (k > n - 1 pads); it runs the model, "
-    "ordering, build and query first and only then allocates the (n, k) padded output: "
-    "k=10**9 ends in MemoryError ('Unable to allocate 224. GiB'), k=10**20 in numpy's "
-    "ValueError 'Maximum allowed dimension exceeded' (neither names k), and the CLI "
-    "(--k 1000000000) crashes with a traceback since it does not catch MemoryError"))
 @pytest.mark.parametrize("k", [10 ** 9, 10 ** 20])
 def test_vecchia_refuses_absurd_k_before_any_work(no_work, k):
     calls = []
@@ -376,21 +352,13 @@ def test_not_coordinates(no_work):
     _refused(lambda: residual.brute_force_knn(TREE_E, 1), TypeError, "X must be a numeric")
 
 
-_OVERSIZED_CHUNK = pytest.mark.xfail(strict=True, reason=(
-    "FINDING: chunk_size=2**70 passes check_int and reaches the compiled code, which raises "
-    "OverflowError 'Python int too large to convert to C ssize_t' (not naming chunk_size); "
-    "brute_force_knn clamps it to the work and answers"))
-
-
 @pytest.mark.parametrize("call", [
     pytest.param(lambda c: residual.brute_force_knn(MODEL, 2, chunk_size=c)[1],
                  id="brute_force_knn"),
-    pytest.param(lambda c: TREE_E.query(k=2, chunk_size=c)[1], id="CoverTree.query",
-                 marks=_OVERSIZED_CHUNK),
+    pytest.param(lambda c: TREE_E.query(k=2, chunk_size=c)[1], id="CoverTree.query"),
     pytest.param(lambda c: TREE_R.query(X[:3], k=2, chunk_size=c)[1],
-                 id="CoverTree.query.new-points", marks=_OVERSIZED_CHUNK),
-    pytest.param(lambda c: residual.CoverTree(X, chunk_size=c).query(k=2)[1], id="CoverTree",
-                 marks=_OVERSIZED_CHUNK),
+                 id="CoverTree.query.new-points"),
+    pytest.param(lambda c: residual.CoverTree(X, chunk_size=c).query(k=2)[1], id="CoverTree"),
 ])
 def test_oversized_chunk_size_is_clamped_or_refused(call):
     try:
@@ -536,10 +504,6 @@ def test_load_refuses_missing_files_directories_and_the_wrong_class(obj, tmp_pat
     _refused(lambda: cls.load(path), ValueError, f"use {type(other).__name__}.load")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING: save/load with a path that is not str/bytes/os.PathLike (None, 3) raise "
-    "os.fspath's TypeError 'expected str, bytes or os.PathLike object, not NoneType', which "
-    "does not name the argument 'path'"))
 @pytest.mark.parametrize("obj", _SAVERS)
 @pytest.mark.parametrize("path", [None, 3, ["a.npz"]], ids=repr)
 def test_bad_path_types_name_the_argument(obj, path):
@@ -568,10 +532,6 @@ def _cli(argv, capsys):
     (["--n", "50", "--n-inducing", "5", "--k", "-5"], "k must be >= 1"),
     (["--n", "50", "--n-inducing", "0"], "n_inducing must be >= 1"),
     pytest.param(["--n", "50", "--n-inducing", "5", "--k", "1000000000"], r"\bk\b",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "FINDING: see test_vecchia_refuses_absurd_k_before_any_work; run for real, "
-                     "`residual --k 1000000000` does all the work, then dies with a MemoryError "
-                     "traceback (cli.main catches ValueError/TypeError/OSError only)")),
                  id="huge-k"),
 ], ids=repr)
 def test_cli_bad_arguments_exit_2_before_any_work(no_work, capsys, argv, match):
@@ -601,12 +561,8 @@ def _write(tmp_path, name, content):
     ("inf.csv", "1,2\n3,-inf\n", "contains NaN or inf"),
     ("ragged.csv", "1,2\n3\n", "could not be read"),
     ("complex.csv", "1,2\n3,4+1j\n", "could not be read"),
-    pytest.param("empty.csv", "", "is empty", marks=pytest.mark.xfail(strict=True, reason=(
-        "FINDING: an empty .csv (or one with only a header line) makes np.loadtxt emit "
-        "'UserWarning: loadtxt: input contained no data', which reaches stderr before the "
-        "one-line error (cli.load_coordinates should silence it)")), id="empty.csv"),
-    pytest.param("header.csv", "x,y\n", "is empty", marks=pytest.mark.xfail(strict=True, reason=(
-        "FINDING: as empty.csv")), id="header.csv"),
+    pytest.param("empty.csv", "", "is empty", id="empty.csv"),
+    pytest.param("header.csv", "x,y\n", "is empty", id="header.csv"),
 ], ids=repr)
 def test_cli_bad_input_files(no_work, tmp_path, capsys, name, content, match):
     status, out, err, caught = _cli(["--input", _write(tmp_path, name, content)], capsys)
@@ -637,12 +593,6 @@ def test_far_new_points_are_at_distance_one(call):
     np.testing.assert_array_equal(i, np.tile(np.arange(3), (3, 1)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING: new points whose (Y - centre) / lengthscale overflows float64 (finite Y such as "
-    "1.7e308 with lengthscale 0.5) are answered correctly (d = 1) but emit 'RuntimeWarning: "
-    "overflow encountered in multiply' from model.py _new_points (and kernels.py __call__ "
-    "for k(X, Y)): compute the scaled coordinates inside np.errstate(over='ignore'), as "
-    "from_kernel already does for X"))
 @pytest.mark.parametrize("call", _FAR_CALLS + [
     pytest.param(lambda: residual.RBF(0.5)(X, FAR), id="kernel")])
 def test_far_new_points_emit_no_warning(call):

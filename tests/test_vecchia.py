@@ -79,7 +79,7 @@ def test_prebuilt_model():
 
 @pytest.mark.parametrize("metric", ["residual", "euclidean"])
 @pytest.mark.parametrize("method", ["brute", "tree"])
-@pytest.mark.parametrize("n,k", [(40, 40), (40, 75), (2, 5), (1, 3)])
+@pytest.mark.parametrize("n,k", [(40, 39), (40, 40), (2, 2), (1, 1)])
 def test_k_at_least_n(metric, method, n, k):
     X = harness_like(n, seed=4)
     res = vecchia_neighbors(X, KERN, k=k, n_inducing=1, metric=metric, method=method)
@@ -111,7 +111,7 @@ def test_order_is_a_permutation(ordering):
     np.testing.assert_array_equal(np.sort(res.order), np.arange(257))
 
 
-@pytest.mark.parametrize("k", [1, 7, 500])
+@pytest.mark.parametrize("k", [1, 7, 200])
 def test_to_csr_pattern(k):
     n = 200
     res = vecchia_neighbors(harness_like(n), KERN, k=k, n_inducing=M)
@@ -238,6 +238,7 @@ def test_maximin(metric):
 
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(k=0), ValueError, "k must be >= 1"),
+    (dict(k=10**9), ValueError, "k = 1000000000 is larger than n_samples"),
     (dict(k=2.5), TypeError, "k must be an integer"),
     (dict(k=True), TypeError, "k must be an integer"),
     (dict(metric="cosine"), ValueError, "metric must be one of"),
