@@ -195,7 +195,8 @@ def case_query(args):
 
 VARIANTS = {
     "harness": dict(dim=3, m=512, kernel=lambda: residual.RBF(1.0)),
-    "D=8": dict(dim=8, m=512, kernel=lambda: residual.RBF(1.0)),
+    # nearly flat tree (all pairs ~1 apart): our tree query is timed on sampled row blocks
+    "D=8": dict(dim=8, m=512, kernel=lambda: residual.RBF(1.0), sample_tree=True),
     "matern52": dict(dim=3, m=512, kernel=lambda: residual.Matern(nu=2.5, lengthscale=1.0)),
     "m=128,l=0.3": dict(dim=3, m=128, kernel=lambda: residual.RBF(0.3)),
 }
@@ -215,12 +216,32 @@ def _same_rows(idx, ref, ordered=True):
     return float(np.mean((idx == ref).all(axis=1)) * 100)
 
 
+def _tree_sampled(tree, k, nt, sample, block=32):
+    """Our tree's predecessor query on seeded row blocks (sample rows in all), projected to n.
+
+    Returns (projected seconds, evaluations per query, idx of the sampled rows, those rows).
+    """
+    n = tree.n_samples
+    starts = np.random.default_rng(0).choice(max(n // block, 1), max(sample // block, 1),
+                                             replace=False) * block
+    parts, evals, seconds = [], 0.0, 0.0
+    for a in np.sort(starts):
+        b = min(a + block, n)
+        t = time.perf_counter()
+        parts.append(tree.query(k=k, predecessors=True, rows=(a, b), num_threads=nt)[1])
+        seconds += time.perf_counter() - t
+        evals += tree.stats["query"]["distance_evaluations_per_query"] * (b - a)
+    sel = np.concatenate([np.arange(a, min(a + block, n)) for a in np.sort(starts)])
+    return seconds * n / len(sel), evals / len(sel), np.concatenate(parts), sel
+
+
 def case_table(args):
     """Issue 4's table: Vecchia predecessor kNN (all points, k) per variant, model + build +
     query, ours vs our brute force vs covertreex engines, with agreement to the oracle.
 
-    covertreex answers a seeded sample of --sample rows; its query time is projected to n.
-    Its agreement compares index sets (it may order ties differently); recall is the share of
+    covertreex answers a seeded sample of --sample rows (and our tree, for the D=8 variant,
+    seeded 32-row blocks); those query times are projected to n and marked *. covertreex's
+    agreement compares index sets (it may order ties differently); recall is the share of
     the oracle's neighbours returned.
     """
     nt = resolve_num_threads(args.threads)
@@ -239,11 +260,16 @@ def case_table(args):
         t = time.perf_counter()
         tree = residual.CoverTree(model, num_threads=nt)
         t_build = time.perf_counter() - t
-        t = time.perf_counter()
-        _, idx = tree.query(k=k, predecessors=True, num_threads=nt)
-        rows.append(("CoverTree (ours)", t_model, t_build, time.perf_counter() - t,
-                     tree.stats["query"]["distance_evaluations_per_query"],
-                     _same_rows(idx, ref), _recall(idx, ref), ""))
+        if spec.get("sample_tree"):
+            t_query, ev, idx, sel = _tree_sampled(tree, k, nt, args.sample)
+            mark, ref_rows = "*", ref[sel]
+        else:
+            t = time.perf_counter()
+            _, idx = tree.query(k=k, predecessors=True, num_threads=nt)
+            t_query = time.perf_counter() - t
+            ev, mark, ref_rows = tree.stats["query"]["distance_evaluations_per_query"], "", ref
+        rows.append(("CoverTree (ours)", t_model, t_build, t_query, ev,
+                     _same_rows(idx, ref_rows), _recall(idx, ref_rows), mark))
         sample = np.sort(np.random.default_rng(0).choice(n, min(args.sample, n), replace=False))
         for engine in COVERTREEX_ENGINES if covertreex_python() else ():
             out = run_covertreex(model, engine, k, sample)
@@ -298,6 +324,47 @@ def case_euclidean(args):
                   f"{(tb + tq) / base:9.2f} {_same_rows(idx, ref):9.1f}%")
 
 
+def case_issue5(args):
+    """Issue 5's targets, one run: maximin_order (both metrics) vs one all-points predecessor
+    query on the same data, and vecchia_neighbors end to end vs the same steps by hand."""
+    from residual.ordering import maximin_order
+    nt = resolve_num_threads(args.threads)
+    n, k = args.n, args.k
+    X, model, t_model = harness(n, args.dim, args.m)
+    print(f"\nissue5: n={n}, D={args.dim}, m={args.m}, k={k}, threads={nt}, "
+          f"model {t_model:.2f} s")
+    print(f"{'metric':10s} {'maximin s':>10s} {'pred. query s':>14s} {'ratio':>7s} "
+          f"{'evals/point':>12s}   (query: brute force for residual, tree build + query "
+          f"for Euclidean)")
+    for metric, data in (("residual", model), ("euclidean", X)):
+        t = time.perf_counter()
+        _, stats = maximin_order(data, num_threads=nt, return_stats=True)
+        t_max = time.perf_counter() - t
+        t = time.perf_counter()
+        if metric == "residual":
+            residual.brute_force_knn(model, k, predecessors=True, num_threads=nt)
+        else:
+            residual.CoverTree(X, num_threads=nt).query(k=k, predecessors=True,
+                                                        num_threads=nt)
+        t_q = time.perf_counter() - t
+        evals = stats.get("distance_evaluations", float("nan")) / n
+        print(f"{metric:10s} {t_max:10.2f} {t_q:14.2f} {t_max / t_q:7.2f} {evals:12.0f}")
+
+    def by_hand():                      # what vecchia_neighbors does, written out
+        order = np.random.default_rng(0).permutation(n)
+        m = residual.ResidualCorrelation.from_kernel(X[order], residual.RBF(1.0),
+                                                     n_inducing=args.m, seed=0)
+        residual.brute_force_knn(m, k, predecessors=True, num_threads=nt)
+
+    def vecchia():
+        residual.vecchia_neighbors(X, residual.RBF(1.0), k, n_inducing=args.m,
+                                   num_threads=nt)
+
+    best = best_of([("hand", by_hand), ("vecchia", vecchia)], args.repeat)
+    print(f"vecchia_neighbors {best['vecchia']:.2f} s vs by hand (order, model, brute-force "
+          f"predecessor kNN) {best['hand']:.2f} s: ratio {best['vecchia'] / best['hand']:.3f}")
+
+
 CASES = {
     "bruteforce-vs-gemm": case_bruteforce_vs_gemm,
     "build": case_build,
@@ -305,6 +372,7 @@ CASES = {
     "query": case_query,
     "table": case_table,
     "euclidean": case_euclidean,
+    "issue5": case_issue5,
 }
 
 
