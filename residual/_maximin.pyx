@@ -1,0 +1,372 @@
+# Exact maximin ordering (farthest-first traversal) on the compressed cover tree.
+#
+# State: dmin[x], the distance from x to the chosen set (-1 once x is chosen), and an indexed
+# max-heap of the unchosen points keyed by (dmin descending, index ascending). Each step pops
+# the top c (r = dmin[c]) and lowers dmin[x] to d(c, x) where that is smaller. Only points with
+# d(c, x) < dmin[x] <= r can change, so the update is a range search from c over the tree that
+# skips a subtree u when no point in it can change: the lower bound d(c, u) - R(u) (or, before
+# evaluating u, |d(c, parent) - pd(u)| - R(u)) exceeds sub[u] + slack, where sub[u] is the
+# largest dmin in u's subtree. sub is recomputed on the way back up from every visited node
+# (a skipped subtree's dmin values did not change, so its sub stays exact), which makes it far
+# tighter than r: regions near chosen points drop out of later searches altogether.
+#
+# Exactness: every pair is evaluated by one routine (dist) in a fixed argument order, so a
+# pair's distance is one float64 number however often it is needed, and the order equals the
+# O(n^2) farthest-first loop run with that routine. The slack (the tree's) absorbs rounding in
+# the triangle-inequality bounds; it can only widen a search.
+#
+# Parallelism: a step whose search reaches many nodes splits at a frontier of subtrees that
+# threads walk independently (their dmin entries are disjoint); the heap is then updated
+# sequentially. The heap's top is the unique maximum of a strict total order on (dmin, index),
+# so the order does not depend on the thread count or on which thread updated what.
+
+from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport sqrt, fabs, INFINITY
+from libc.stdlib cimport malloc, free, qsort
+
+import numpy as np
+
+from residual._typedefs cimport float64_t, intp_t, int64_t
+from residual._tiles cimport Points, pair_key
+
+
+cdef struct Tree:
+    intp_t root
+    const int64_t* children_ptr
+    const int64_t* children
+    const int64_t* alias_ptr
+    const int64_t* aliases
+    const float64_t* radius
+    const float64_t* pdist
+    float64_t slack
+
+
+cdef struct Walk:
+    # one range search from centre c over some subtrees, by one thread
+    const Points* P
+    const Tree* T
+    float64_t* dmin
+    float64_t* sub
+    intp_t c
+    intp_t* changed          # points whose dmin went down (for the heap afterwards)
+    intp_t nchanged
+    int64_t evals
+
+
+cdef inline float64_t dist(const Points* P, intp_t i, intp_t j) noexcept nogil:
+    """d(i, j), always with the smaller index first.
+
+    pair_key is not bit-symmetric (it scales by s_i then s_j), so a fixed argument order is
+    what makes d(i, j) one number. NumPy: ``sqrt(key(min(i, j), max(i, j)))``.
+    """
+    if i == j:
+        return 0.0
+    if i < j:
+        return sqrt(pair_key(P, i, j))
+    return sqrt(pair_key(P, j, i))
+
+
+cdef inline float64_t offer(Walk* W, intp_t x, float64_t dx) noexcept nogil:
+    """Lower dmin[x] to dx if smaller (chosen points hold -1); return the new dmin[x]."""
+    if dx < W.dmin[x]:
+        W.dmin[x] = dx
+        W.changed[W.nchanged] = x
+        W.nchanged += 1
+    return W.dmin[x]
+
+
+cdef inline bint skip(const Tree* T, const float64_t* sub, intp_t w,
+                      float64_t lower) noexcept nogil:
+    """True if no point under w can change: none unchosen with dmin > 0, or all too far."""
+    return sub[w] <= 0.0 or lower - T.radius[w] > sub[w] + T.slack
+
+
+cdef float64_t visit(Walk* W, intp_t u, float64_t du) noexcept nogil:
+    """Update dmin in u's subtree from the centre (du = d(c, u)); return and store sub[u]."""
+    cdef const Tree* T = W.T
+    cdef intp_t t, a, w
+    cdef float64_t best, dw, s
+    best = offer(W, u, du)
+    for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
+        a = T.aliases[t]
+        W.evals += a != W.c
+        s = offer(W, a, dist(W.P, W.c, a))
+        best = s if s > best else best
+    for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
+        w = T.children[t]
+        if skip(T, W.sub, w, fabs(du - T.pdist[w])):
+            s = W.sub[w]
+        else:
+            dw = dist(W.P, W.c, w)
+            W.evals += w != W.c
+            s = W.sub[w] if skip(T, W.sub, w, dw) else visit(W, w, dw)
+        best = s if s > best else best
+    W.sub[u] = best
+    return best
+
+
+# -- indexed max-heap of the unchosen points, ordered by (dmin desc, index asc) -----------------
+
+cdef inline bint above(const float64_t* d, intp_t a, intp_t b) noexcept nogil:
+    """a comes before b: farther from the chosen set, ties by the smaller index."""
+    return d[a] > d[b] or (d[a] == d[b] and a < b)
+
+
+cdef void sift_down(const float64_t* d, intp_t* h, intp_t* pos, intp_t size,
+                    intp_t p) noexcept nogil:
+    """Restore the heap below position p (after h[p]'s key went down)."""
+    cdef intp_t x = h[p], c
+    while True:
+        c = 2 * p + 1
+        if c >= size:
+            break
+        if c + 1 < size and above(d, h[c + 1], h[c]):
+            c += 1
+        if not above(d, h[c], x):
+            break
+        h[p] = h[c]
+        pos[h[p]] = p
+        p = c
+    h[p] = x
+    pos[x] = p
+
+
+cdef intp_t heap_pop(const float64_t* d, intp_t* h, intp_t* pos, intp_t* size) noexcept nogil:
+    """Remove and return the top."""
+    cdef intp_t top = h[0]
+    size[0] -= 1
+    if size[0] > 0:
+        h[0] = h[size[0]]
+        pos[h[0]] = 0
+        sift_down(d, h, pos, size[0], 0)
+    pos[top] = -1
+    return top
+
+
+cdef int _descending(const void* a, const void* b) noexcept nogil:
+    cdef intp_t x = (<const intp_t*>a)[0], y = (<const intp_t*>b)[0]
+    return (x < y) - (x > y)
+
+
+cdef void reheap(const float64_t* d, intp_t* h, intp_t* pos, intp_t size, intp_t* changed,
+                 intp_t nchanged) noexcept nogil:
+    """Restore the heap after the keys of the points in changed went down.
+
+    Several lowered keys at once must be sifted deepest position first (as in heapify): a
+    shallower one sifted first can settle above a deeper one that later rises past it.
+    changed is overwritten with the positions.
+    """
+    cdef intp_t i
+    for i in range(nchanged):
+        changed[i] = pos[changed[i]]
+    qsort(changed, nchanged, sizeof(intp_t), _descending)
+    for i in range(nchanged):
+        sift_down(d, h, pos, size, changed[i])
+
+
+# -- the farthest-first loop ---------------------------------------------------------------------
+
+cdef int64_t search(Walk* W, intp_t c, intp_t* frontier, float64_t* fdist, intp_t* top,
+                    intp_t nfront, Walk* walks, int num_threads) noexcept nogil:
+    """One step's range search from c; returns the distance evaluations.
+
+    With one thread (or nfront < 2) a depth-first walk from the root. Otherwise the nodes
+    above a frontier of up to nfront subtrees are expanded here (breadth first, recorded in
+    top), the frontier subtrees are walked in parallel, and sub of the expanded nodes is
+    recomputed bottom-up.
+    """
+    cdef const Tree* T = W.T
+    cdef float64_t d0 = dist(W.P, c, T.root)
+    W.c = c
+    W.evals = T.root != c
+    W.nchanged = 0
+    if skip(T, W.sub, T.root, d0):
+        return W.evals
+    if num_threads < 2 or nfront < 2:
+        visit(W, T.root, d0)
+        return W.evals
+    return parallel_search(W, c, d0, frontier, fdist, top, nfront, walks, num_threads)
+
+
+cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, intp_t* frontier,
+                             float64_t* fdist, intp_t* top, intp_t nfront, Walk* walks,
+                             int num_threads) noexcept nogil:
+    """Expand the top of the tree here, walk the frontier's subtrees on threads."""
+    cdef const Tree* T = W.T
+    cdef intp_t head = 0, nf = 1, ntop = 0, u, t, w, i, a, tid
+    cdef float64_t du, dw, best, s
+    frontier[0] = T.root
+    fdist[0] = d0
+    # breadth first: replace the frontier's first node by its live children until it is wide
+    # enough (the frontier is a queue in frontier[head:nf], the expanded nodes go to top)
+    while head < nf and nf - head < nfront:
+        u = frontier[head]
+        du = fdist[head]
+        head += 1
+        top[ntop] = u
+        ntop += 1
+        for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
+            a = T.aliases[t]
+            W.evals += a != c
+            offer(W, a, dist(W.P, c, a))
+        offer(W, u, du)
+        for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
+            w = T.children[t]
+            if skip(T, W.sub, w, fabs(du - T.pdist[w])):
+                continue
+            dw = dist(W.P, c, w)
+            W.evals += w != c
+            if skip(T, W.sub, w, dw):
+                continue
+            frontier[nf] = w
+            fdist[nf] = dw
+            nf += 1
+    for i in range(num_threads):
+        walks[i] = W[0]
+        walks[i].changed = W.changed + W.nchanged + i * (W.P.n + 1)
+        walks[i].nchanged = 0
+        walks[i].evals = 0
+    with parallel(num_threads=num_threads):
+        tid = threadid()
+        for i in prange(head, nf, schedule='dynamic', chunksize=1):
+            visit(&walks[tid], frontier[i], fdist[i])
+        # end: prange
+    for i in range(num_threads):
+        # gather the threads' changed lists after the sequential ones
+        for t in range(walks[i].nchanged):
+            W.changed[W.nchanged] = walks[i].changed[t]
+            W.nchanged += 1
+        W.evals += walks[i].evals
+    # sub of the expanded nodes, children before parents (reverse breadth-first order)
+    for i in range(ntop - 1, -1, -1):
+        u = top[i]
+        best = W.dmin[u]
+        for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
+            s = W.dmin[T.aliases[t]]
+            best = s if s > best else best
+        for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
+            s = W.sub[T.children[t]]
+            best = s if s > best else best
+        W.sub[u] = best
+    return W.evals
+
+
+def maximin(bint residual, int kind, float64_t variance,
+            const float64_t[:, ::1] x, v, s,
+            intp_t root, const int64_t[::1] children_ptr, const int64_t[::1] children,
+            const int64_t[::1] alias_ptr, const int64_t[::1] aliases,
+            const float64_t[::1] radius, const float64_t[::1] pdist, float64_t slack,
+            intp_t start, int64_t[::1] order, float64_t[::1] out_dist,
+            int num_threads, intp_t parallel_min_evals, int64_t[::1] step_evals):
+    """Farthest-first order from start; fills order and out_dist, returns counters.
+
+    A step runs its search in parallel when the previous step evaluated at least
+    parallel_min_evals pairs (a cheap predictor of this step's work); the answer does not
+    depend on it.
+    """
+    cdef Points P
+    cdef Tree T
+    cdef Walk W
+    cdef intp_t n = x.shape[0], t, c, size, i, nfront = 0
+    cdef int64_t evals = 0, last = 0, updates = 0, parallel_steps = 0
+    cdef float64_t r
+    _points(&P, residual, kind, variance, x, v, s)
+    T.root = root
+    T.children_ptr = &children_ptr[0]
+    T.children = &children[0] if children.shape[0] else NULL
+    T.alias_ptr = &alias_ptr[0]
+    T.aliases = &aliases[0] if aliases.shape[0] else NULL
+    T.radius = &radius[0]
+    T.pdist = &pdist[0]
+    T.slack = slack
+
+    dmin_a = np.full(n, INFINITY)
+    sub_a = np.full(n, INFINITY)
+    heap_a = np.arange(n, dtype=np.intp)
+    pos_a = np.arange(n, dtype=np.intp)
+    # sequential changes, then one list per thread (each at most n + 1 long)
+    changed_a = np.empty((num_threads + 1) * (n + 1), dtype=np.intp)
+    frontier_a = np.empty(n, dtype=np.intp)
+    fdist_a = np.empty(n)
+    top_a = np.empty(n, dtype=np.intp)
+    cdef float64_t[::1] dmin = dmin_a
+    cdef float64_t[::1] sub = sub_a
+    cdef intp_t[::1] heap = heap_a
+    cdef intp_t[::1] pos = pos_a
+    cdef intp_t[::1] changed = changed_a
+    cdef intp_t[::1] frontier = frontier_a
+    cdef float64_t[::1] fdist = fdist_a
+    cdef intp_t[::1] top = top_a
+    cdef Walk* walks = <Walk*>malloc(max(num_threads, 1) * sizeof(Walk))
+    if walks == NULL:
+        raise MemoryError("could not allocate the maximin workspaces")
+    if num_threads > 1:
+        nfront = 8 * num_threads
+    W.P = &P
+    W.T = &T
+    W.dmin = &dmin[0]
+    W.sub = &sub[0]
+    W.changed = &changed[0]
+    try:
+        with nogil:
+            # the first centre: every point is at distance inf, so the search reaches all
+            order[0] = start
+            out_dist[0] = INFINITY
+            dmin[start] = -1.0
+            evals = search(&W, start, &frontier[0], &fdist[0], &top[0], nfront, walks,
+                           num_threads)
+            last = evals
+            step_evals[0] = evals
+            # heap of the others (start is swapped to the end and left out)
+            heap[start] = n - 1
+            heap[n - 1] = start
+            pos[n - 1] = start
+            pos[start] = n - 1
+            size = n - 1
+            i = size // 2
+            while i > 0:
+                i -= 1
+                sift_down(&dmin[0], &heap[0], &pos[0], size, i)
+            for t in range(1, n):
+                c = heap_pop(&dmin[0], &heap[0], &pos[0], &size)
+                r = dmin[c]
+                order[t] = c
+                out_dist[t] = r
+                dmin[c] = -1.0
+                if r <= 0.0 or size == 0:
+                    continue          # nothing can get closer than 0, or nothing is left
+                if last >= parallel_min_evals and num_threads > 1:
+                    parallel_steps += 1
+                    last = search(&W, c, &frontier[0], &fdist[0], &top[0], nfront, walks,
+                                  num_threads)
+                else:
+                    last = search(&W, c, NULL, NULL, NULL, 0, NULL, 1)
+                evals += last
+                step_evals[t] = last
+                updates += W.nchanged
+                reheap(&dmin[0], &heap[0], &pos[0], size, W.changed, W.nchanged)
+    finally:
+        free(walks)
+    return {"distance_evaluations": int(evals), "updates": int(updates),
+            "parallel_steps": int(parallel_steps)}
+
+
+cdef void _points(Points* P, bint residual, int kind, float64_t variance,
+                  const float64_t[:, ::1] x, v, s):
+    cdef const float64_t[:, ::1] vv
+    cdef const float64_t[::1] ss
+    P.residual = residual
+    P.spec.kind = kind
+    P.spec.variance = variance
+    P.n = x.shape[0]
+    P.dim = x.shape[1]
+    P.x = &x[0, 0]
+    P.m = 0
+    P.v = NULL
+    P.s = NULL
+    if residual:
+        vv = v
+        ss = s
+        P.m = vv.shape[1]
+        P.v = &vv[0, 0]
+        P.s = &ss[0]
