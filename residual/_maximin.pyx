@@ -22,7 +22,7 @@
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt, fabs, INFINITY
-from libc.stdlib cimport malloc, free, qsort
+from libc.stdlib cimport qsort
 
 import numpy as np
 
@@ -51,6 +51,7 @@ cdef struct Walk:
     intp_t* changed          # points whose dmin went down (for the heap afterwards)
     intp_t nchanged
     int64_t evals
+    char pad[128]            # keeps the threads' counters off each other's cache lines
 
 
 cdef inline float64_t dist(const Points* P, intp_t i, intp_t j) noexcept nogil:
@@ -166,13 +167,24 @@ cdef void reheap(const float64_t* d, intp_t* h, intp_t* pos, intp_t size, intp_t
 
 # -- the farthest-first loop ---------------------------------------------------------------------
 
-cdef int64_t search(Walk* W, intp_t c, intp_t* frontier, float64_t* fdist, intp_t* top,
-                    intp_t nfront, Walk* walks, int num_threads) noexcept nogil:
+cdef struct Work:
+    # buffers of the parallel search, each n long (walks: one per thread)
+    intp_t* frontier         # the nodes of the level being expanded, then the subtrees to walk
+    float64_t* fdist         # their distances to the centre
+    intp_t* cand             # the next level's children that survive the parent bound
+    float64_t* cdist         # their distances to the centre
+    intp_t* top              # the expanded nodes, level by level
+    Walk* walks
+    int num_threads
+    intp_t nfront            # expand until this many subtrees are live
+
+
+cdef int64_t search(Walk* W, intp_t c, Work* K) noexcept nogil:
     """One step's range search from c; returns the distance evaluations.
 
-    With one thread (or nfront < 2) a depth-first walk from the root. Otherwise the nodes
-    above a frontier of up to nfront subtrees are expanded here (breadth first, recorded in
-    top), the frontier subtrees are walked in parallel, and sub of the expanded nodes is
+    K NULL: a depth-first walk from the root on this thread. Otherwise the top of the tree is
+    expanded level by level, each level's children evaluated in parallel, until nfront
+    subtrees are live; those are walked in parallel and sub of the expanded nodes is then
     recomputed bottom-up.
     """
     cdef const Tree* T = W.T
@@ -182,64 +194,70 @@ cdef int64_t search(Walk* W, intp_t c, intp_t* frontier, float64_t* fdist, intp_
     W.nchanged = 0
     if skip(T, W.sub, T.root, d0):
         return W.evals
-    if num_threads < 2 or nfront < 2:
+    if K == NULL:
         visit(W, T.root, d0)
         return W.evals
-    return parallel_search(W, c, d0, frontier, fdist, top, nfront, walks, num_threads)
+    return parallel_search(W, c, d0, K)
 
 
-cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, intp_t* frontier,
-                             float64_t* fdist, intp_t* top, intp_t nfront, Walk* walks,
-                             int num_threads) noexcept nogil:
-    """Expand the top of the tree here, walk the frontier's subtrees on threads."""
+cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept nogil:
+    """Expand the top of the tree level by level, then walk the live subtrees on threads."""
     cdef const Tree* T = W.T
-    cdef intp_t head = 0, nf = 1, ntop = 0, u, t, w, i, a, tid
-    cdef float64_t du, dw, best, s
-    frontier[0] = T.root
-    fdist[0] = d0
-    # breadth first: replace the frontier's first node by its live children until it is wide
-    # enough (the frontier is a queue in frontier[head:nf], the expanded nodes go to top)
-    while head < nf and nf - head < nfront:
-        u = frontier[head]
-        du = fdist[head]
-        head += 1
-        top[ntop] = u
-        ntop += 1
-        for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
-            a = T.aliases[t]
-            W.evals += a != c
-            offer(W, a, dist(W.P, c, a))
-        offer(W, u, du)
-        for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
-            w = T.children[t]
-            if skip(T, W.sub, w, fabs(du - T.pdist[w])):
-                continue
-            dw = dist(W.P, c, w)
+    cdef intp_t nf = 1, nc, ntop = 0, u, t, w, i, a, tid
+    cdef float64_t du, best, s
+    K.frontier[0] = T.root
+    K.fdist[0] = d0
+    while 0 < nf < K.nfront:
+        nc = 0
+        for i in range(nf):
+            u = K.frontier[i]
+            du = K.fdist[i]
+            K.top[ntop] = u
+            ntop += 1
+            for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
+                a = T.aliases[t]
+                W.evals += a != c
+                offer(W, a, dist(W.P, c, a))
+            offer(W, u, du)
+            for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
+                w = T.children[t]
+                if not skip(T, W.sub, w, fabs(du - T.pdist[w])):
+                    K.cand[nc] = w
+                    nc += 1
+        # the wide part of the tree (the residual metric's net): one distance per child
+        if nc >= 64:
+            for i in prange(nc, num_threads=K.num_threads, schedule='static'):
+                K.cdist[i] = dist(W.P, c, K.cand[i])
+        else:
+            for i in range(nc):
+                K.cdist[i] = dist(W.P, c, K.cand[i])
+        nf = 0
+        for i in range(nc):
+            w = K.cand[i]
             W.evals += w != c
-            if skip(T, W.sub, w, dw):
-                continue
-            frontier[nf] = w
-            fdist[nf] = dw
-            nf += 1
-    for i in range(num_threads):
-        walks[i] = W[0]
-        walks[i].changed = W.changed + W.nchanged + i * (W.P.n + 1)
-        walks[i].nchanged = 0
-        walks[i].evals = 0
-    with parallel(num_threads=num_threads):
+            if not skip(T, W.sub, w, K.cdist[i]):
+                K.frontier[nf] = w
+                K.fdist[nf] = K.cdist[i]
+                nf += 1
+    for i in range(K.num_threads):
+        K.walks[i] = W[0]
+        K.walks[i].changed = W.changed + W.nchanged + i * (W.P.n + 1)
+        K.walks[i].nchanged = 0
+        K.walks[i].evals = 0
+    with parallel(num_threads=K.num_threads):
         tid = threadid()
-        for i in prange(head, nf, schedule='dynamic', chunksize=1):
-            visit(&walks[tid], frontier[i], fdist[i])
+        for i in prange(nf, schedule='dynamic', chunksize=1):
+            visit(&K.walks[tid], K.frontier[i], K.fdist[i])
         # end: prange
-    for i in range(num_threads):
+    for i in range(K.num_threads):
         # gather the threads' changed lists after the sequential ones
-        for t in range(walks[i].nchanged):
-            W.changed[W.nchanged] = walks[i].changed[t]
+        for t in range(K.walks[i].nchanged):
+            W.changed[W.nchanged] = K.walks[i].changed[t]
             W.nchanged += 1
-        W.evals += walks[i].evals
+        W.evals += K.walks[i].evals
     # sub of the expanded nodes, children before parents (reverse breadth-first order)
     for i in range(ntop - 1, -1, -1):
-        u = top[i]
+        u = K.top[i]
         best = W.dmin[u]
         for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
             s = W.dmin[T.aliases[t]]
@@ -258,19 +276,94 @@ def maximin(bint residual, int kind, float64_t variance,
             const float64_t[::1] radius, const float64_t[::1] pdist, float64_t slack,
             intp_t start, int64_t[::1] order, float64_t[::1] out_dist,
             int num_threads, intp_t parallel_min_evals, int64_t[::1] step_evals):
-    """Farthest-first order from start; fills order and out_dist, returns counters.
+    """Farthest-first order from start; fills order, out_dist and step_evals (the distance
+    evaluations of each step); returns the counters.
 
-    A step runs its search in parallel when the previous step evaluated at least
-    parallel_min_evals pairs (a cheap predictor of this step's work); the answer does not
-    depend on it.
+    A step runs its search on num_threads threads when the step before it evaluated at
+    least parallel_min_evals pairs (a cheap predictor of this step's work); the answer does
+    not depend on it.
     """
     cdef Points P
     cdef Tree T
     cdef Walk W
-    cdef intp_t n = x.shape[0], t, c, size, i, nfront = 0
+    cdef Work K
+    cdef Work* par = NULL
+    cdef intp_t n = x.shape[0], t, c, size, i
     cdef int64_t evals = 0, last = 0, updates = 0, parallel_steps = 0
     cdef float64_t r
     _points(&P, residual, kind, variance, x, v, s)
+    _tree(&T, root, children_ptr, children, alias_ptr, aliases, radius, pdist, slack)
+    dmin_a = np.full(n, INFINITY)
+    sub_a = np.full(n, INFINITY)       # nothing is known yet: no subtree may be skipped
+    heap_a = np.arange(n, dtype=np.intp)
+    pos_a = np.arange(n, dtype=np.intp)
+    # sequential changes, then one list per thread (each at most n + 1 long)
+    changed_a = np.empty((num_threads + 1) * (n + 1), dtype=np.intp)
+    work_i = np.empty((3, n), dtype=np.intp)
+    work_d = np.empty((2, n))
+    walks_a = np.empty(max(num_threads, 1) * sizeof(Walk), dtype=np.uint8)
+    cdef float64_t[::1] dmin = dmin_a
+    cdef float64_t[::1] sub = sub_a
+    cdef intp_t[::1] heap = heap_a
+    cdef intp_t[::1] pos = pos_a
+    cdef intp_t[::1] changed = changed_a
+    cdef intp_t[:, ::1] wi = work_i
+    cdef float64_t[:, ::1] wd = work_d
+    cdef unsigned char[::1] wk = walks_a
+    W.P = &P
+    W.T = &T
+    W.dmin = &dmin[0]
+    W.sub = &sub[0]
+    W.changed = &changed[0]
+    K.frontier, K.cand, K.top = &wi[0, 0], &wi[1, 0], &wi[2, 0]
+    K.fdist, K.cdist = &wd[0, 0], &wd[1, 0]
+    K.walks = <Walk*>&wk[0]
+    K.num_threads = num_threads
+    K.nfront = 8 * num_threads
+    if num_threads > 1:
+        par = &K
+    with nogil:
+        # the first centre: every point is at distance inf, so the search reaches all
+        order[0] = start
+        out_dist[0] = INFINITY
+        dmin[start] = -1.0
+        evals = search(&W, start, par)
+        last = step_evals[0] = evals
+        # heap of the others (start is swapped to the end and left out)
+        heap[start] = n - 1
+        heap[n - 1] = start
+        pos[n - 1] = start
+        pos[start] = n - 1
+        size = n - 1
+        i = size // 2
+        while i > 0:
+            i -= 1
+            sift_down(&dmin[0], &heap[0], &pos[0], size, i)
+        for t in range(1, n):
+            c = heap_pop(&dmin[0], &heap[0], &pos[0], &size)
+            r = dmin[c]
+            order[t] = c
+            out_dist[t] = r
+            dmin[c] = -1.0
+            if r <= 0.0 or size == 0:
+                continue          # nothing can get closer than 0, or nothing is left
+            if par != NULL and last >= parallel_min_evals:
+                parallel_steps += 1
+                last = search(&W, c, par)
+            else:
+                last = search(&W, c, NULL)
+            evals += last
+            step_evals[t] = last
+            updates += W.nchanged
+            reheap(&dmin[0], &heap[0], &pos[0], size, W.changed, W.nchanged)
+    return {"distance_evaluations": int(evals), "updates": int(updates),
+            "parallel_steps": int(parallel_steps)}
+
+
+cdef void _tree(Tree* T, intp_t root, const int64_t[::1] children_ptr,
+                const int64_t[::1] children, const int64_t[::1] alias_ptr,
+                const int64_t[::1] aliases, const float64_t[::1] radius,
+                const float64_t[::1] pdist, float64_t slack):
     T.root = root
     T.children_ptr = &children_ptr[0]
     T.children = &children[0] if children.shape[0] else NULL
@@ -279,76 +372,6 @@ def maximin(bint residual, int kind, float64_t variance,
     T.radius = &radius[0]
     T.pdist = &pdist[0]
     T.slack = slack
-
-    dmin_a = np.full(n, INFINITY)
-    sub_a = np.full(n, INFINITY)
-    heap_a = np.arange(n, dtype=np.intp)
-    pos_a = np.arange(n, dtype=np.intp)
-    # sequential changes, then one list per thread (each at most n + 1 long)
-    changed_a = np.empty((num_threads + 1) * (n + 1), dtype=np.intp)
-    frontier_a = np.empty(n, dtype=np.intp)
-    fdist_a = np.empty(n)
-    top_a = np.empty(n, dtype=np.intp)
-    cdef float64_t[::1] dmin = dmin_a
-    cdef float64_t[::1] sub = sub_a
-    cdef intp_t[::1] heap = heap_a
-    cdef intp_t[::1] pos = pos_a
-    cdef intp_t[::1] changed = changed_a
-    cdef intp_t[::1] frontier = frontier_a
-    cdef float64_t[::1] fdist = fdist_a
-    cdef intp_t[::1] top = top_a
-    cdef Walk* walks = <Walk*>malloc(max(num_threads, 1) * sizeof(Walk))
-    if walks == NULL:
-        raise MemoryError("could not allocate the maximin workspaces")
-    if num_threads > 1:
-        nfront = 8 * num_threads
-    W.P = &P
-    W.T = &T
-    W.dmin = &dmin[0]
-    W.sub = &sub[0]
-    W.changed = &changed[0]
-    try:
-        with nogil:
-            # the first centre: every point is at distance inf, so the search reaches all
-            order[0] = start
-            out_dist[0] = INFINITY
-            dmin[start] = -1.0
-            evals = search(&W, start, &frontier[0], &fdist[0], &top[0], nfront, walks,
-                           num_threads)
-            last = evals
-            step_evals[0] = evals
-            # heap of the others (start is swapped to the end and left out)
-            heap[start] = n - 1
-            heap[n - 1] = start
-            pos[n - 1] = start
-            pos[start] = n - 1
-            size = n - 1
-            i = size // 2
-            while i > 0:
-                i -= 1
-                sift_down(&dmin[0], &heap[0], &pos[0], size, i)
-            for t in range(1, n):
-                c = heap_pop(&dmin[0], &heap[0], &pos[0], &size)
-                r = dmin[c]
-                order[t] = c
-                out_dist[t] = r
-                dmin[c] = -1.0
-                if r <= 0.0 or size == 0:
-                    continue          # nothing can get closer than 0, or nothing is left
-                if last >= parallel_min_evals and num_threads > 1:
-                    parallel_steps += 1
-                    last = search(&W, c, &frontier[0], &fdist[0], &top[0], nfront, walks,
-                                  num_threads)
-                else:
-                    last = search(&W, c, NULL, NULL, NULL, 0, NULL, 1)
-                evals += last
-                step_evals[t] = last
-                updates += W.nchanged
-                reheap(&dmin[0], &heap[0], &pos[0], size, W.changed, W.nchanged)
-    finally:
-        free(walks)
-    return {"distance_evaluations": int(evals), "updates": int(updates),
-            "parallel_steps": int(parallel_steps)}
 
 
 cdef void _points(Points* P, bint residual, int kind, float64_t variance,
