@@ -10,10 +10,11 @@
 # (a skipped subtree's dmin values did not change, so its sub stays exact), which makes it far
 # tighter than r: regions near chosen points drop out of later searches altogether.
 #
-# Exactness: every pair is evaluated by one routine (dist) in a fixed argument order, so a
-# pair's distance is one float64 number however often it is needed, and the order equals the
-# O(n^2) farthest-first loop run with that routine. The slack (the tree's) absorbs rounding in
-# the triangle-inequality bounds; it can only widen a search.
+# Exactness: every pair is evaluated by one routine (dist), the centre always first, so the
+# distance that decides a point's dmin is one reproducible float64 number, exact duplicates
+# tie exactly, and the order equals the O(n^2) farthest-first loop run with that routine.
+# The slack (the tree's) absorbs rounding in the triangle-inequality bounds; it can only
+# widen a search.
 #
 # Parallelism: a step whose search reaches many nodes splits at a frontier of subtrees that
 # threads walk independently (their dmin entries are disjoint); the heap is then updated
@@ -54,17 +55,18 @@ cdef struct Walk:
     char pad[128]            # keeps the threads' counters off each other's cache lines
 
 
-cdef inline float64_t dist(const Points* P, intp_t i, intp_t j) noexcept nogil:
-    """d(i, j), always with the smaller index first.
+cdef inline float64_t dist(const Points* P, intp_t c, intp_t x) noexcept nogil:
+    """d(c, x) for the centre c, always with the centre first.
 
-    pair_key is not bit-symmetric (it scales by s_i then s_j), so a fixed argument order is
-    what makes d(i, j) one number. NumPy: ``sqrt(key(min(i, j), max(i, j)))``.
+    pair_key is not bit-symmetric (it scales |C| by s_c, then by s_x), so the argument order
+    is fixed: the pair (c, x) that decides x's distance to the chosen set is evaluated once,
+    in c's step, always the same way, and exact duplicates x, y of each other (s_x = s_y, the
+    same C) get bit-identical distances from every centre, so their ties go by index.
+    NumPy: ``sqrt(key(c, x))``.
     """
-    if i == j:
+    if c == x:
         return 0.0
-    if i < j:
-        return sqrt(pair_key(P, i, j))
-    return sqrt(pair_key(P, j, i))
+    return sqrt(pair_key(P, c, x))
 
 
 cdef inline float64_t offer(Walk* W, intp_t x, float64_t dx) noexcept nogil:

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import residual
 from residual import ordering
@@ -248,10 +248,12 @@ def test_start_accepts_numpy_integers():
 
 # -- property ------------------------------------------------------------------------------------
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1, 60), dim=st.integers(1, 3), seed=st.integers(0, 10 ** 6),
        metric=st.sampled_from(["euclidean", "residual"]), dup=st.booleans(),
        use_start=st.booleans())
+# exact duplicates of a row tie exactly in the oracle: they must come in index order
+@example(n=51, dim=1, seed=1, metric="residual", dup=True, use_start=False)
 def test_property_matches_reference(n, dim, seed, metric, dup, use_start):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, dim))
