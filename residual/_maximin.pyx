@@ -52,6 +52,7 @@ cdef struct Walk:
     intp_t* changed          # points whose dmin went down (for the heap afterwards)
     intp_t nchanged
     int64_t evals
+    const float64_t* netrow  # d(c, child j of the root) for every j, evaluated ahead, or NULL
     char pad[128]            # keeps the threads' counters off each other's cache lines
 
 
@@ -100,8 +101,11 @@ cdef float64_t visit(Walk* W, intp_t u, float64_t du) noexcept nogil:
         if skip(T, W.sub, w, fabs(du - T.pdist[w])):
             s = W.sub[w]
         else:
-            dw = dist(W.P, W.c, w)
-            W.evals += w != W.c
+            if u == T.root and W.netrow != NULL:
+                dw = W.netrow[t - T.children_ptr[u]]     # counted when it was evaluated
+            else:
+                dw = dist(W.P, W.c, w)
+                W.evals += w != W.c
             s = W.sub[w] if skip(T, W.sub, w, dw) else visit(W, w, dw)
         best = s if s > best else best
     W.sub[u] = best
@@ -271,19 +275,101 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
     return W.evals
 
 
+# -- evaluating the root's children for the next few centres at once -----------------------------
+#
+# Where the root is wide (the residual metric's net: thousands of children, most of which every
+# step must evaluate), the children's V rows are the bulk of the memory traffic. The centres
+# of the next steps are, nearly always, the current top of the heap: their distances to all
+# the root's children are evaluated together, child by child, so each child's row is read
+# once for up to LOOKAHEAD centres. A pair's value does not depend on when it is evaluated
+# (same routine, same argument order), so the order does not change; a centre whose row was
+# dropped (a refill came first) is simply evaluated again.
+
+DEF LOOKAHEAD = 64
+
+
+cdef struct Ahead:
+    const int64_t* net       # the root's children
+    intp_t nn
+    float64_t* rows          # LOOKAHEAD x nn
+    intp_t* owner            # the centre of each row
+    intp_t* slot             # per point: its row, or -1
+    intp_t nrows
+    intp_t* cand             # scratch: heap positions (2 LOOKAHEAD + 1)
+    intp_t* live             # scratch: the children evaluated (nn)
+
+
+cdef intp_t top_of_heap(const float64_t* d, const intp_t* h, intp_t size, intp_t* out,
+                        intp_t k, intp_t* cand) noexcept nogil:
+    """The k first points of the heap in pop order (best-first over heap positions)."""
+    cdef intp_t nc = 1, got = 0, i, b, p
+    if size == 0:
+        return 0
+    cand[0] = 0
+    while got < k and nc > 0:
+        b = 0
+        for i in range(1, nc):
+            if above(d, h[cand[i]], h[cand[b]]):
+                b = i
+        p = cand[b]
+        out[got] = h[p]
+        got += 1
+        cand[b] = cand[nc - 1]
+        nc -= 1
+        for i in range(2 * p + 1, 2 * p + 3):
+            if i < size:
+                cand[nc] = i
+                nc += 1
+    return got
+
+
+cdef int64_t fill_ahead(const Points* P, Ahead* A, intp_t c, const float64_t* d,
+                        const intp_t* h, intp_t size, const float64_t* sub,
+                        int num_threads) noexcept nogil:
+    """Rows for c and the next centres the heap predicts; returns the evaluations.
+
+    Children with sub <= 0 (nothing below them can change, now or later: sub only goes
+    down) are left out; the search skips them before it would read their entry.
+    """
+    cdef intp_t k, j, jj, nb, nlive = 0
+    cdef int64_t evals = 0
+    for k in range(A.nrows):
+        A.slot[A.owner[k]] = -1
+    A.owner[0] = c
+    nb = 1 + top_of_heap(d, h, size, A.owner + 1, LOOKAHEAD - 1, A.cand)
+    for k in range(nb):
+        A.slot[A.owner[k]] = k
+    A.nrows = nb
+    for j in range(A.nn):
+        if sub[A.net[j]] > 0.0:
+            A.live[nlive] = j
+            nlive += 1
+    # child by child: its row is read once for all nb centres
+    for jj in prange(nlive, num_threads=num_threads, schedule='static'):
+        j = A.live[jj]
+        for k in range(nb):
+            A.rows[k * A.nn + j] = dist(P, A.owner[k], A.net[j])
+    for k in range(nb):
+        for jj in range(nlive):
+            evals += A.owner[k] != A.net[A.live[jj]]
+    return evals
+
+
 def maximin(bint residual, int kind, float64_t variance,
             const float64_t[:, ::1] x, v, s,
             intp_t root, const int64_t[::1] children_ptr, const int64_t[::1] children,
             const int64_t[::1] alias_ptr, const int64_t[::1] aliases,
             const float64_t[::1] radius, const float64_t[::1] pdist, float64_t slack,
             intp_t start, int64_t[::1] order, float64_t[::1] out_dist,
-            int num_threads, intp_t parallel_min_evals, int64_t[::1] step_evals):
+            int num_threads, intp_t parallel_min_evals, intp_t ahead_min_children,
+            int64_t[::1] step_evals):
     """Farthest-first order from start; fills order, out_dist and step_evals (the distance
     evaluations of each step); returns the counters.
 
     A step runs its search on num_threads threads when the step before it evaluated at
-    least parallel_min_evals pairs (a cheap predictor of this step's work); the answer does
-    not depend on it.
+    least parallel_min_evals pairs (a cheap predictor of this step's work). Sequential
+    steps evaluate the root's children ahead for the next centres (fill_ahead) when the root
+    has at least ahead_min_children children. The answer depends on neither.
     """
     cdef Points P
     cdef Tree T
@@ -291,7 +377,10 @@ def maximin(bint residual, int kind, float64_t variance,
     cdef Work K
     cdef Work* par = NULL
     cdef intp_t n = x.shape[0], t, c, size, i
-    cdef int64_t evals = 0, last = 0, updates = 0, parallel_steps = 0
+    cdef int64_t evals = 0, last = 0, updates = 0, parallel_steps = 0, fill = 0
+    cdef Ahead A
+    cdef bint ahead
+    cdef intp_t nn
     cdef float64_t r
     _points(&P, residual, kind, variance, x, v, s)
     _tree(&T, root, children_ptr, children, alias_ptr, aliases, radius, pdist, slack)
@@ -304,6 +393,10 @@ def maximin(bint residual, int kind, float64_t variance,
     work_i = np.empty((3, n), dtype=np.intp)
     work_d = np.empty((2, n))
     walks_a = np.empty(max(num_threads, 1) * sizeof(Walk), dtype=np.uint8)
+    nn = children_ptr[root + 1] - children_ptr[root]
+    ahead = nn >= ahead_min_children and nn > 0      # only a wide root is worth it
+    rows_a = np.empty(LOOKAHEAD * nn if ahead else 1)
+    ahead_i = np.full(n + 3 * LOOKAHEAD + 1 + nn, -1, dtype=np.intp)  # slot owner cand live
     cdef float64_t[::1] dmin = dmin_a
     cdef float64_t[::1] sub = sub_a
     cdef intp_t[::1] heap = heap_a
@@ -312,11 +405,20 @@ def maximin(bint residual, int kind, float64_t variance,
     cdef intp_t[:, ::1] wi = work_i
     cdef float64_t[:, ::1] wd = work_d
     cdef unsigned char[::1] wk = walks_a
+    cdef float64_t[::1] rows = rows_a
+    cdef intp_t[::1] ai = ahead_i
     W.P = &P
     W.T = &T
     W.dmin = &dmin[0]
     W.sub = &sub[0]
     W.changed = &changed[0]
+    W.netrow = NULL
+    A.net = &children[children_ptr[root]] if nn else NULL
+    A.nn = nn
+    A.rows = &rows[0]
+    A.slot, A.owner, A.cand = &ai[0], &ai[n], &ai[n + LOOKAHEAD]
+    A.live = &ai[n + 3 * LOOKAHEAD + 1]
+    A.nrows = 0
     K.frontier, K.cand, K.top = &wi[0, 0], &wi[1, 0], &wi[2, 0]
     K.fdist, K.cdist = &wd[0, 0], &wd[1, 0]
     K.walks = <Walk*>&wk[0]
@@ -352,6 +454,15 @@ def maximin(bint residual, int kind, float64_t variance,
             if par != NULL and last >= parallel_min_evals:
                 parallel_steps += 1
                 last = search(&W, c, par)
+            elif ahead:
+                if A.slot[c] < 0:
+                    fill = fill_ahead(&P, &A, c, &dmin[0], &heap[0], size, &sub[0],
+                                      num_threads)
+                W.netrow = A.rows + A.slot[c] * nn
+                last = search(&W, c, NULL) + fill
+                fill = 0
+                W.netrow = NULL
+                A.slot[c] = -1
             else:
                 last = search(&W, c, NULL)
             evals += last

@@ -19,6 +19,11 @@ from residual._validate import as_float_matrix, check_euclidean_range, check_int
 #: this many pairs (below that, starting the threads costs more than they save).
 PARALLEL_MIN_EVALUATIONS = 2048
 
+#: When the tree's root has at least this many children (the residual metric's wide top),
+#: their distances to the next few centres are evaluated together, reading each child's data
+#: once for all of them (see ``_maximin.pyx``).
+AHEAD_MIN_CHILDREN = 64
+
 
 def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
                   return_distances=False, return_stats=False):
@@ -119,6 +124,7 @@ def _run(tree, start, order, dist, nt):
                                 tree.children_ptr, tree.children, tree.aliases_ptr,
                                 tree.aliases, tree.radii, tree.parent_distances, tree._slack,
                                 start, order, dist, nt, PARALLEL_MIN_EVALUATIONS,
+                                AHEAD_MIN_CHILDREN,
                                 np.zeros(order.size, dtype=np.int64))
 
 

@@ -186,6 +186,21 @@ def test_threads_give_identical_orders(metric, monkeypatch):
         np.testing.assert_array_equal(one[1], other[1])
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "residual"])
+def test_lookahead_does_not_change_the_order(metric, monkeypatch):
+    """Evaluating the root's children ahead for the next centres is invisible."""
+    X = harness_like(400, 3, seed=14)
+    data = X if metric == "euclidean" else model(X, residual.RBF(lengthscale=1.0), m=32)
+    tree = residual.CoverTree(data)
+    runs = []
+    for threshold in (1, 10 ** 9):                   # always on, never on
+        monkeypatch.setattr(ordering, "AHEAD_MIN_CHILDREN", threshold)
+        runs.append(maximin_order(data, tree=tree, num_threads=1, return_distances=True))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    check(data)
+
+
 def test_tree_given():
     X = harness_like(300, 2, seed=11)
     m = model(X)
