@@ -16,8 +16,10 @@ from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import as_float_matrix, check_euclidean_range, check_int
 
 #: A step's range search runs on several threads when the step before it evaluated at least
-#: this many pairs (below that, starting the threads costs more than they save).
-PARALLEL_MIN_EVALUATIONS = 2048
+#: this many pairs. Below that, starting and joining the threads every step costs more than
+#: they save (on a busy machine a thread that is descheduled stalls every join); those steps
+#: run on one thread, with the wide root's children evaluated ahead in parallel batches.
+PARALLEL_MIN_EVALUATIONS = 8192
 
 #: When the tree's root has at least this many children (the residual metric's wide top),
 #: their distances to the next few centres are evaluated together, reading each child's data
