@@ -5,10 +5,11 @@
 # the top c (r = dmin[c]) and lowers dmin[x] to d(c, x) where that is smaller. Only points with
 # d(c, x) < dmin[x] <= r can change, so the update is a range search from c over the tree that
 # skips a subtree u when no point in it can change: the lower bound d(c, u) - R(u) (or, before
-# evaluating u, |d(c, parent) - pd(u)| - R(u)) exceeds sub[u] + slack, where sub[u] is the
-# largest dmin in u's subtree. sub is recomputed on the way back up from every visited node
-# (a skipped subtree's dmin values did not change, so its sub stays exact), which makes it far
-# tighter than r: regions near chosen points drop out of later searches altogether.
+# evaluating u, |d(c, parent) - pd(u)| - R(u)) exceeds sub[u] + slack, where sub[u] bounds the
+# largest dmin in u's subtree from above. sub is recomputed on the way back up from every
+# visited node (a skipped subtree's dmin values did not change), which makes it far tighter
+# than r: regions near chosen points drop out of later searches altogether. The walk is
+# recursive, as deep as the tree is high.
 #
 # Exactness: every pair is evaluated by one routine (dist), the centre always first, so the
 # distance that decides a point's dmin is one reproducible float64 number, exact duplicates
@@ -16,10 +17,16 @@
 # The slack (the tree's) absorbs rounding in the triangle-inequality bounds; it can only
 # widen a search.
 #
-# Parallelism: a step whose search reaches many nodes splits at a frontier of subtrees that
-# threads walk independently (their dmin entries are disjoint); the heap is then updated
-# sequentially. The heap's top is the unique maximum of a strict total order on (dmin, index),
-# so the order does not depend on the thread count or on which thread updated what.
+# Cost: the residual metric is flat at the top (DESIGN.md section 4), so the root has
+# thousands of children, nearly all of which every step must evaluate; that is most of the
+# work. Sequential steps therefore evaluate the root's children for the next few centres the
+# heap predicts in one pass (fill_ahead), reading each child's V row once for all of them.
+#
+# Parallelism: a big step (the first ones, when r is near the diameter) expands the top of
+# the tree level by level, evaluating each level's children in a prange, then walks the live
+# subtrees on threads (their dmin entries are disjoint); the heap is updated afterwards. The
+# heap's top is the unique maximum of a strict total order on (dmin, index), so the order
+# depends neither on the thread count nor on which thread updated what.
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt, fabs, INFINITY
