@@ -152,6 +152,17 @@ def test_euclidean_duplicates_come_last_in_index_order():
     assert (dist[:zero.min()] > 0).all()
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "residual"])
+def test_all_rows_equal(metric):
+    X = np.tile([[0.3, -1.2]], (7, 1))
+    data = X if metric == "euclidean" else model(X, m=1)
+    order, dist = maximin_order(data, start=4, return_distances=True)
+    np.testing.assert_array_equal(order, [4, 0, 1, 2, 3, 5, 6])
+    assert dist[0] == np.inf and (dist[1:] == dist[1]).all()
+    if metric == "euclidean":
+        assert (dist[1:] == 0).all()
+
+
 def test_residual_duplicates():
     X = harness_like(80, 2, seed=8)
     X = np.concatenate([X, X[[1, 2, 2, 40]]])
