@@ -270,15 +270,49 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
         W.evals += K.walks[i].evals
     # sub of the expanded nodes, children before parents (reverse breadth-first order)
     for i in range(ntop - 1, -1, -1):
-        u = K.top[i]
-        best = W.dmin[u]
-        for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
-            s = W.dmin[T.aliases[t]]
-            best = s if s > best else best
-        for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
-            s = W.sub[T.children[t]]
-            best = s if s > best else best
-        W.sub[u] = best
+        restore_sub(W, K.top[i])
+    return W.evals
+
+
+cdef inline void restore_sub(Walk* W, intp_t u) noexcept nogil:
+    """sub[u] from u's own dmin, its aliases' and its children's sub."""
+    cdef const Tree* T = W.T
+    cdef intp_t t
+    cdef float64_t best = W.dmin[u], s
+    for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
+        s = W.dmin[T.aliases[t]]
+        best = s if s > best else best
+    for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
+        s = W.sub[T.children[t]]
+        best = s if s > best else best
+    W.sub[u] = best
+
+
+cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t* bottom_up,
+                  intp_t nnodes, int num_threads, int64_t* inball) noexcept nogil:
+    """One step by a plain scan of the points; returns the distance evaluations and, in
+    inball, how many points lie within r of c (what a tree search must reach at least).
+
+    For steps that reach most of the tree anyway (r near the diameter): the rows are read in
+    storage order, not the tree's. The distances come from the same routine, so the updates
+    are the tree search's. sub is then rebuilt for every node, children first (bottom_up:
+    the nodes by ascending level; a child's level is below its parent's).
+    """
+    cdef intp_t x, i
+    W.c = c
+    W.evals = 0
+    W.nchanged = 0
+    inball[0] = 0
+    for x in prange(W.P.n, num_threads=num_threads, schedule='static'):
+        if W.dmin[x] > 0.0:                 # chosen points (-1) and points at 0 cannot change
+            buf[x] = dist(W.P, c, x)
+    for x in range(W.P.n):
+        if W.dmin[x] > 0.0:
+            W.evals += 1
+            inball[0] += buf[x] <= r
+            offer(W, x, buf[x])
+    for i in range(nnodes):
+        restore_sub(W, bottom_up[i])
     return W.evals
 
 
@@ -369,14 +403,17 @@ def maximin(bint residual, int kind, float64_t variance,
             const float64_t[::1] radius, const float64_t[::1] pdist, float64_t slack,
             intp_t start, int64_t[::1] order, float64_t[::1] out_dist,
             int num_threads, intp_t parallel_min_evals, intp_t ahead_min_children,
-            int64_t[::1] step_evals):
+            intp_t scan_min_evals, const int64_t[::1] bottom_up, int64_t[::1] step_evals):
     """Farthest-first order from start; fills order, out_dist and step_evals (the distance
     evaluations of each step); returns the counters.
 
-    A step runs its search on num_threads threads when the step before it evaluated at
-    least parallel_min_evals pairs (a cheap predictor of this step's work). Sequential
+    A step runs its search on num_threads threads when the step before it reached at
+    least parallel_min_evals points (its evaluations, or for a scan the points within r of
+    its centre: a cheap predictor of this step's work). Sequential
     steps evaluate the root's children ahead for the next centres (fill_ahead) when the root
-    has at least ahead_min_children children. The answer depends on neither.
+    has at least ahead_min_children children. A step scans all points instead of searching
+    the tree when the step before it reached at least scan_min_evals points (bottom_up: the
+    tree's nodes by ascending level). The answer depends on none of these.
     """
     cdef Points P
     cdef Tree T
@@ -385,6 +422,7 @@ def maximin(bint residual, int kind, float64_t variance,
     cdef Work* par = NULL
     cdef intp_t n = x.shape[0], t, c, size, i
     cdef int64_t evals = 0, last = 0, updates = 0, parallel_steps = 0, fill = 0
+    cdef int64_t scan_steps = 0, reach = 0, inball = 0
     cdef Ahead A
     cdef bint ahead
     cdef intp_t nn
@@ -398,7 +436,7 @@ def maximin(bint residual, int kind, float64_t variance,
     # sequential changes, then one list per thread (each at most n + 1 long)
     changed_a = np.empty((num_threads + 1) * (n + 1), dtype=np.intp)
     work_i = np.empty((3, n), dtype=np.intp)
-    work_d = np.empty((2, n))
+    work_d = np.empty((3, n))
     walks_a = np.empty(max(num_threads, 1) * sizeof(Walk), dtype=np.uint8)
     nn = children_ptr[root + 1] - children_ptr[root]
     ahead = nn >= ahead_min_children and nn > 0      # only a wide root is worth it
@@ -438,7 +476,8 @@ def maximin(bint residual, int kind, float64_t variance,
         order[0] = start
         out_dist[0] = INFINITY
         dmin[start] = -1.0
-        evals = search(&W, start, par)
+        evals = scan(&W, start, INFINITY, &wd[2, 0], &bottom_up[0], bottom_up.shape[0],
+                     num_threads, &reach)
         last = step_evals[0] = evals
         # heap of the others (start is swapped to the end and left out)
         heap[start] = n - 1
@@ -458,7 +497,11 @@ def maximin(bint residual, int kind, float64_t variance,
             dmin[c] = -1.0
             if r <= 0.0 or size == 0:
                 continue          # nothing can get closer than 0, or nothing is left
-            if par != NULL and last >= parallel_min_evals:
+            if reach >= scan_min_evals:
+                scan_steps += 1
+                last = scan(&W, c, r, &wd[2, 0], &bottom_up[0], bottom_up.shape[0],
+                            num_threads, &inball)
+            elif par != NULL and reach >= parallel_min_evals:
                 parallel_steps += 1
                 last = search(&W, c, par)
             elif ahead:
@@ -472,12 +515,15 @@ def maximin(bint residual, int kind, float64_t variance,
                 A.slot[c] = -1
             else:
                 last = search(&W, c, NULL)
+            # a scan evaluates every point: the next step's reach is predicted by the
+            # points within r of this centre (a tree search reaches at least those)
+            reach = inball if reach >= scan_min_evals else last
             evals += last
             step_evals[t] = last
             updates += W.nchanged
             reheap(&dmin[0], &heap[0], &pos[0], size, W.changed, W.nchanged)
     return {"distance_evaluations": int(evals), "updates": int(updates),
-            "parallel_steps": int(parallel_steps)}
+            "parallel_steps": int(parallel_steps), "scan_steps": int(scan_steps)}
 
 
 cdef void _tree(Tree* T, intp_t root, const int64_t[::1] children_ptr,

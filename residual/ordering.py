@@ -21,6 +21,12 @@ from residual._validate import as_float_matrix, check_euclidean_range, check_int
 #: run on one thread, with the wide root's children evaluated ahead in parallel batches.
 PARALLEL_MIN_EVALUATIONS = 8192
 
+#: A step scans every point instead of searching the tree when the step before it
+#: reached at least this fraction of the points (evaluated them, or after a scan, had
+#: them within its radius) (the search would reach most of the tree
+#: anyway, and a scan reads the rows in storage order).
+SCAN_FRACTION = 0.5
+
 #: When the tree's root has at least this many children (the residual metric's wide top),
 #: their distances to the next few centres are evaluated together, reading each child's data
 #: once for all of them (see ``_maximin.pyx``).
@@ -61,7 +67,8 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     stats : dict
         Only with ``return_stats``: ``distance_evaluations`` (pairs evaluated by the
         ordering, not counting the tree build), ``n_squared_half`` (n(n-1)/2, what the
-        O(n^2) loop evaluates), ``updates`` (distance-to-set decreases), ``parallel_steps``,
+        O(n^2) loop evaluates), ``updates`` (distance-to-set decreases), ``scan_steps``
+        (steps that scanned every point instead of searching the tree), ``parallel_steps``,
         ``tree_distance_evaluations`` (0 when ``tree`` was given) and ``seconds`` with
         ``tree``, ``order`` and ``total``.
 
@@ -126,8 +133,15 @@ def _run(tree, start, order, dist, nt):
                                 tree.children_ptr, tree.children, tree.aliases_ptr,
                                 tree.aliases, tree.radii, tree.parent_distances, tree._slack,
                                 start, order, dist, nt, PARALLEL_MIN_EVALUATIONS,
-                                AHEAD_MIN_CHILDREN,
+                                AHEAD_MIN_CHILDREN, max(1, int(SCAN_FRACTION * order.size)),
+                                _bottom_up(tree),
                                 np.zeros(order.size, dtype=np.int64))
+
+
+def _bottom_up(tree):
+    """The tree's nodes (aliases left out) by ascending level: children before parents."""
+    nodes = np.nonzero(tree.alias_of < 0)[0]
+    return nodes[np.argsort(tree.levels[nodes], kind="stable")].astype(np.int64)
 
 
 def _check_data(X_or_model):

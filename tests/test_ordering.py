@@ -197,18 +197,30 @@ def test_threads_give_identical_orders(metric, monkeypatch):
         np.testing.assert_array_equal(one[1], other[1])
 
 
+KNOBS = [  # (SCAN_FRACTION, AHEAD_MIN_CHILDREN, PARALLEL_MIN_EVALUATIONS, threads)
+    (1e9, 10 ** 9, 10 ** 9, 1),     # the tree search alone
+    (0.0, 10 ** 9, 10 ** 9, 1),     # every step a scan
+    (1e9, 1, 10 ** 9, 1),           # root children always evaluated ahead
+    (1e9, 1, 0, 2),                 # every step a parallel search
+    (0.5, 64, 8192, 2),             # the defaults
+]
+
+
 @pytest.mark.parametrize("metric", ["euclidean", "residual"])
-def test_lookahead_does_not_change_the_order(metric, monkeypatch):
-    """Evaluating the root's children ahead for the next centres is invisible."""
+def test_strategies_do_not_change_the_order(metric, monkeypatch):
+    """Scanning, evaluating ahead and parallel search are invisible in the answer."""
     X = harness_like(400, 3, seed=14)
     data = X if metric == "euclidean" else model(X, residual.RBF(lengthscale=1.0), m=32)
     tree = residual.CoverTree(data)
     runs = []
-    for threshold in (1, 10 ** 9):                   # always on, never on
-        monkeypatch.setattr(ordering, "AHEAD_MIN_CHILDREN", threshold)
-        runs.append(maximin_order(data, tree=tree, num_threads=1, return_distances=True))
-    np.testing.assert_array_equal(runs[0][0], runs[1][0])
-    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    for scan, ahead, par, nt in KNOBS:
+        monkeypatch.setattr(ordering, "SCAN_FRACTION", scan)
+        monkeypatch.setattr(ordering, "AHEAD_MIN_CHILDREN", ahead)
+        monkeypatch.setattr(ordering, "PARALLEL_MIN_EVALUATIONS", par)
+        runs.append(maximin_order(data, tree=tree, num_threads=nt, return_distances=True))
+    for order, dist in runs[1:]:
+        np.testing.assert_array_equal(order, runs[0][0])
+        np.testing.assert_array_equal(dist, runs[0][1])
     check(data)
 
 
