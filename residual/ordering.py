@@ -15,16 +15,17 @@ from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import as_float_matrix, check_euclidean_range, check_int
 
-#: A step's range search runs on several threads when the step before it evaluated at least
-#: this many pairs. Below that, starting and joining the threads every step costs more than
-#: they save (on a busy machine a thread that is descheduled stalls every join); those steps
-#: run on one thread, with the wide root's children evaluated ahead in parallel batches.
+#: A step's range search runs on several threads when the step before it reached at least
+#: this many points (see SCAN_FRACTION). Below that, starting and joining the threads every
+#: step costs more than they save (on a busy machine a thread that is descheduled stalls
+#: every join); those steps run on one thread, with the wide root's children evaluated
+#: ahead in parallel batches.
 PARALLEL_MIN_EVALUATIONS = 8192
 
-#: A step scans every point instead of searching the tree when the step before it
-#: reached at least this fraction of the points (evaluated them, or after a scan, had
-#: them within its radius) (the search would reach most of the tree
-#: anyway, and a scan reads the rows in storage order).
+#: A step scans every point instead of searching the tree when the step before it reached
+#: at least this fraction of the points: its search evaluated them or, for a scan, they lay
+#: within its radius. Such a search would reach most of the tree anyway, and a scan reads
+#: the rows in storage order.
 SCAN_FRACTION = 0.5
 
 #: When the tree's root has at least this many children (the residual metric's wide top),
@@ -108,7 +109,8 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     _check_tree(tree, X_or_model, coords)
     order = np.empty(n, dtype=np.int64)
     dist = np.empty(n)
-    counters = {"distance_evaluations": 0, "updates": 0, "parallel_steps": 0}
+    counters = {"distance_evaluations": 0, "updates": 0, "scan_steps": 0,
+                "parallel_steps": 0}
     built = tree is None and n > 1
     if built:
         tree = CoverTree(X_or_model, num_threads=nt)
