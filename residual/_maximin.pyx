@@ -60,6 +60,7 @@ cdef struct Walk:
     intp_t nchanged
     int64_t evals
     const float64_t* netrow  # d(c, child j of the root) for every j, evaluated ahead, or NULL
+    int64_t looked           # entries of netrow used (evaluations the step did not pay for)
     char pad[128]            # keeps the threads' counters off each other's cache lines
 
 
@@ -110,6 +111,7 @@ cdef float64_t visit(Walk* W, intp_t u, float64_t du) noexcept nogil:
         else:
             if u == T.root and W.netrow != NULL:
                 dw = W.netrow[t - T.children_ptr[u]]     # counted when it was evaluated
+                W.looked += 1
             else:
                 dw = dist(W.P, W.c, w)
                 W.evals += w != W.c
@@ -497,6 +499,7 @@ def maximin(bint residual, int kind, float64_t variance,
             dmin[c] = -1.0
             if r <= 0.0 or size == 0:
                 continue          # nothing can get closer than 0, or nothing is left
+            W.looked = 0
             if reach >= scan_min_evals:
                 scan_steps += 1
                 last = scan(&W, c, r, &wd[2, 0], &bottom_up[0], bottom_up.shape[0],
@@ -509,15 +512,18 @@ def maximin(bint residual, int kind, float64_t variance,
                     fill = fill_ahead(&P, &A, c, &dmin[0], &heap[0], size, &sub[0],
                                       num_threads)
                 W.netrow = A.rows + A.slot[c] * nn
-                last = search(&W, c, NULL) + fill
-                fill = 0
+                last = search(&W, c, NULL)
                 W.netrow = NULL
                 A.slot[c] = -1
             else:
                 last = search(&W, c, NULL)
-            # a scan evaluates every point: the next step's reach is predicted by the
-            # points within r of this centre (a tree search reaches at least those)
-            reach = inball if reach >= scan_min_evals else last
+            # the next step's reach is predicted by this one's: the pairs its search needed
+            # (evaluated ahead or not, the batch's other rows left out), or for a scan, which
+            # evaluates every point, the points within r of its centre (a search reaches
+            # at least those)
+            reach = inball if reach >= scan_min_evals else last + W.looked
+            last += fill
+            fill = 0
             evals += last
             step_evals[t] = last
             updates += W.nchanged
