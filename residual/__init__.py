@@ -8,9 +8,10 @@ from residual.kernels import RBF, Matern
 from residual.model import ResidualCorrelation, DEGENERATE_P_RTOL
 from residual.bruteforce import brute_force_knn
 from residual.tree import CoverTree
+from residual.ordering import maximin_order
 from residual.vecchia import VecchiaNeighbors, vecchia_neighbors
 
 __version__ = "0.1.0"
 
 __all__ = ["RBF", "Matern", "ResidualCorrelation", "CoverTree", "brute_force_knn",
-           "vecchia_neighbors", "VecchiaNeighbors", "DEGENERATE_P_RTOL"]
+           "maximin_order", "vecchia_neighbors", "VecchiaNeighbors", "DEGENERATE_P_RTOL"]

@@ -14,6 +14,7 @@ import scipy.sparse
 from residual.bruteforce import brute_force_knn
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
+from residual.ordering import maximin_order
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads
 from residual._validate import (as_float_matrix, as_numeric_array, check_euclidean_range,
@@ -160,8 +161,6 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     ------
     TypeError, ValueError
         On a bad argument, before any work starts; the message names it.
-    ImportError
-        For ``ordering="maximin"`` while ``residual.ordering.maximin_order`` is unavailable.
 
     Notes
     -----
@@ -219,7 +218,7 @@ def _prepare(args, report):
     seconds["model"] = _stage_end(report, "model", 1, t)
 
     t = _stage_start(report, "ordering", 1)
-    order = _resolve_order(args["ordering"], base, n, args["seed"])
+    order = _resolve_order(args["ordering"], base, n, args["seed"], args["num_threads"])
     ordered = _permute(base, order)
     seconds["ordering"] = _stage_end(report, "ordering", 1, t)
 
@@ -311,8 +310,6 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {ORDERINGS} or a permutation array, "
                              f"got {ordering!r}")
-        if ordering == "maximin":
-            _maximin_order()                         # fail before any work if it is missing
     else:
         ordering = _check_permutation(ordering, n)
     if progress is not None and not callable(progress):
@@ -350,24 +347,14 @@ def _base_model(args):
                                            num_threads=args["num_threads"])
 
 
-def _resolve_order(ordering, base, n, seed):
+def _resolve_order(ordering, base, n, seed, num_threads=None):
     if not isinstance(ordering, str):
         return ordering
     if ordering == "random":
         return np.random.default_rng(seed).permutation(n).astype(np.int64)
     if ordering == "natural":
         return np.arange(n, dtype=np.int64)
-    return _check_permutation(_maximin_order()(base, start=None), n)
-
-
-def _maximin_order():
-    # imported lazily: residual.ordering is written in parallel and may not have it yet
-    try:
-        from residual.ordering import maximin_order
-    except ImportError as exc:
-        raise ImportError("ordering='maximin' needs residual.ordering.maximin_order, which "
-                          f"this installation lacks ({exc})") from exc
-    return maximin_order
+    return maximin_order(base, start=None, num_threads=num_threads)
 
 
 def _permute(base, order):

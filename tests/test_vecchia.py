@@ -216,17 +216,9 @@ def test_permuted_model_is_the_same_model():
     np.testing.assert_allclose(d1, d0, rtol=1e-12)
 
 
-def _has_maximin():
-    import residual.ordering
-    return hasattr(residual.ordering, "maximin_order")
-
-
-# Temporary: residual.ordering.maximin_order is written on another branch; remove this skip
-# once it is merged.
-@pytest.mark.skipif(not _has_maximin(), reason="residual.ordering.maximin_order not merged yet")
 @pytest.mark.parametrize("metric", ["residual", "euclidean"])
 def test_maximin(metric):
-    from residual.ordering import maximin_order
+    from residual import maximin_order
 
     X = harness_like(300, seed=12)
     model = _model(X)
