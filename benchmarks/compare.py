@@ -298,7 +298,7 @@ def case_euclidean(args):
           f"one thread)")
     print(f"{'D':>3s} {'contender':24s} {'build s':>8s} {'query s':>8s} {'total s':>8s} "
           f"{'/ cKDTree':>9s} {'identical':>10s}")
-    for dim in (3, 8):
+    for dim in args.euclid_dims:
         X = np.random.default_rng(0).standard_normal((n, dim))
         res = {}
 
@@ -392,6 +392,8 @@ def main(argv=None):
     p.add_argument("--sample", type=int, default=2048, help="table: covertreex sample rows")
     p.add_argument("--euclid-n", type=int, default=1 << 20)
     p.add_argument("--euclid-k", type=int, default=30)
+    p.add_argument("--euclid-dims", type=lambda v: [int(d) for d in v.split(",")],
+                   default=[3, 8], help="euclidean: dimensions, comma-separated (3,8)")
     args = p.parse_args(argv)
     print(f"residual {residual.__version__}, Python {platform.python_version()}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}")
