@@ -271,7 +271,7 @@ def case_table(args):
         rows.append(("CoverTree (ours)", t_model, t_build, t_query, ev,
                      _same_rows(idx, ref_rows), _recall(idx, ref_rows), mark))
         sample = np.sort(np.random.default_rng(0).choice(n, min(args.sample, n), replace=False))
-        for engine in COVERTREEX_ENGINES if covertreex_python() else ():
+        for engine in args.engine or COVERTREEX_ENGINES if covertreex_python() else ():
             out = run_covertreex(model, engine, k, sample)
             got = np.full((len(sample), k), -1, dtype=np.int64)
             theirs = np.asarray(out["idx"], dtype=np.int64).reshape(len(sample), -1)[:, :k]
@@ -390,6 +390,8 @@ def main(argv=None):
     p.add_argument("--variant", action="append", choices=sorted(VARIANTS),
                    help="table: variant to run (repeatable; default: all)")
     p.add_argument("--sample", type=int, default=2048, help="table: covertreex sample rows")
+    p.add_argument("--engine", action="append", choices=COVERTREEX_ENGINES,
+                   help="table: covertreex engine (repeatable; default: all)")
     p.add_argument("--euclid-n", type=int, default=1 << 20)
     p.add_argument("--euclid-k", type=int, default=30)
     p.add_argument("--euclid-dims", type=lambda v: [int(d) for d in v.split(",")],
