@@ -31,7 +31,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport (Points, pair_key, residual_cov_tile,
+from residual._tiles cimport (Points, fill_points, pair_key, residual_cov_tile,
                               sqdist_direct_tile)
 
 cdef enum:
@@ -679,7 +679,7 @@ def pair_distances(bint residual, int kind, float64_t variance,
                    const int64_t[::1] a, const int64_t[::1] b, int num_threads=1):
     """d(a[r], b[r]) for paired index arrays, with the same float64 evaluation as the build."""
     cdef Points P
-    _points(&P, residual, kind, variance, x, v, s)
+    fill_points(&P, residual, kind, variance, x, v, s)
     cdef intp_t nr = a.shape[0], r
     out = np.zeros(nr)
     cdef float64_t[::1] o = out
@@ -687,24 +687,3 @@ def pair_distances(bint residual, int kind, float64_t variance,
         for r in prange(nr, num_threads=num_threads, schedule='static'):
             o[r] = sqrt(pair_key(&P, a[r], b[r]))
     return out
-
-
-cdef void _points(Points* P, bint residual, int kind, float64_t variance,
-                  const float64_t[:, ::1] x, v, s):
-    cdef const float64_t[:, ::1] vv
-    cdef const float64_t[::1] ss
-    P.residual = residual
-    P.spec.kind = kind
-    P.spec.variance = variance
-    P.n = x.shape[0]
-    P.dim = x.shape[1]
-    P.x = &x[0, 0]
-    P.m = 0
-    P.v = NULL
-    P.s = NULL
-    if residual:
-        vv = v
-        ss = s
-        P.m = vv.shape[1]
-        P.v = &vv[0, 0]
-        P.s = &ss[0]

@@ -35,7 +35,7 @@ from libc.stdlib cimport qsort
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, pair_key
+from residual._tiles cimport Points, fill_points, pair_key
 
 
 cdef struct Tree:
@@ -429,7 +429,7 @@ def maximin(bint residual, int kind, float64_t variance,
     cdef bint ahead
     cdef intp_t nn
     cdef float64_t r
-    _points(&P, residual, kind, variance, x, v, s)
+    fill_points(&P, residual, kind, variance, x, v, s)
     _tree(&T, root, children_ptr, children, alias_ptr, aliases, radius, pdist, slack)
     dmin_a = np.full(n, INFINITY)
     sub_a = np.full(n, INFINITY)       # nothing is known yet: no subtree may be skipped
@@ -544,24 +544,3 @@ cdef void _tree(Tree* T, intp_t root, const int64_t[::1] children_ptr,
     T.radius = &radius[0]
     T.pdist = &pdist[0]
     T.slack = slack
-
-
-cdef void _points(Points* P, bint residual, int kind, float64_t variance,
-                  const float64_t[:, ::1] x, v, s):
-    cdef const float64_t[:, ::1] vv
-    cdef const float64_t[::1] ss
-    P.residual = residual
-    P.spec.kind = kind
-    P.spec.variance = variance
-    P.n = x.shape[0]
-    P.dim = x.shape[1]
-    P.x = &x[0, 0]
-    P.m = 0
-    P.v = NULL
-    P.s = NULL
-    if residual:
-        vv = v
-        ss = s
-        P.m = vv.shape[1]
-        P.v = &vv[0, 0]
-        P.s = &ss[0]

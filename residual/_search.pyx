@@ -21,7 +21,7 @@ from libc.stdlib cimport malloc, free
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, query_key
+from residual._tiles cimport Points, fill_points, query_key
 
 
 cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
@@ -274,10 +274,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     """
     cdef Points P
     cdef Tree T
-    cdef intp_t nq = xq.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos, m = 0
-    cdef const float64_t[:, ::1] x = layout.x
-    cdef const float64_t[:, ::1] vv
-    cdef const float64_t[::1] ss
+    cdef intp_t nq = xq.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos
     cdef const float64_t[:, ::1] vqq
     cdef const float64_t[::1] sqq
     cdef const int64_t[::1] al = layout.aliases
@@ -288,20 +285,9 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     cdef intp_t* fn
     evals = np.zeros(nq, dtype=np.int64)
     cdef int64_t[::1] ev = evals
-    P.residual = residual
-    P.spec.kind = kind
-    P.spec.variance = variance
-    P.n = layout.n_nodes
-    P.dim = x.shape[1]
-    P.x = &x[0, 0]
-    P.v = NULL
-    P.s = NULL
+    fill_points(&P, residual, kind, variance, layout.x, layout.v, layout.s)
     if residual:
-        vv, ss, vqq, sqq = layout.v, layout.s, vq, sq
-        m = vv.shape[1]
-        P.v = &vv[0, 0]
-        P.s = &ss[0]
-    P.m = m
+        vqq, sqq = vq, sq
     T.node = layout.node
     T.aliases = &al[0] if al.shape[0] else NULL
     T.slack = slack

@@ -115,6 +115,10 @@ cdef struct Points:
     const float64_t* s      # (n,) residual 1/sqrt(p) (0 if degenerate), else NULL
 
 
+cdef void fill_points(Points* P, bint residual, int kind, float64_t variance,
+                      const float64_t[:, ::1] x, v, s)
+
+
 cdef inline float64_t query_key(const Points* P, const float64_t* xq, const float64_t* vq,
                                 float64_t sq, intp_t j) noexcept nogil:
     """Squared distance between a query (coordinates xq, residual row vq and 1/sqrt(p) sq,

@@ -203,3 +203,26 @@ def sqdist_matrix(const float64_t[:, ::1] xq, const float64_t[:, ::1] xc, bint g
         xct = np.ascontiguousarray(np.asarray(xc).T)
         sqdist_direct_tile(&xq[0, 0], n, &xct[0, 0], ncols, ncols, dim, &o[0, 0], ncols)
     return out
+
+
+cdef void fill_points(Points* P, bint residual, int kind, float64_t variance,
+                  const float64_t[:, ::1] x, v, s):
+    """Point P at one metric's rows (x; residual: V rows v and 1/sqrt(p) s), which the caller
+    keeps alive while P is used."""
+    cdef const float64_t[:, ::1] vv
+    cdef const float64_t[::1] ss
+    P.residual = residual
+    P.spec.kind = kind
+    P.spec.variance = variance
+    P.n = x.shape[0]
+    P.dim = x.shape[1]
+    P.x = &x[0, 0]
+    P.m = 0
+    P.v = NULL
+    P.s = NULL
+    if residual:
+        vv = v
+        ss = s
+        P.m = vv.shape[1]
+        P.v = &vv[0, 0]
+        P.s = &ss[0]
