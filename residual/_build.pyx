@@ -24,13 +24,14 @@
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, ldexp, frexp
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.stdint cimport int32_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
+from residual._heap cimport frontier_push, frontier_pop
 from residual._tiles cimport (Points, fill_points, pair_key, residual_cov_tile,
                               sqdist_direct_tile)
 
@@ -100,6 +101,15 @@ cdef void greedy_mis(intp_t nl, const intp_t* adj_ptr, const intp_t* adj,
                 break
 
 
+cdef struct Kid:
+    # A child as its parent's list holds it: the fields the descent tests before it evaluates
+    # the child (both fixed once the child is attached), so that scanning a node's children
+    # reads one contiguous run instead of chasing a linked list across the point arrays.
+    intp_t node
+    float64_t pdist          # d(child, parent)
+    float64_t cover          # 2^level(child)
+
+
 cdef class TreeBuilder:
     """Mutable tree state during batch insertion, and the three per-batch stages."""
 
@@ -108,11 +118,19 @@ cdef class TreeBuilder:
     cdef float64_t slack
     # tree (nodes only; aliases point at their node)
     cdef int32_t[::1] level
-    cdef intp_t[::1] parent, first_child, next_sibling, alias_of, inserted
+    cdef intp_t[::1] parent, alias_of, inserted
+    # children: node q's are kids[kid_start[q] : kid_start[q] + kid_count[q]], a run of
+    # kid_room[q] slots in one pool; a full run moves to the pool's end with twice the room
+    # (at most ~4 slots per node in all)
+    cdef Kid* kids
+    cdef int64_t kids_used, kids_room
+    cdef int64_t[::1] kid_start
+    cdef int32_t[::1] kid_count, kid_room
     cdef float64_t[::1] pdist
     cdef float64_t[::1] radius_     # each node's exact covering radius, kept as we go
     cdef float64_t[::1] cover       # 2^level of each node (read in the hot loop: no ldexp)
     cdef public intp_t n_inserted
+    cdef public bint out_of_memory   # a children list could not grow: the tree is broken
     # per-batch workspaces, allocated once
     cdef float64_t[:, ::1] gx, gxt, gv
     cdef float64_t[::1] gs
@@ -159,8 +177,14 @@ cdef class TreeBuilder:
         self.arrays = (x, v, s)          # keep the metric data alive
         self.level = np.zeros(n, dtype=np.int32)
         self.parent = np.full(n, NO_NODE, dtype=np.intp)
-        self.first_child = np.full(n, NO_NODE, dtype=np.intp)
-        self.next_sibling = np.full(n, NO_NODE, dtype=np.intp)
+        self.kid_start = np.zeros(n, dtype=np.int64)
+        self.kid_count = np.zeros(n, dtype=np.int32)
+        self.kid_room = np.zeros(n, dtype=np.int32)
+        self.kids_room = max(2 * n, 16)
+        self.kids_used = 0
+        self.kids = <Kid*>malloc(self.kids_room * sizeof(Kid))
+        if self.kids == NULL:
+            raise MemoryError("could not allocate the children lists")
         self.alias_of = np.full(n, NO_NODE, dtype=np.intp)
         self.inserted = np.full(n, NO_NODE, dtype=np.intp)
         self.pdist = np.zeros(n)
@@ -184,6 +208,35 @@ cdef class TreeBuilder:
         self.net_count = 0
         self._reserve_net(256)
 
+    def __dealloc__(self):
+        free(self.kids)
+
+    cdef int _add_child(self, intp_t q, intp_t p, float64_t pdist,
+                        float64_t cover) noexcept nogil:
+        """Append p to q's children; returns 1 if the pool could not grow (nothing changed)."""
+        cdef int64_t t, start, room = self.kid_room[q]
+        cdef Kid* grown
+        if self.kid_count[q] == room:
+            room = max(2 * room, 2)
+            if self.kids_used + room > self.kids_room:
+                grown = <Kid*>realloc(self.kids, 2 * (self.kids_used + room) * sizeof(Kid))
+                if grown == NULL:
+                    return 1
+                self.kids = grown
+                self.kids_room = 2 * (self.kids_used + room)
+            start = self.kids_used
+            for t in range(self.kid_count[q]):
+                self.kids[start + t] = self.kids[self.kid_start[q] + t]
+            self.kid_start[q] = start
+            self.kid_room[q] = <int32_t>room
+            self.kids_used += room
+        t = self.kid_start[q] + self.kid_count[q]
+        self.kids[t].node = p
+        self.kids[t].pdist = pdist
+        self.kids[t].cover = cover
+        self.kid_count[q] += 1
+        return 0
+
     # -- stage 1: traversal ---------------------------------------------------------------------
 
     def traverse(self, const intp_t[::1] batch, float64_t[::1] best_d, intp_t[::1] best_q,
@@ -194,8 +247,10 @@ cdef class TreeBuilder:
         nodes that nearly every point must score) are scored for the whole batch in one tile
         with BLAS; each point then descends on its own below them.
         """
-        cdef intp_t nb = batch.shape[0], b, c, nc = 0, k, n_chunks, r0, nr
-        cdef intp_t* stack
+        cdef intp_t nb = batch.shape[0], b, c, nc = 0, k, n_chunks, r0, nr, j
+        cdef float64_t* fl
+        cdef float64_t* fd
+        cdef intp_t* fn
         cdef int64_t[::1] evals = np.zeros(nb, dtype=np.int64)
         if nb == 0:
             return
@@ -241,10 +296,7 @@ cdef class TreeBuilder:
             for k in range(nc):
                 kk = 0
                 if members_ptr[k + 1] > 0:
-                    c = self.first_child[net[k]]
-                    while c != NO_NODE:
-                        kk += 1
-                        c = self.next_sibling[c]
+                    kk = self.kid_count[net[k]]
                 max_kids = max(max_kids, kk)
                 kids_ptr[k + 1] = kids_ptr[k] + kk
                 tile2_off[k + 1] = tile2_off[k] + members_ptr[k + 1] * kk
@@ -260,12 +312,8 @@ cdef class TreeBuilder:
                     members[members_ptr[k] + row_of[b, t]] = b
             for k in range(nc):
                 kk = kids_ptr[k]
-                if kids_ptr[k + 1] > kk:
-                    c = self.first_child[net[k]]
-                    while c != NO_NODE:
-                        kids[kk] = c
-                        kk += 1
-                        c = self.next_sibling[c]
+                for j in range(kids_ptr[k + 1] - kk):
+                    kids[kk + j] = self.kids[self.kid_start[net[k]] + j].node
         # C. one tile per entered net node: its visitors x its children (BLAS), in parallel
         cdef float64_t t1 = _now()
         if tile2_off[nc] > 0:
@@ -276,18 +324,22 @@ cdef class TreeBuilder:
         self.kernel_elements += tile2_off[nc] if self.P.residual else 0
         # D. each point descends on its own below that, one pair at a time
         with nogil, parallel(num_threads=num_threads):
-            stack = <intp_t*>malloc(self.n * sizeof(intp_t))
+            fl = <float64_t*>malloc(self.n * sizeof(float64_t))
+            fd = <float64_t*>malloc(self.n * sizeof(float64_t))
+            fn = <intp_t*>malloc(self.n * sizeof(intp_t))
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
-                if stack != NULL:
-                    evals[b] = self._descend(batch[b], stack, &net[0], n_enter[b],
+                if fl != NULL and fd != NULL and fn != NULL:
+                    evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
                                              &enter[b, 0], &row_of[b, 0], &kids_ptr[0],
                                              &tile2_off[0], &tile2[0], &best_d[b], &best_q[b])
                 else:
                     evals[b] = -1
             # end: prange
-            free(stack)
+            free(fl)
+            free(fd)
+            free(fn)
         if np.min(evals) < 0:
-            raise MemoryError("could not allocate the traversal stacks")
+            raise MemoryError("could not allocate the traversal workspaces")
         self.traversal_evals += int(np.sum(evals)) + nb * nc + tile2_off[nc]
 
     cdef int _children_tiles(self, intp_t nc, const intp_t* members_ptr,
@@ -354,22 +406,20 @@ cdef class TreeBuilder:
                           intp_t* out_q) noexcept nogil:
         """Score the net from the tile: the best cover so far, and the net positions to enter
         (written to enter[0..count), ascending); returns count."""
-        cdef intp_t k, count = 0, slot, pushed
+        cdef intp_t k, count = 0
         cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root))
         cdef intp_t best_q = self.root
         for k in range(nc):
-            pushed = 0                  # _visit pushes onto a one-slot "stack" if k is entered
-            self._visit(net[k], net_d[k], &best_d, &best_q, &slot, &pushed)
-            if pushed:
+            if self._visit(net[k], net_d[k], &best_d, &best_q):
                 enter[count] = <int32_t>k
                 count += 1
         out_d[0] = best_d
         out_q[0] = best_q
         return count
 
-    cdef inline void _visit(self, intp_t c, float64_t dc, float64_t* best_d, intp_t* best_q,
-                            intp_t* stack, intp_t* sp) noexcept nogil:
-        """Offer child c at distance dc; push it if its subtree may hold a better cover.
+    cdef inline bint _visit(self, intp_t c, float64_t dc, float64_t* best_d,
+                            intp_t* best_q) noexcept nogil:
+        """Offer child c at distance dc; True if its subtree may hold a better cover.
 
         A proper descendant w of c is within R(c) of c (its covering radius, kept exact during
         the build) and covers p only if d(p, w) <= 2^l(w) <= 2^(l(c)-1); so c is entered only
@@ -380,39 +430,60 @@ cdef class TreeBuilder:
         if dc <= rc and closer(dc, c, best_d[0], best_q[0]):
             best_d[0] = dc
             best_q[0] = c
-        if self.first_child[c] != NO_NODE and \
-                dc - self.radius_[c] <= min(0.5 * rc, best_d[0]) + self.slack:
-            stack[sp[0]] = c
-            sp[0] += 1
+        return self.kid_count[c] > 0 and \
+            dc - self.radius_[c] <= min(0.5 * rc, best_d[0]) + self.slack
 
-    cdef int64_t _descend(self, intp_t p, intp_t* stack, const intp_t* net, intp_t n_enter,
+    cdef int64_t _descend(self, intp_t p, float64_t* fl, float64_t* fd, intp_t* fn,
+                          const intp_t* net, intp_t n_enter,
                           const int32_t* enter, const int32_t* row_of, const intp_t* kids_ptr,
                           const intp_t* tile2_off, const float64_t* tile2,
                           float64_t* best_d, intp_t* best_q) noexcept nogil:
-        """Depth-first search below the net for the nearest covering node, starting from the
+        """Best-first search below the net for the nearest covering node, starting from the
         best cover the net gave; returns the pair evaluations it made (the children of the
-        entered net nodes come from their tiles)."""
-        cdef intp_t sp = 0, u, c, k, j, nk, t
+        entered net nodes come from their tiles).
+
+        Subtrees are entered in order of their lower bound d(p, c) - R(c), so the best cover
+        falls fast and the search stops once no bound can beat it; a child whose parent
+        distance already rules it out (|d(p, u) - pd(c)| <= d(p, c), triangle inequality) is
+        not evaluated. The answer (nearest by (distance, index)) does not depend on the order.
+        """
+        cdef intp_t size = 0, u, c, k, j, nk, t
         cdef int64_t evals = 0
+        cdef float64_t du, dc, g, lim, slack = self.slack
         cdef const float64_t* row
+        cdef const Kid* kid
         for t in range(n_enter):
             k = enter[t]
             nk = kids_ptr[k + 1] - kids_ptr[k]
             row = tile2 + tile2_off[k] + row_of[t] * nk
-            c = self.first_child[net[k]]
-            j = 0
-            while c != NO_NODE:             # same order as the tile's columns
-                self._visit(c, row[j], best_d, best_q, stack, &sp)
-                j += 1
-                c = self.next_sibling[c]
-        while sp > 0:
-            sp -= 1
-            u = stack[sp]
-            c = self.first_child[u]
-            while c != NO_NODE:
-                self._visit(c, sqrt(pair_key(&self.P, p, c)), best_d, best_q, stack, &sp)
+            kid = self.kids + self.kid_start[net[k]]
+            for j in range(nk):             # same order as the tile's columns
+                c = kid[j].node
+                dc = row[j]
+                if self._visit(c, dc, best_d, best_q):
+                    frontier_push(fl, fd, fn, &size, dc - self.radius_[c], dc, c)
+        while size > 0:
+            if fl[0] > best_d[0] + slack:
+                break                       # no subtree left can hold a better cover
+            du = fd[0]
+            u = fn[0]
+            frontier_pop(fl, fd, fn, &size)
+            kid = self.kids + self.kid_start[u]
+            for j in range(self.kid_count[u]):
+                # skip c, unevaluated, when |d(p, u) - pd(c)| <= d(p, c) already shows that it
+                # cannot cover p better and its subtree cannot hold a better cover (the radius
+                # is read only when the bound R(c) <= 2^(l(c)+1) = 2 cover does not decide)
+                g = fabs(du - kid[j].pdist)
+                c = kid[j].node
+                if g > min(kid[j].cover, best_d[0]) + slack:
+                    lim = min(0.5 * kid[j].cover, best_d[0]) + slack
+                    if g - 2.0 * kid[j].cover > lim or self.kid_count[c] == 0 or \
+                            g - self.radius_[c] > lim:
+                        continue
+                dc = sqrt(pair_key(&self.P, p, c))
                 evals += 1
-                c = self.next_sibling[c]
+                if self._visit(c, dc, best_d, best_q):
+                    frontier_push(fl, fd, fn, &size, dc - self.radius_[c], dc, c)
         return evals
 
     # -- gathering rows into contiguous tile operands -------------------------------------------
@@ -539,6 +610,8 @@ cdef class TreeBuilder:
             return
         with nogil:
             self._resolve(&batch[0], nb, &block[0, 0], &best_d[0], &best_q[0], num_threads)
+        if self.out_of_memory:
+            raise MemoryError("could not grow the children lists")
 
     cdef void _resolve(self, const intp_t* batch, intp_t nb, const float64_t* block,
                        float64_t* best_d, intp_t* best_q, int num_threads) noexcept nogil:
@@ -586,8 +659,8 @@ cdef class TreeBuilder:
                     self.cover[p] = radius
                     self.parent[p] = q
                     self.pdist[p] = best_d[a]
-                    self.next_sibling[p] = self.first_child[q]
-                    self.first_child[q] = p
+                    if self._add_child(q, p, best_d[a], radius):
+                        self.out_of_memory = 1
                     self.inserted[self.n_inserted] = p
                     self.n_inserted += 1
                     lev[a] = INSERTED

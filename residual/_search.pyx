@@ -22,6 +22,7 @@ import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Points, fill_points, query_key
+from residual._heap cimport frontier_push, frontier_pop
 
 
 cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
@@ -67,54 +68,6 @@ cdef inline void _sift_down(float64_t* hd, intp_t* hi, intp_t n, float64_t d,
         pos = child
     hd[pos] = d
     hi[pos] = i
-
-
-cdef inline void frontier_push(float64_t* fl, float64_t* fd, intp_t* fn, intp_t* size,
-                               float64_t lb, float64_t d, intp_t node) noexcept nogil:
-    """Push (lower bound, distance, node) onto the min-heap keyed by the bound."""
-    cdef intp_t pos = size[0], parent
-    size[0] += 1
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if fl[parent] <= lb:
-            break
-        fl[pos] = fl[parent]
-        fd[pos] = fd[parent]
-        fn[pos] = fn[parent]
-        pos = parent
-    fl[pos] = lb
-    fd[pos] = d
-    fn[pos] = node
-
-
-cdef inline void frontier_pop(float64_t* fl, float64_t* fd, intp_t* fn,
-                              intp_t* size) noexcept nogil:
-    """Remove the smallest bound (read it from index 0 first)."""
-    cdef intp_t pos = 0, child, n
-    cdef float64_t lb, d
-    cdef intp_t node
-    size[0] -= 1
-    n = size[0]
-    if n == 0:
-        return
-    lb = fl[n]
-    d = fd[n]
-    node = fn[n]
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and fl[child + 1] < fl[child]:
-            child += 1
-        if lb <= fl[child]:
-            break
-        fl[pos] = fl[child]
-        fd[pos] = fd[child]
-        fn[pos] = fn[child]
-        pos = child
-    fl[pos] = lb
-    fd[pos] = d
-    fn[pos] = node
 
 
 cdef struct Node:
