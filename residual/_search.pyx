@@ -10,6 +10,12 @@
 # eligible points; ineligible nodes still route the search. Aliases (points at distance 0 from
 # a node) are offered with their node.
 #
+# A query starts with an upper bound on its k-th distance when it can: the k-th smallest of its
+# distances to the previous query's answer (plus that query itself), on the same thread. Queries
+# come in an order that keeps neighbours together, so the bound is usually nearly tight and
+# prunes from the first step, where an empty top-k would admit everything. The bound only
+# prunes what cannot be among the k nearest (ties stay reachable), so answers are unchanged.
+#
 # Queries are independent and read-only: prange over queries, one workspace per thread.
 # Distances are float64, one pair at a time (query_key), on a breadth-first copy of the tree
 # (SearchLayout) so that a node's children and their rows are adjacent in memory.
@@ -87,6 +93,7 @@ cdef struct Node:
 cdef struct Tree:
     const Node* node          # node 0 is the root
     const int64_t* aliases
+    const int64_t* node_of    # row -> node number
     float64_t slack
 
 
@@ -99,6 +106,7 @@ cdef class SearchLayout:
     cdef Node* node
     cdef readonly intp_t n_nodes
     cdef readonly object x, v, s, aliases
+    cdef readonly object node_of      # row -> its node's number (an alias: its node's)
 
     def __cinit__(self, const int64_t[::1] order, const int64_t[::1] child_count,
                   const int64_t[::1] alias_ptr, aliases, const float64_t[::1] radius,
@@ -123,6 +131,11 @@ cdef class SearchLayout:
         if nxt != nn:
             raise ValueError("order is not the breadth-first numbering of the tree")
         self.aliases = np.ascontiguousarray(aliases, dtype=np.int64)
+        node_of = np.full(nn + len(self.aliases), -1, dtype=np.int64)
+        node_of[np.asarray(order)] = np.arange(nn)
+        counts = np.diff(np.asarray(alias_ptr))           # aliases are listed by row
+        node_of[self.aliases] = node_of[np.repeat(np.arange(counts.size), counts)]
+        self.node_of = node_of
         self.x = np.ascontiguousarray(np.asarray(x)[order])
         self.v = None if v is None else np.ascontiguousarray(np.asarray(v)[order])
         self.s = None if s is None else np.ascontiguousarray(np.asarray(s)[order])
@@ -133,22 +146,37 @@ cdef class SearchLayout:
 
 cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
                      const float64_t* vq, float64_t sq, intp_t self_index, intp_t limit,
-                     intp_t k, float64_t* hd, intp_t* hi, float64_t* fl, float64_t* fd,
+                     intp_t k, const int64_t* seeds, intp_t n_seeds,
+                     float64_t* hd, intp_t* hi, float64_t* fl, float64_t* fd,
                      intp_t* fn, float64_t* out_d, int64_t* out_i) noexcept nogil:
     """k nearest eligible points to one query; returns the distance evaluations.
 
     self_index: the query's own row (excluded), or -1. limit: only indices < limit are
     eligible and only subtrees with min_index < limit are entered (predecessors), else n.
+    seeds: n_seeds distinct rows (-1 = none) whose distances give a first bound on the k-th.
     Nodes are the layout's numbers (P holds their rows); offered indices are rows.
     """
     cdef intp_t count = 0, size = 0, u, c, t, j
     cdef int64_t evals = 1
-    cdef float64_t tau, lb, du, dc
+    cdef float64_t tau, lb, du, dc, key, d0
     cdef const Node* nc
-    cdef float64_t key = query_key(P, xq, vq, sq, 0), d0 = sqrt(key)
-    _offer_node(T, 0, key, self_index, limit, k, hd, hi, &count)
+    # the bound: the k-th smallest key to the eligible seeds (a max-heap of the k best in
+    # hd, hi, emptied again below), else none
+    cdef float64_t key0 = INFINITY
+    for j in range(n_seeds):
+        t = seeds[j]
+        if t >= 0 and t != self_index and t < limit:
+            best_offer(hd, hi, &count, k, query_key(P, xq, vq, sq, T.node_of[t]), t)
+            evals += 1
+    if count == k:
+        key0 = hd[0]
+    count = 0
+    key = query_key(P, xq, vq, sq, 0)
+    d0 = sqrt(key)
+    if key <= key0:
+        _offer_node(T, 0, key, self_index, limit, k, hd, hi, &count)
     frontier_push(fl, fd, fn, &size, 0.0, d0, 0)
-    tau = sqrt(hd[0]) if count == k else INFINITY
+    tau = sqrt(hd[0]) if count == k else sqrt(key0)
     while size > 0:
         lb = fl[0]
         du = fd[0]
@@ -165,9 +193,11 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
             key = query_key(P, xq, vq, sq, c)
             dc = sqrt(key)
             evals += 1
-            if count < k or key <= hd[0]:   # else c and its aliases cannot enter the k best
+            # else c and its aliases cannot enter the k best (with the seeds' bound: k eligible
+            # points are no farther than key0, and the search offers them all)
+            if key <= key0 and (count < k or key <= hd[0]):
                 _offer_node(T, c, key, self_index, limit, k, hd, hi, &count)
-                tau = sqrt(hd[0]) if count == k else INFINITY
+                tau = sqrt(hd[0]) if count == k else sqrt(key0)
             lb = dc - nc.radius
             if nc.child_end > nc.child_begin and lb <= tau + T.slack:
                 frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
@@ -231,6 +261,9 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     cdef const float64_t[:, ::1] vqq
     cdef const float64_t[::1] sqq
     cdef const int64_t[::1] al = layout.aliases
+    cdef const int64_t[::1] node_of = layout.node_of
+    cdef int64_t* seeds
+    cdef intp_t j, j0
     cdef float64_t* hd
     cdef intp_t* hi
     cdef float64_t* fl
@@ -243,6 +276,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
         vqq, sqq = vq, sq
     T.node = layout.node
     T.aliases = &al[0] if al.shape[0] else NULL
+    T.node_of = &node_of[0]
     T.slack = slack
     if nq == 0:
         return evals
@@ -254,18 +288,28 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
         fl = <float64_t*>malloc(n * sizeof(float64_t))
         fd = <float64_t*>malloc(n * sizeof(float64_t))
         fn = <intp_t*>malloc(n * sizeof(intp_t))
+        # this thread's previous query's answer and row: the next query's seeds
+        seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
+        if seeds != NULL:
+            for j0 in range(k + 1):
+                seeds[j0] = -1
         for pos in prange(nq, schedule='dynamic', chunksize=chunk):
             q = visit_order[pos]
-            if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL:
+            if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL or \
+                    seeds == NULL:
                 ev[q] = -1
             else:
                 ev[q] = _search(&P, &T, &xq[q, 0],
                                 (&vqq[q, 0]) if residual else NULL,
                                 sqq[q] if residual else 0.0,
                                 row_offset + q if in_sample else -1,
-                                row_offset + q if predecessors else n, k, hd, hi, fl, fd, fn,
-                                &out_dist[q, 0], &out_idx[q, 0])
+                                row_offset + q if predecessors else n, k, seeds, k + 1,
+                                hd, hi, fl, fd, fn, &out_dist[q, 0], &out_idx[q, 0])
+                for j in range(k):
+                    seeds[j] = out_idx[q, j]
+                seeds[k] = row_offset + q if in_sample else -1
         # end: prange
+        free(seeds)
         free(hd)
         free(hi)
         free(fl)

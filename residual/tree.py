@@ -247,8 +247,10 @@ class CoverTree:
             visit = self._depth_first_order()
             if (start, stop) != (0, n):
                 visit = visit[(visit >= start) & (visit < stop)] - start
-        else:
-            visit = np.arange(nq, dtype=np.int64)
+        else:           # new points along a space-filling curve, for the same reasons
+            visit = _spatial_order(xq)
+            visit = np.arange(nq) if visit is None else visit
+            visit = visit.astype(np.int64)
         with single_threaded_blas():
             evals = _search.knn(self._layout(), residual, kind, variance, self._slack, xq, vq,
                                 sq, in_sample, bool(predecessors), start, k, dist, idx, nt,

@@ -181,3 +181,13 @@ def test_new_points_do_not_depend_on_their_companions():
                                               chunk_size=50)
             np.testing.assert_array_equal(dp, d[part])
             np.testing.assert_array_equal(ip, i[part])
+
+
+def test_layout_maps_every_row_to_its_node():
+    """The search seeds its bound through row -> node; aliases map to their node's row."""
+    X = np.round(harness_like(400, seed=3) * 2)          # many duplicates: aliases
+    tree = residual.CoverTree(X)
+    layout = tree._layout()
+    node_of = np.asarray(layout.node_of)
+    assert tree.stats["aliases"] > 0 and (node_of >= 0).all()
+    np.testing.assert_array_equal(np.asarray(layout.x)[node_of], X)
