@@ -102,12 +102,16 @@ cdef void greedy_mis(intp_t nl, const intp_t* adj_ptr, const intp_t* adj,
 
 
 cdef struct Kid:
-    # A child as its parent's list holds it: the fields the descent tests before it evaluates
-    # the child (both fixed once the child is attached), so that scanning a node's children
-    # reads one contiguous run instead of chasing a linked list across the point arrays.
+    # A child as its parent's list holds it: everything the descent reads about it, so that
+    # scanning a node's children, testing them and entering one reads contiguous runs instead
+    # of scattered per-point arrays. pdist and cover are fixed once the child is attached;
+    # radius, start and count mirror radius_, kid_start and kid_count as they change.
     intp_t node
     float64_t pdist          # d(child, parent)
     float64_t cover          # 2^level(child)
+    float64_t radius         # its covering radius
+    int64_t start            # its own children's run: kids[start : start + count]
+    int64_t count
 
 
 cdef class TreeBuilder:
@@ -121,10 +125,13 @@ cdef class TreeBuilder:
     cdef intp_t[::1] parent, alias_of, inserted
     # children: node q's are kids[kid_start[q] : kid_start[q] + kid_count[q]], a run of
     # kid_room[q] slots in one pool; a full run moves to the pool's end with twice the room
-    # (at most ~4 slots per node in all)
+    # (at most ~4 slots per node in all). Node c's own entry is kids[kid_slot[c]] (-1 for
+    # the root). Euclidean: kid_x holds each slot's coordinates, so siblings' rows are
+    # contiguous too.
     cdef Kid* kids
+    cdef float64_t* kid_x
     cdef int64_t kids_used, kids_room
-    cdef int64_t[::1] kid_start
+    cdef int64_t[::1] kid_start, kid_slot
     cdef int32_t[::1] kid_count, kid_room
     cdef float64_t[::1] pdist
     cdef float64_t[::1] radius_     # each node's exact covering radius, kept as we go
@@ -182,8 +189,11 @@ cdef class TreeBuilder:
         self.kid_room = np.zeros(n, dtype=np.int32)
         self.kids_room = max(2 * n, 16)
         self.kids_used = 0
+        self.kid_slot = np.full(n, -1, dtype=np.int64)
         self.kids = <Kid*>malloc(self.kids_room * sizeof(Kid))
-        if self.kids == NULL:
+        self.kid_x = NULL if residual else \
+            <float64_t*>malloc(self.kids_room * self.P.dim * sizeof(float64_t))
+        if self.kids == NULL or (not residual and self.kid_x == NULL):
             raise MemoryError("could not allocate the children lists")
         self.alias_of = np.full(n, NO_NODE, dtype=np.intp)
         self.inserted = np.full(n, NO_NODE, dtype=np.intp)
@@ -210,32 +220,66 @@ cdef class TreeBuilder:
 
     def __dealloc__(self):
         free(self.kids)
+        free(self.kid_x)
+
+    cdef int _grow_pool(self, int64_t need) noexcept nogil:
+        """Room for `need` more slots; returns 1 if the pool could not grow."""
+        cdef int64_t room = 2 * (self.kids_used + need), dim = self.P.dim
+        cdef Kid* kids
+        cdef float64_t* kid_x
+        if self.kids_used + need <= self.kids_room:
+            return 0
+        kids = <Kid*>realloc(self.kids, room * sizeof(Kid))
+        if kids == NULL:
+            return 1
+        self.kids = kids
+        if self.kid_x != NULL:
+            kid_x = <float64_t*>realloc(self.kid_x, room * dim * sizeof(float64_t))
+            if kid_x == NULL:
+                return 1
+            self.kid_x = kid_x
+        self.kids_room = room
+        return 0
 
     cdef int _add_child(self, intp_t q, intp_t p, float64_t pdist,
                         float64_t cover) noexcept nogil:
         """Append p to q's children; returns 1 if the pool could not grow (nothing changed)."""
-        cdef int64_t t, start, room = self.kid_room[q]
-        cdef Kid* grown
+        cdef int64_t t, u, start, room = self.kid_room[q], dim = self.P.dim
         if self.kid_count[q] == room:
             room = max(2 * room, 2)
-            if self.kids_used + room > self.kids_room:
-                grown = <Kid*>realloc(self.kids, 2 * (self.kids_used + room) * sizeof(Kid))
-                if grown == NULL:
-                    return 1
-                self.kids = grown
-                self.kids_room = 2 * (self.kids_used + room)
+            if self._grow_pool(room):
+                return 1
             start = self.kids_used
             for t in range(self.kid_count[q]):
-                self.kids[start + t] = self.kids[self.kid_start[q] + t]
+                self._move_slot(self.kid_start[q] + t, start + t)
             self.kid_start[q] = start
             self.kid_room[q] = <int32_t>room
             self.kids_used += room
+            if self.kid_slot[q] >= 0:
+                self.kids[self.kid_slot[q]].start = start
         t = self.kid_start[q] + self.kid_count[q]
         self.kids[t].node = p
         self.kids[t].pdist = pdist
         self.kids[t].cover = cover
+        self.kids[t].radius = self.radius_[p]
+        self.kids[t].start = self.kid_start[p]
+        self.kids[t].count = self.kid_count[p]
+        if self.kid_x != NULL:
+            for u in range(dim):
+                self.kid_x[t * dim + u] = self.P.x[p * dim + u]
+        self.kid_slot[p] = t
         self.kid_count[q] += 1
+        if self.kid_slot[q] >= 0:
+            self.kids[self.kid_slot[q]].count = self.kid_count[q]
         return 0
+
+    cdef inline void _move_slot(self, int64_t src, int64_t dst) noexcept nogil:
+        cdef int64_t u, dim = self.P.dim
+        self.kids[dst] = self.kids[src]
+        if self.kid_x != NULL:
+            for u in range(dim):
+                self.kid_x[dst * dim + u] = self.kid_x[src * dim + u]
+        self.kid_slot[self.kids[dst].node] = dst
 
     # -- stage 1: traversal ---------------------------------------------------------------------
 
@@ -410,14 +454,14 @@ cdef class TreeBuilder:
         cdef float64_t best_d = sqrt(pair_key(&self.P, p, self.root))
         cdef intp_t best_q = self.root
         for k in range(nc):
-            if self._visit(net[k], net_d[k], &best_d, &best_q):
+            if self._visit(&self.kids[self.kid_slot[net[k]]], net_d[k], &best_d, &best_q):
                 enter[count] = <int32_t>k
                 count += 1
         out_d[0] = best_d
         out_q[0] = best_q
         return count
 
-    cdef inline bint _visit(self, intp_t c, float64_t dc, float64_t* best_d,
+    cdef inline bint _visit(self, const Kid* c, float64_t dc, float64_t* best_d,
                             intp_t* best_q) noexcept nogil:
         """Offer child c at distance dc; True if its subtree may hold a better cover.
 
@@ -426,12 +470,10 @@ cdef class TreeBuilder:
         if d(p, c) <= R(c) + 2^(l(c)-1) and d(p, c) - R(c) can beat the best so far. slack
         absorbs rounding and can only widen the search.
         """
-        cdef float64_t rc = self.cover[c]
-        if dc <= rc and closer(dc, c, best_d[0], best_q[0]):
+        if dc <= c.cover and closer(dc, c.node, best_d[0], best_q[0]):
             best_d[0] = dc
-            best_q[0] = c
-        return self.kid_count[c] > 0 and \
-            dc - self.radius_[c] <= min(0.5 * rc, best_d[0]) + self.slack
+            best_q[0] = c.node
+        return c.count > 0 and dc - c.radius <= min(0.5 * c.cover, best_d[0]) + self.slack
 
     cdef int64_t _descend(self, intp_t p, float64_t* fl, float64_t* fd, intp_t* fn,
                           const intp_t* net, intp_t n_enter,
@@ -446,44 +488,51 @@ cdef class TreeBuilder:
         falls fast and the search stops once no bound can beat it; a child whose parent
         distance already rules it out (|d(p, u) - pd(c)| <= d(p, c), triangle inequality) is
         not evaluated. The answer (nearest by (distance, index)) does not depend on the order.
+        The frontier holds children's slots in the pool.
         """
-        cdef intp_t size = 0, u, c, k, j, nk, t
-        cdef int64_t evals = 0
-        cdef float64_t du, dc, g, lim, slack = self.slack
+        cdef intp_t size = 0, k, j, nk, t, u, dim = self.P.dim
+        cdef int64_t evals = 0, slot, start
+        cdef float64_t du, dc, g, lim, diff, slack = self.slack
         cdef const float64_t* row
+        cdef const float64_t* xp = self.P.x + p * dim
         cdef const Kid* kid
         for t in range(n_enter):
             k = enter[t]
             nk = kids_ptr[k + 1] - kids_ptr[k]
             row = tile2 + tile2_off[k] + row_of[t] * nk
-            kid = self.kids + self.kid_start[net[k]]
+            start = self.kid_start[net[k]]
             for j in range(nk):             # same order as the tile's columns
-                c = kid[j].node
                 dc = row[j]
-                if self._visit(c, dc, best_d, best_q):
-                    frontier_push(fl, fd, fn, &size, dc - self.radius_[c], dc, c)
+                if self._visit(&self.kids[start + j], dc, best_d, best_q):
+                    frontier_push(fl, fd, fn, &size, dc - self.kids[start + j].radius, dc,
+                                  start + j)
         while size > 0:
             if fl[0] > best_d[0] + slack:
                 break                       # no subtree left can hold a better cover
             du = fd[0]
-            u = fn[0]
+            slot = fn[0]
             frontier_pop(fl, fd, fn, &size)
-            kid = self.kids + self.kid_start[u]
-            for j in range(self.kid_count[u]):
-                # skip c, unevaluated, when |d(p, u) - pd(c)| <= d(p, c) already shows that it
-                # cannot cover p better and its subtree cannot hold a better cover (the radius
-                # is read only when the bound R(c) <= 2^(l(c)+1) = 2 cover does not decide)
+            start = self.kids[slot].start
+            kid = self.kids + start
+            for j in range(self.kids[slot].count):
+                # skip the child, unevaluated, when |d(p, u) - pd(c)| <= d(p, c) already shows
+                # that it cannot cover p better and its subtree cannot hold a better cover
                 g = fabs(du - kid[j].pdist)
-                c = kid[j].node
-                if g > min(kid[j].cover, best_d[0]) + slack:
-                    lim = min(0.5 * kid[j].cover, best_d[0]) + slack
-                    if g - 2.0 * kid[j].cover > lim or self.kid_count[c] == 0 or \
-                            g - self.radius_[c] > lim:
-                        continue
-                dc = sqrt(pair_key(&self.P, p, c))
+                if g > min(kid[j].cover, best_d[0]) + slack and (
+                        kid[j].count == 0 or
+                        g - kid[j].radius > min(0.5 * kid[j].cover, best_d[0]) + slack):
+                    continue
+                if self.kid_x != NULL:      # Euclidean: the slot's own copy of the row
+                    dc = 0.0
+                    for u in range(dim):
+                        diff = xp[u] - self.kid_x[(start + j) * dim + u]
+                        dc += diff * diff
+                    dc = sqrt(dc)
+                else:
+                    dc = sqrt(pair_key(&self.P, p, kid[j].node))
                 evals += 1
-                if self._visit(c, dc, best_d, best_q):
-                    frontier_push(fl, fd, fn, &size, dc - self.radius_[c], dc, c)
+                if self._visit(&kid[j], dc, best_d, best_q):
+                    frontier_push(fl, fd, fn, &size, dc - kid[j].radius, dc, start + j)
         return evals
 
     # -- gathering rows into contiguous tile operands -------------------------------------------
@@ -728,6 +777,8 @@ cdef class TreeBuilder:
                 while a != NO_NODE:
                     if dist[b, t] > self.radius_[a]:
                         self.radius_[a] = dist[b, t]
+                        if self.kid_slot[a] >= 0:
+                            self.kids[self.kid_slot[a]].radius = dist[b, t]
                     t = t + 1
                     a = self.parent[a]
         for b in range(nb):
