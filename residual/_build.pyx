@@ -31,7 +31,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._heap cimport frontier_push, frontier_pop
+from residual._heap cimport frontier_push, frontier_pop, prefetch
 from residual._tiles cimport (Points, fill_points, pair_key, residual_cov_tile,
                               sqdist_direct_tile)
 
@@ -504,6 +504,7 @@ cdef class TreeBuilder:
             for j in range(nk):             # same order as the tile's columns
                 dc = row[j]
                 if self._visit(&self.kids[start + j], dc, best_d, best_q):
+                    prefetch(self.kids + self.kids[start + j].start)
                     frontier_push(fl, fd, fn, &size, dc - self.kids[start + j].radius, dc,
                                   start + j)
         while size > 0:
@@ -532,6 +533,7 @@ cdef class TreeBuilder:
                     dc = sqrt(pair_key(&self.P, p, kid[j].node))
                 evals += 1
                 if self._visit(&kid[j], dc, best_d, best_q):
+                    prefetch(self.kids + kid[j].start)
                     frontier_push(fl, fd, fn, &size, dc - kid[j].radius, dc, start + j)
         return evals
 

@@ -52,3 +52,12 @@ cdef inline void frontier_pop(float64_t* fl, float64_t* fd, intp_t* fn,
     fl[pos] = lb
     fd[pos] = d
     fn[pos] = node
+
+
+cdef extern from *:
+    """
+    /* A hint, no effect on results: start loading what a frontier entry will read when it is
+       popped (its children's records), so the pop does not wait on memory. */
+    #define RESIDUAL_PREFETCH(p) __builtin_prefetch((const void*)(p), 0, 1)
+    """
+    void prefetch "RESIDUAL_PREFETCH"(const void* p) noexcept nogil

@@ -28,7 +28,7 @@ import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Points, fill_points, query_key
-from residual._heap cimport frontier_push, frontier_pop
+from residual._heap cimport frontier_push, frontier_pop, prefetch
 
 
 cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
@@ -191,15 +191,20 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
             if fabs(du - nc.pdist) - nc.radius > tau + T.slack:
                 continue                    # the parent distance already rules c out
             key = query_key(P, xq, vq, sq, c)
-            dc = sqrt(key)
             evals += 1
             # else c and its aliases cannot enter the k best (with the seeds' bound: k eligible
             # points are no farther than key0, and the search offers them all)
             if key <= key0 and (count < k or key <= hd[0]):
                 _offer_node(T, c, key, self_index, limit, k, hd, hi, &count)
                 tau = sqrt(hd[0]) if count == k else sqrt(key0)
+            if nc.child_end == nc.child_begin:
+                continue                    # a leaf: nothing to enter
+            dc = sqrt(key)
             lb = dc - nc.radius
-            if nc.child_end > nc.child_begin and lb <= tau + T.slack:
+            if lb <= tau + T.slack:
+                # its children's records and rows are read when it is popped: load them now
+                prefetch(&T.node[nc.child_begin])
+                prefetch(P.x + nc.child_begin * P.dim)
                 frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
     # the k best by (squared distance, index), as the oracle selects them: pop the max-heap
     # from the back, then take square roots and order by (distance, index), since two keys
