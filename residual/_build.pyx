@@ -39,6 +39,7 @@ cdef enum:
     BLOCK_ROWS = 128         # rows per work item of the net and pairwise tiles: a multiple of
                              # 32 (see _bruteforce.pyx on BLAS blocking and determinism), and
                              # tall enough that BLAS packs each column panel for many rows
+    MIRROR_TILE = 32         # rows and columns per tile of the block's mirror copy
     NO_NODE = -1
     INSERTED = -2147483647   # a batch point's pending level once it has joined the tree
 
@@ -629,7 +630,7 @@ cdef class TreeBuilder:
         cdef const float64_t[:, ::1] vc = self.gv
         cdef const float64_t[::1] sc = self.gs
         with nogil:
-            for c in prange(n_chunks, num_threads=num_threads, schedule='static'):
+            for c in prange(n_chunks, num_threads=num_threads, schedule='dynamic'):
                 r0 = c * BLOCK_ROWS
                 nr = min(<intp_t>BLOCK_ROWS, nb - r0)
                 # only columns >= r0: the rest is mirrored below
@@ -639,11 +640,17 @@ cdef class TreeBuilder:
                 for a in range(r0, r0 + nr):
                     block[a, a] = 0.0          # a point is at distance 0 from itself
         # one value per pair: the upper triangle, mirrored (BLAS may round (a, b) and (b, a)
-        # differently, and the conflict graph must be symmetric)
+        # differently, and the conflict graph must be symmetric), in parallel and in square
+        # tiles so that the column reads stay in cache (a plain loop was most of this stage)
+        cdef intp_t nt = (nb + MIRROR_TILE - 1) // MIRROR_TILE, tr, tc, a1, c1
         with nogil:
-            for a in range(nb):
-                for c in range(a + 1, nb):
-                    block[c, a] = block[a, c]
+            for tr in prange(nt, num_threads=num_threads, schedule='dynamic'):
+                c1 = min(nb, (tr + 1) * MIRROR_TILE)
+                for tc in range(tr + 1):
+                    a1 = min(nb, (tc + 1) * MIRROR_TILE)
+                    for c in range(tr * MIRROR_TILE, c1):
+                        for a in range(tc * MIRROR_TILE, min(a1, c)):
+                            block[c, a] = block[a, c]
         self.block_evals += nb * (nb - 1) // 2
         self.kernel_tiles += n_chunks if self.P.residual else 0
         self.kernel_elements += nb * (nb + BLOCK_ROWS) // 2 if self.P.residual else 0

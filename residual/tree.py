@@ -650,8 +650,9 @@ def _spatial_order(x, max_dim=16):
     """A permutation of the rows of x along a Morton (Z-order) curve, or None.
 
     Coordinates are quantised to a grid of 2^b cells per axis (b*dim <= 63 bits) over their
-    bounding box and the bits interleaved. None when the points have too many dimensions for
-    a curve to keep neighbours together (dim > max_dim) or fewer than two rows.
+    bounding box and the bits interleaved, a byte at a time through a table that spreads a
+    byte's bits dim places apart. None when the points have too many dimensions for a curve
+    to keep neighbours together (dim > max_dim) or fewer than two rows.
     """
     n, dim = x.shape
     if n < 2 or dim > max_dim:
@@ -659,12 +660,18 @@ def _spatial_order(x, max_dim=16):
     bits = min(21, 63 // dim)
     lo, hi = x.min(axis=0), x.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
-    cells = np.clip((x - lo) / span * (2 ** bits), 0, 2 ** bits - 1).astype(np.uint64)
+    scaled = (x - lo) / span * float(2 ** bits)        # in [0, 2^bits]
+    cells = np.minimum(scaled, 2 ** bits - 1, out=scaled).astype(np.uint64)
+    byte = np.arange(256, dtype=np.uint64)
+    spread = np.zeros(256, dtype=np.uint64)
+    for i in range(8):
+        spread |= ((byte >> np.uint64(i)) & np.uint64(1)) << np.uint64(i * dim)
     code = np.zeros(n, dtype=np.uint64)
-    for b in range(bits - 1, -1, -1):              # most significant bits first
-        for t in range(dim):
-            code = (code << np.uint64(1)) | ((cells[:, t] >> np.uint64(b)) & np.uint64(1))
-    return np.argsort(code, kind="stable")
+    for t in range(dim):                            # axis 0 takes the most significant bit
+        for b in range((bits + 7) // 8):
+            part = spread[(cells[:, t] >> np.uint64(8 * b)) & np.uint64(255)]
+            code |= part << np.uint64(8 * b * dim + dim - 1 - t)
+    return np.argsort(code)            # deterministic; equal codes are neighbours anyway
 
 
 def _unpermute(a, spatial, ids=False):
