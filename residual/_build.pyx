@@ -673,7 +673,7 @@ cdef class TreeBuilder:
 
     cdef void _resolve(self, const intp_t* batch, intp_t nb, const float64_t* block,
                        float64_t* best_d, intp_t* best_q, int num_threads) noexcept nogil:
-        cdef intp_t n_pending = 0, a, b, j, k, nl, p, q, e
+        cdef intp_t n_pending = 0, a, b, j, k, nl, p, q, e, n_new
         cdef int i
         cdef float64_t radius, d, t0
         cdef intp_t* pending = &self.pending[0]
@@ -708,9 +708,12 @@ cdef class TreeBuilder:
             self.t_mis += _now() - t0
             # attach the MIS at level i; pending points re-check the new nodes only
             t0 = _now()
+            n_new = 0
             for j in range(nl):
                 if chosen[j]:
                     a = in_round[j]
+                    in_round[n_new] = a     # compacted in place: the round's new nodes
+                    n_new += 1
                     p = batch[a]
                     q = best_q[a]
                     self.level[p] = i
@@ -727,9 +730,7 @@ cdef class TreeBuilder:
                 b = pending[j]
                 if lev[b] == INSERTED:
                     continue
-                for k in range(nl):
-                    if not chosen[k]:
-                        continue
+                for k in range(n_new):
                     a = in_round[k]
                     d = block[b * nb + a]
                     if d <= radius and closer(d, batch[a], best_d[b], best_q[b]):
