@@ -476,6 +476,12 @@ cdef class TreeBuilder:
             best_q[0] = c.node
         return c.count > 0 and dc - c.radius <= min(0.5 * c.cover, best_d[0]) + self.slack
 
+    cdef inline void _prefetch_run(self, int64_t start) noexcept nogil:
+        """Start loading a pushed node's children run (entries and rows) for its pop."""
+        prefetch(self.kids + start)
+        if self.kid_x != NULL:
+            prefetch(self.kid_x + start * self.P.dim)
+
     cdef int64_t _descend(self, intp_t p, float64_t* fl, float64_t* fd, intp_t* fn,
                           const intp_t* net, intp_t n_enter,
                           const int32_t* enter, const int32_t* row_of, const intp_t* kids_ptr,
@@ -505,7 +511,7 @@ cdef class TreeBuilder:
             for j in range(nk):             # same order as the tile's columns
                 dc = row[j]
                 if self._visit(&self.kids[start + j], dc, best_d, best_q):
-                    prefetch(self.kids + self.kids[start + j].start)
+                    self._prefetch_run(self.kids[start + j].start)
                     frontier_push(fl, fd, fn, &size, dc - self.kids[start + j].radius, dc,
                                   start + j)
         while size > 0:
@@ -534,7 +540,7 @@ cdef class TreeBuilder:
                     dc = sqrt(pair_key(&self.P, p, kid[j].node))
                 evals += 1
                 if self._visit(&kid[j], dc, best_d, best_q):
-                    prefetch(self.kids + kid[j].start)
+                    self._prefetch_run(kid[j].start)
                     frontier_push(fl, fd, fn, &size, dc - kid[j].radius, dc, start + j)
         return evals
 
