@@ -327,13 +327,16 @@ cdef class TreeBuilder:
             for b in prange(nb, num_threads=num_threads, schedule='dynamic', chunksize=chunk):
                 n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc, &enter[b, 0],
                                             &best_d[b], &best_q[b])
-        # B. group by net node: who enters it (its rows in the second tile), and its children
+        # B. group by net node: who enters it (its rows in the second tile), and its children.
+        #    Residual only: a Euclidean distance costs less than a tile's bookkeeping, and the
+        #    descent's parent-distance test skips most of these children unevaluated.
+        cdef bint kid_tiles = self.P.residual
         cdef intp_t[::1] members_ptr = np.zeros(nc + 1, dtype=np.intp)
         cdef intp_t[::1] kids_ptr = np.zeros(nc + 1, dtype=np.intp)
         cdef intp_t[::1] tile2_off = np.zeros(nc + 1, dtype=np.intp)
         cdef intp_t total_members = 0, max_kids = 0, kk
         with nogil:
-            for b in range(nb):
+            for b in range(nb if kid_tiles else 0):
                 for t in range(n_enter[b]):
                     k = enter[b, t]
                     row_of[b, t] = <int32_t>members_ptr[k + 1]
@@ -351,7 +354,7 @@ cdef class TreeBuilder:
         cdef intp_t[::1] kids = np.empty(max(kids_ptr[nc], 1), dtype=np.intp)
         cdef float64_t[::1] tile2 = np.empty(max(tile2_off[nc], 1))
         with nogil:
-            for b in range(nb):
+            for b in range(nb if kid_tiles else 0):
                 for t in range(n_enter[b]):
                     k = enter[b, t]
                     members[members_ptr[k] + row_of[b, t]] = b
@@ -375,8 +378,10 @@ cdef class TreeBuilder:
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
                 if fl != NULL and fd != NULL and fn != NULL:
                     evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
-                                             &enter[b, 0], &row_of[b, 0], &kids_ptr[0],
-                                             &tile2_off[0], &tile2[0], &best_d[b], &best_q[b])
+                                             &enter[b, 0], &tile[b, 0], &row_of[b, 0],
+                                             &kids_ptr[0], &tile2_off[0],
+                                             &tile2[0] if kid_tiles else NULL,
+                                             &best_d[b], &best_q[b])
                 else:
                     evals[b] = -1
             # end: prange
@@ -483,10 +488,11 @@ cdef class TreeBuilder:
             prefetch(self.kid_x + start * self.P.dim)
 
     cdef int64_t _descend(self, intp_t p, float64_t* fl, float64_t* fd, intp_t* fn,
-                          const intp_t* net, intp_t n_enter,
-                          const int32_t* enter, const int32_t* row_of, const intp_t* kids_ptr,
-                          const intp_t* tile2_off, const float64_t* tile2,
-                          float64_t* best_d, intp_t* best_q) noexcept nogil:
+                          const intp_t* net, intp_t n_enter, const int32_t* enter,
+                          const float64_t* net_d, const int32_t* row_of,
+                          const intp_t* kids_ptr, const intp_t* tile2_off,
+                          const float64_t* tile2, float64_t* best_d,
+                          intp_t* best_q) noexcept nogil:
         """Best-first search below the net for the nearest covering node, starting from the
         best cover the net gave; returns the pair evaluations it made (the children of the
         entered net nodes come from their tiles).
@@ -503,6 +509,14 @@ cdef class TreeBuilder:
         cdef const float64_t* row
         cdef const float64_t* xp = self.P.x + p * dim
         cdef const Kid* kid
+        if tile2 == NULL:                   # no children tiles: enter the net nodes
+            for t in range(n_enter):
+                k = enter[t]
+                slot = self.kid_slot[net[k]]
+                self._prefetch_run(self.kids[slot].start)
+                frontier_push(fl, fd, fn, &size, net_d[k] - self.kids[slot].radius, net_d[k],
+                              slot)
+            n_enter = 0
         for t in range(n_enter):
             k = enter[t]
             nk = kids_ptr[k + 1] - kids_ptr[k]
