@@ -652,12 +652,15 @@ def _spatial_order(x, max_dim=16):
     Coordinates are quantised to a grid of 2^b cells per axis (b*dim <= 63 bits) over their
     bounding box and the bits interleaved, a byte at a time through a table that spreads a
     byte's bits dim places apart. None when the points have too many dimensions for a curve
-    to keep neighbours together (dim > max_dim) or fewer than two rows.
+    to keep neighbours together (dim > max_dim), fewer than two rows, or coordinates that
+    overflowed (residual query points far beyond the lengthscale).
     """
     n, dim = x.shape
-    if n < 2 or dim > max_dim:
+    if n < 2 or dim > max_dim or not np.isfinite(x).all():
         return None
     bits = min(21, 63 // dim)
+    top = np.abs(x).max(axis=0)
+    x = x / np.where(top > 0, top, 1.0)            # in [-1, 1]: hi - lo cannot overflow
     lo, hi = x.min(axis=0), x.max(axis=0)
     span = np.where(hi > lo, hi - lo, 1.0)
     scaled = (x - lo) / span * float(2 ** bits)        # in [0, 2^bits]
