@@ -11,9 +11,10 @@
 # One batch: (1) traversal, nogil prange over the batch: each point descends the tree as it was
 # before the batch and finds (q*, d*). The root's children (the "net": in the residual metric
 # thousands of nodes that nearly every point must score) are scored for the whole batch in one
-# BLAS tile, and so are the children of each net node, against the batch points that enter it;
-# below that a point goes on alone, one pair at a time. No scope needs keeping: a point's
-# answer can only change through the batch's own new nodes. (2) the batch x batch distance
+# BLAS tile, and (residual only) so are the children of each net node, against the batch
+# points that enter it; below that a point goes on alone, best-first, one pair at a time,
+# reading each node's children from a contiguous run that carries what the tests need (Kid).
+# No scope needs keeping: a point's answer can only change through the batch's own new nodes. (2) the batch x batch distance
 # block, ONCE, with tiles;
 # (3) rounds: the pending points at the highest level i, the conflict graph among them (edge iff
 # d <= 2^i, read from the block), a greedy MIS by batch position, attach; the other pending

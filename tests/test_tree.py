@@ -201,3 +201,20 @@ def test_conflict_step_refuses_a_missing_block():
     best_d, best_q = np.ones(4), np.zeros(4, dtype=np.intp)
     with pytest.raises(ValueError, match="pairwise block must be 4 x 4"):
         builder.resolve(batch, np.zeros((3, 3)), best_d, best_q, 1)
+
+
+def test_spatial_order_is_a_permutation_that_keeps_neighbours_together():
+    """The build's Morton renumbering: a permutation of the rows, None where it cannot help."""
+    from residual.tree import _spatial_order
+    X = harness_like(4000, seed=5)
+    order = _spatial_order(X)
+    assert sorted(order.tolist()) == list(range(len(X)))
+    step = np.linalg.norm(np.diff(X[order], axis=0), axis=1)
+    shuffled = np.linalg.norm(np.diff(X, axis=0), axis=1)
+    assert np.median(step) < 0.25 * np.median(shuffled)       # consecutive rows are close
+    np.testing.assert_array_equal(_spatial_order(X), order)     # deterministic
+    assert _spatial_order(X[:1]) is None
+    assert _spatial_order(np.zeros((10, 17))) is None             # too many dimensions
+    assert _spatial_order(np.array([[np.inf, 0.0], [0.0, 1.0]])) is None
+    flat = np.zeros((5, 3))
+    assert sorted(_spatial_order(flat).tolist()) == list(range(5))  # zero extent on every axis

@@ -26,3 +26,21 @@ class TreeQuery:
         return self.tree.stats["query"]["distance_evaluations_per_query"]
 
     track_distance_evaluations_per_query.unit = "evaluations"
+
+
+class EuclideanAllPoints:
+    """Build + all-points query side by side with scipy's cKDTree (the issue's Euclidean
+    target is within 2x of it; compare.py runs the full n = 1M case)."""
+    number, repeat, warmup_time, timeout = 1, 2, 0, 900
+    params = ([262144], [3, 8])
+    param_names = ["n", "D"]
+
+    def setup(self, n, D):
+        self.X = harness_points(n, D)
+
+    def time_cover_tree(self, n, D):
+        residual.CoverTree(self.X).query(k=30)
+
+    def time_ckdtree(self, n, D):
+        from scipy.spatial import cKDTree
+        cKDTree(self.X).query(self.X, 31, workers=-1)
