@@ -218,3 +218,16 @@ def test_spatial_order_is_a_permutation_that_keeps_neighbours_together():
     assert _spatial_order(np.array([[np.inf, 0.0], [0.0, 1.0]])) is None
     flat = np.zeros((5, 3))
     assert sorted(_spatial_order(flat).tolist()) == list(range(5))  # zero extent on every axis
+
+
+def test_star_tree_grows_the_children_pool():
+    """Equidistant points hang from the root: its children run doubles past the builder's
+    first pool allocation (2 slots per point), so the pool must grow and runs move."""
+    X = np.eye(300) * 3.0
+    tree = residual.CoverTree(X, batch_size=64)
+    tree.check_invariants(pairwise=True)
+    assert (tree.parents == tree.root).sum() == 299
+    d, i = tree.query(k=5)
+    d_ref, i_ref = residual.brute_force_knn(X, 5)
+    np.testing.assert_array_equal(i, i_ref)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-12)
