@@ -23,7 +23,7 @@
 # valid, and since batches and priorities come from the seed it is the same for any thread
 # count. Step (3) gets the block by pointer and nothing else of the metric.
 
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt, fabs, ldexp, frexp
 from libc.stdlib cimport malloc, realloc, free
 from libc.stdint cimport int32_t
@@ -132,6 +132,11 @@ cdef class TreeBuilder:
     # contiguous too.
     cdef Kid* kids
     cdef float64_t* kid_x
+    # the descents' per-thread frontiers (front_threads x n each), allocated on first use
+    cdef float64_t* front_l
+    cdef float64_t* front_d
+    cdef intp_t* front_n
+    cdef int front_threads
     cdef int64_t kids_used, kids_room
     cdef int64_t[::1] kid_start, kid_slot
     cdef int32_t[::1] kid_count, kid_room
@@ -223,6 +228,24 @@ cdef class TreeBuilder:
     def __dealloc__(self):
         free(self.kids)
         free(self.kid_x)
+        free(self.front_l)
+        free(self.front_d)
+        free(self.front_n)
+
+    def _reserve_frontiers(self, int num_threads):
+        """One descent frontier per thread, n entries each, kept for the whole build."""
+        if num_threads <= self.front_threads:
+            return
+        free(self.front_l)
+        free(self.front_d)
+        free(self.front_n)
+        self.front_l = <float64_t*>malloc(num_threads * self.n * sizeof(float64_t))
+        self.front_d = <float64_t*>malloc(num_threads * self.n * sizeof(float64_t))
+        self.front_n = <intp_t*>malloc(num_threads * self.n * sizeof(intp_t))
+        self.front_threads = num_threads
+        if self.front_l == NULL or self.front_d == NULL or self.front_n == NULL:
+            self.front_threads = 0
+            raise MemoryError("could not allocate the traversal workspaces")
 
     cdef int _grow_pool(self, int64_t need) noexcept nogil:
         """Room for `need` more slots; returns 1 if the pool could not grow."""
@@ -372,25 +395,19 @@ cdef class TreeBuilder:
         self.t_kids += _now() - t1
         self.kernel_elements += tile2_off[nc] if self.P.residual else 0
         # D. each point descends on its own below that, one pair at a time
+        self._reserve_frontiers(num_threads)
+        cdef intp_t n = self.n
         with nogil, parallel(num_threads=num_threads):
-            fl = <float64_t*>malloc(self.n * sizeof(float64_t))
-            fd = <float64_t*>malloc(self.n * sizeof(float64_t))
-            fn = <intp_t*>malloc(self.n * sizeof(intp_t))
+            # this thread's frontier (one entry per node at most), allocated once per build
+            fl = self.front_l + threadid() * n
+            fd = self.front_d + threadid() * n
+            fn = self.front_n + threadid() * n
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
-                if fl != NULL and fd != NULL and fn != NULL:
-                    evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
-                                             &enter[b, 0], &tile[b, 0], &row_of[b, 0],
-                                             &kids_ptr[0], &tile2_off[0],
-                                             &tile2[0] if kid_tiles else NULL,
-                                             &best_d[b], &best_q[b])
-                else:
-                    evals[b] = -1
-            # end: prange
-            free(fl)
-            free(fd)
-            free(fn)
-        if np.min(evals) < 0:
-            raise MemoryError("could not allocate the traversal workspaces")
+                evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
+                                         &enter[b, 0], &tile[b, 0], &row_of[b, 0],
+                                         &kids_ptr[0], &tile2_off[0],
+                                         &tile2[0] if kid_tiles else NULL,
+                                         &best_d[b], &best_q[b])
         self.traversal_evals += int(np.sum(evals)) + nb * nc + tile2_off[nc]
 
     cdef int _children_tiles(self, intp_t nc, const intp_t* members_ptr,
