@@ -323,3 +323,34 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     if nq and evals.min() < 0:
         raise MemoryError("could not allocate the search workspaces")
     return evals
+
+
+def depth_first_order(intp_t root, const int64_t[::1] children_ptr,
+                      const int64_t[::1] children, const int64_t[::1] aliases_ptr,
+                      const int64_t[::1] aliases):
+    """Every point in depth-first (preorder) order of the tree, children in their CSR order
+    and aliases right after their node: the in-sample queries' visit order."""
+    cdef intp_t n = children_ptr.shape[0] - 1, sp = 0, m = 0, u, t
+    out = np.empty(n, dtype=np.int64)
+    stack_a = np.empty(max(n, 1), dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef int64_t[::1] stack = stack_a
+    if n == 0:
+        return out
+    with nogil:
+        stack[0] = root
+        sp = 1
+        while sp > 0:
+            sp -= 1
+            u = stack[sp]
+            o[m] = u
+            m += 1
+            for t in range(aliases_ptr[u], aliases_ptr[u + 1]):
+                o[m] = aliases[t]
+                m += 1
+            t = children_ptr[u + 1]
+            while t > children_ptr[u]:      # last child pushed first: the first pops first
+                t -= 1
+                stack[sp] = children[t]
+                sp += 1
+    return out[:m]

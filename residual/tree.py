@@ -317,15 +317,9 @@ class CoverTree:
     def _depth_first_order(self):
         """Every point, in depth-first order of the tree (aliases right after their node)."""
         if getattr(self, "_dfs", None) is None:
-            out, stack = [], [self.root]
-            ptr, kids, aptr, al = (self.children_ptr, self.children, self.aliases_ptr,
-                                   self.aliases)
-            while stack:
-                u = stack.pop()
-                out.append(u)
-                out.extend(al[aptr[u]:aptr[u + 1]].tolist())
-                stack.extend(kids[ptr[u]:ptr[u + 1]][::-1].tolist())
-            self._dfs = np.asarray(out, dtype=np.int64)
+            self._dfs = _search.depth_first_order(
+                self.root, *(np.ascontiguousarray(a, dtype=np.int64) for a in (
+                    self.children_ptr, self.children, self.aliases_ptr, self.aliases)))
         return self._dfs
 
     def _distances(self, a, b, nt=1):
