@@ -14,8 +14,8 @@
 # BLAS tile, and (residual only) so are the children of each net node, against the batch
 # points that enter it; below that a point goes on alone, best-first, one pair at a time,
 # reading each node's children from a contiguous run that carries what the tests need (Kid).
-# No scope needs keeping: a point's answer can only change through the batch's own new nodes. (2) the batch x batch distance
-# block, ONCE, with tiles;
+# No scope needs keeping: a point's answer can only change through the batch's own new nodes.
+# (2) the batch x batch distance block, ONCE, with tiles;
 # (3) rounds: the pending points at the highest level i, the conflict graph among them (edge iff
 # d <= 2^i, read from the block), a greedy MIS by batch position, attach; the other pending
 # points re-check only the new nodes, whose distances are in the block. Nodes of one round are
@@ -33,7 +33,7 @@ import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
-from residual._tiles cimport (Points, fill_points, pair_key, residual_cov_tile,
+from residual._tiles cimport (Points, fill_points, pair_key, sqdist, residual_cov_tile,
                               sqdist_direct_tile)
 
 cdef enum:
@@ -142,7 +142,6 @@ cdef class TreeBuilder:
     cdef int32_t[::1] kid_count, kid_room
     cdef float64_t[::1] pdist
     cdef float64_t[::1] radius_     # each node's exact covering radius, kept as we go
-    cdef float64_t[::1] cover       # 2^level of each node (read in the hot loop: no ldexp)
     cdef public intp_t n_inserted
     cdef public bint out_of_memory   # a children list could not grow: the tree is broken
     # per-batch workspaces, allocated once
@@ -206,9 +205,7 @@ cdef class TreeBuilder:
         self.inserted = np.full(n, NO_NODE, dtype=np.intp)
         self.pdist = np.zeros(n)
         self.radius_ = np.zeros(n)
-        self.cover = np.zeros(n)
         self.level[root] = root_level
-        self.cover[root] = ldexp(1.0, root_level)
         self.inserted[0] = root
         self.n_inserted = 1
         b = max(max_batch, 1)
@@ -521,9 +518,9 @@ cdef class TreeBuilder:
         not evaluated. The answer (nearest by (distance, index)) does not depend on the order.
         The frontier holds children's slots in the pool.
         """
-        cdef intp_t size = 0, k, j, nk, t, u, dim = self.P.dim
+        cdef intp_t size = 0, k, j, nk, t, dim = self.P.dim
         cdef int64_t evals = 0, slot, start
-        cdef float64_t du, dc, g, lim, diff, slack = self.slack
+        cdef float64_t du, dc, g, slack = self.slack
         cdef const float64_t* row
         cdef const float64_t* xp = self.P.x + p * dim
         cdef const Kid* kid
@@ -563,11 +560,7 @@ cdef class TreeBuilder:
                         g - kid[j].radius > min(0.5 * kid[j].cover, best_d[0]) + slack):
                     continue
                 if self.kid_x != NULL:      # Euclidean: the slot's own copy of the row
-                    dc = 0.0
-                    for u in range(dim):
-                        diff = xp[u] - self.kid_x[(start + j) * dim + u]
-                        dc += diff * diff
-                    dc = sqrt(dc)
+                    dc = sqrt(sqdist(xp, self.kid_x + (start + j) * dim, dim))
                 else:
                     dc = sqrt(pair_key(&self.P, p, kid[j].node))
                 evals += 1
@@ -755,7 +748,6 @@ cdef class TreeBuilder:
                     p = batch[a]
                     q = best_q[a]
                     self.level[p] = i
-                    self.cover[p] = radius
                     self.parent[p] = q
                     self.pdist[p] = best_d[a]
                     if self._add_child(q, p, best_d[a], radius):

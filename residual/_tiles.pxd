@@ -119,6 +119,18 @@ cdef void fill_points(Points* P, bint residual, int kind, float64_t variance,
                       const float64_t[:, ::1] x, v, s)
 
 
+cdef inline float64_t sqdist(const float64_t* a, const float64_t* b,
+                             intp_t dim) noexcept nogil:
+    """Squared Euclidean distance by the direct sum, in one fixed order (every pair-at-a-time
+    evaluation goes through here, so equal pairs give equal bits)."""
+    cdef intp_t t
+    cdef float64_t r2 = 0.0, diff
+    for t in range(dim):
+        diff = a[t] - b[t]
+        r2 += diff * diff
+    return r2
+
+
 cdef inline float64_t query_key(const Points* P, const float64_t* xq, const float64_t* vq,
                                 float64_t sq, intp_t j) noexcept nogil:
     """Squared distance between a query (coordinates xq, residual row vq and 1/sqrt(p) sq,
@@ -127,12 +139,7 @@ cdef inline float64_t query_key(const Points* P, const float64_t* xq, const floa
     Euclidean: the direct sum of squared differences. Residual: 1 - min(1, |C| s_q s_j) with
     C = k(x_q, x_j) - v_q . V_j (the same quantity the tiles compute).
     """
-    cdef intp_t t
-    cdef float64_t r2 = 0.0, diff, a
-    cdef const float64_t* xj = P.x + j * P.dim
-    for t in range(P.dim):
-        diff = xq[t] - xj[t]
-        r2 += diff * diff
+    cdef float64_t a, r2 = sqdist(xq, P.x + j * P.dim, P.dim)
     if not P.residual:
         return r2
     # BLAS ddot: vectorised, and a fixed summation order for a given m
