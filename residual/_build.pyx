@@ -41,6 +41,8 @@ cdef enum:
                              # 32 (see _bruteforce.pyx on BLAS blocking and determinism), and
                              # tall enough that BLAS packs each column panel for many rows
     MIRROR_TILE = 32         # rows and columns per tile of the block's mirror copy
+    RECHECK_PARALLEL_MIN = 16384   # pending x new pairs below which a round's re-check stays
+                                   # on one thread (a parallel region costs a few us)
     NO_NODE = -1
     INSERTED = -2147483647   # a batch point's pending level once it has joined the tree
 
@@ -147,7 +149,7 @@ cdef class TreeBuilder:
     # per-batch workspaces, allocated once
     cdef float64_t[:, ::1] gx, gxt, gv
     cdef float64_t[::1] gs
-    cdef intp_t[::1] adj_ptr, adj, pending, in_round, chosen
+    cdef intp_t[::1] adj_ptr, adj, pending, in_round, chosen, keep
     cdef int32_t[::1] lev
     # the root's children (the top net), their rows kept contiguous for the batch x net tile;
     # capacity doubles as the net grows
@@ -218,6 +220,7 @@ cdef class TreeBuilder:
         self.pending = np.zeros(b, dtype=np.intp)
         self.in_round = np.zeros(b, dtype=np.intp)
         self.chosen = np.zeros(b, dtype=np.intp)
+        self.keep = np.zeros(b, dtype=np.intp)
         self.lev = np.zeros(b, dtype=np.int32)
         self.net_count = 0
         self._reserve_net(256)
@@ -710,6 +713,8 @@ cdef class TreeBuilder:
         cdef intp_t* pending = &self.pending[0]
         cdef intp_t* in_round = &self.in_round[0]
         cdef intp_t* chosen = &self.chosen[0]
+        cdef intp_t* keep = &self.keep[0]
+        cdef int threads
         cdef intp_t* adj_ptr = &self.adj_ptr[0]
         cdef intp_t* adj = &self.adj[0]
         cdef int32_t* lev = &self.lev[0]
@@ -755,9 +760,13 @@ cdef class TreeBuilder:
                     self.inserted[self.n_inserted] = p
                     self.n_inserted += 1
                     lev[a] = INSERTED
-            e = 0
-            for j in range(n_pending):
+            # each pending point reads its own block row and writes only its own entries, so
+            # the re-check runs in parallel (serially when too small to pay for the threads);
+            # the pending list is then compacted in order
+            threads = num_threads if n_pending * n_new >= RECHECK_PARALLEL_MIN else 1
+            for j in prange(n_pending, num_threads=threads, schedule='static'):
                 b = pending[j]
+                keep[j] = 0
                 if lev[b] == INSERTED:
                     continue
                 for k in range(n_new):
@@ -766,8 +775,11 @@ cdef class TreeBuilder:
                     if d <= radius and closer(d, batch[a], best_d[b], best_q[b]):
                         best_d[b] = d
                         best_q[b] = batch[a]
-                if self._settle(b, batch, best_d, best_q, lev):
-                    pending[e] = b
+                keep[j] = self._settle(b, batch, best_d, best_q, lev)
+            e = 0
+            for j in range(n_pending):
+                if keep[j]:
+                    pending[e] = pending[j]
                     e += 1
             n_pending = e
             self.t_attach += _now() - t0
