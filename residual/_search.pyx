@@ -16,18 +16,20 @@
 # prunes from the first step, where an empty top-k would admit everything. The bound only
 # prunes what cannot be among the k nearest (ties stay reachable), so answers are unchanged.
 #
-# Queries are independent and read-only: prange over queries, one workspace per thread.
-# Distances are float64, one pair at a time (query_key), on a breadth-first copy of the tree
+# Queries are independent and read-only: prange over queries (Euclidean) or over groups of
+# consecutive queries that share one traversal (residual, see _search_group), one workspace
+# per thread. Distances are float64, one pair at a time, on a breadth-first copy of the tree
 # (SearchLayout) so that a node's children and their rows are adjacent in memory.
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
 from libc.stdlib cimport malloc, free
+from libc.stdint cimport uint64_t
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, fill_points, query_key
+from residual._tiles cimport Points, fill_points, query_key, sqdist, kernel_value
 from residual._heap cimport frontier_push, frontier_pop, prefetch
 
 
@@ -206,9 +208,17 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
                 prefetch(&T.node[nc.child_begin])
                 prefetch(P.x + nc.child_begin * P.dim)
                 frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
-    # the k best by (squared distance, index), as the oracle selects them: pop the max-heap
-    # from the back, then take square roots and order by (distance, index), since two keys
-    # one ulp apart can share a square root
+    _emit(hd, hi, count, k, out_d, out_i)
+    return evals
+
+
+cdef void _emit(float64_t* hd, intp_t* hi, intp_t count, intp_t k, float64_t* out_d,
+                int64_t* out_i) noexcept nogil:
+    """Write the k best (a max-heap of count entries, emptied) as one output row."""
+    cdef intp_t j, t
+    # by (squared distance, index), as the oracle selects them: pop the max-heap from the
+    # back, then take square roots and order by (distance, index), since two keys one ulp
+    # apart can share a square root
     j = count
     while j > 0:
         j -= 1
@@ -224,7 +234,6 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
     for j in range(count, k):
         out_d[j] = INFINITY
         out_i[j] = -1
-    return evals
 
 
 cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_index,
@@ -245,6 +254,172 @@ cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
     """Remove the root of a max-heap of n entries (n - 1 remain)."""
     if n > 1:
         _sift_down(hd, hi, n - 1, hd[n - 1], hi[n - 1])
+
+
+# -- residual metric: queries in groups ----------------------------------------------------------
+#
+# A residual evaluation reads a 4 KB row of V, and one query's search reads thousands of rows
+# spread over the whole matrix: one query at a time, the search waits on memory for every pair.
+# Neighbouring queries (consecutive in the visit order) need mostly the same nodes, so GROUP of
+# them share one best-first traversal: a node is entered while any of them may still find
+# something below it, each child's row is read once and scored against every query that needs
+# it, and each query keeps its own k best, bound and eligibility. The traversal order differs
+# from a lone search, never the answers: every pruning test is the lone search's test with the
+# query's own bound, and a pair's key is computed by one fixed-order dot product (_dot), so it
+# is the same bits whichever group, order or thread evaluates it.
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* x . y in one fixed order: sixteen partial sums (lanes j mod 16, four 4-wide vectors,
+       so that the additions do not wait on each other), combined as
+       (v0 + v1) + (v2 + v3), then its lanes as (l0 + l1) + (l2 + l3), then the tail in order.
+       Never inlined and never contracted to fused multiply-adds, so there is one compiled
+       copy with one rounding sequence: a pair's bits do not depend on the caller. */
+    __attribute__((noinline, optimize("fp-contract=off")))
+    static double residual_dot_fixed(const double* x, const double* y, Py_ssize_t m) {
+        typedef double v4d __attribute__((vector_size(32)));
+        v4d a0 = {0.0, 0.0, 0.0, 0.0}, a1 = a0, a2 = a0, a3 = a0, x0, y0, p;
+        Py_ssize_t j = 0, t;
+        for (; j + 16 <= m; j += 16) {
+            for (t = 0; t < 4; t++) {
+                memcpy(&x0, x + j + 4 * t, sizeof x0);
+                memcpy(&y0, y + j + 4 * t, sizeof y0);
+                p = x0 * y0;
+                if (t == 0) a0 += p; else if (t == 1) a1 += p; else if (t == 2) a2 += p;
+                else a3 += p;
+            }
+        }
+        v4d a = (a0 + a1) + (a2 + a3);
+        double s = (a[0] + a[1]) + (a[2] + a[3]), q;
+        for (; j < m; j++) {
+            q = x[j] * y[j];
+            s += q;
+        }
+        return s;
+    }
+    """
+    float64_t _dot "residual_dot_fixed"(const float64_t* x, const float64_t* y,
+                                       intp_t m) noexcept nogil
+
+
+cdef enum:
+    GROUP = 32          # queries per shared traversal (<= 64: one bit each in a mask)
+
+
+cdef struct Query:
+    const float64_t* x      # coordinates, V row, 1/sqrt(p)
+    const float64_t* v
+    float64_t s
+    intp_t self_index       # excluded row, or -1
+    intp_t limit            # only rows < limit are eligible (predecessors), else n
+    float64_t key0          # the seeds' bound on the k-th key (inf: none)
+    float64_t tau           # the current bound on the k-th distance
+    intp_t count            # entries in the k best
+    float64_t* hd           # the k best, a max-heap (this query's slice of the workspace)
+    intp_t* hi
+    int64_t evals
+
+
+cdef inline float64_t _group_key(const Points* P, const Query* q, intp_t c) noexcept nogil:
+    """Squared residual distance between query q and node c (query_key, with _dot)."""
+    cdef float64_t a, r2 = sqdist(q.x, P.x + c * P.dim, P.dim)
+    a = fabs(kernel_value(P.spec, r2) - _dot(q.v, P.v + c * P.m, P.m)) * q.s * P.s[c]
+    return 1.0 - a if a < 1.0 else 0.0
+
+
+cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
+                        intp_t k) noexcept nogil:
+    """Offer node c (and its aliases) to q's k best if it can enter them; update q's bound."""
+    if key <= q.key0 and (q.count < k or key <= q.hd[0]):
+        _offer_node(T, c, key, q.self_index, q.limit, k, q.hd, q.hi, &q.count)
+        q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
+
+
+cdef void _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
+                        const int64_t* seeds, intp_t n_seeds, float64_t* fl, float64_t* fd,
+                        intp_t* fn, float64_t* node_d, uint64_t* node_mask) noexcept nogil:
+    """The k nearest eligible points for each of the g <= GROUP queries in Q.
+
+    node_d[c * GROUP + r] is d(query r, node c) and bit r of node_mask[c] is set for the
+    queries that still need node c's subtree when c was pushed (each node is pushed at most
+    once per group: only when its parent is popped). Frontier entries are keyed by the
+    smallest lower bound among their queries.
+    """
+    cdef intp_t r, j, t, u, c, size = 0
+    cdef uint64_t mask, cmask, pmask, bit
+    cdef float64_t key, d, b, lbc, tau_max, slack = T.slack
+    cdef const Node* nc
+    cdef Query* q
+    for r in range(g):                  # each query's seeds bound its k-th key (see _search)
+        q = &Q[r]
+        q.count = 0
+        q.key0 = INFINITY
+        q.evals = 1
+        for j in range(n_seeds):
+            t = seeds[j]
+            if t >= 0 and t != q.self_index and t < q.limit:
+                best_offer(q.hd, q.hi, &q.count, k, _group_key(P, q, T.node_of[t]), t)
+                q.evals += 1
+        if q.count == k:
+            q.key0 = q.hd[0]
+        q.count = 0
+        key = _group_key(P, q, 0)       # the root
+        if key <= q.key0:
+            _offer_node(T, 0, key, q.self_index, q.limit, k, q.hd, q.hi, &q.count)
+        q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
+        node_d[r] = sqrt(key)
+    node_mask[0] = ~(<uint64_t>0) >> (64 - g)
+    frontier_push(fl, fd, fn, &size, 0.0, 0.0, 0)
+    while size > 0:
+        tau_max = Q[0].tau
+        for r in range(1, g):
+            tau_max = max(tau_max, Q[r].tau)
+        if fl[0] > tau_max + slack:
+            break                       # no query can find anything in what is left
+        u = fn[0]
+        frontier_pop(fl, fd, fn, &size)
+        mask = 0                        # the queries that still need u, with today's bounds
+        for r in range(g):
+            bit = <uint64_t>1 << r
+            if node_mask[u] & bit and \
+                    node_d[u * GROUP + r] - T.node[u].radius <= Q[r].tau + slack:
+                mask |= bit
+        if mask == 0:
+            continue
+        for c in range(T.node[u].child_begin, T.node[u].child_end):
+            nc = &T.node[c]
+            cmask = 0                   # the lone search's tests, query by query
+            for r in range(g):
+                bit = <uint64_t>1 << r
+                if mask & bit and nc.min_index < Q[r].limit and \
+                        fabs(node_d[u * GROUP + r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
+                    cmask |= bit
+            if cmask == 0:
+                continue
+            pmask = 0
+            lbc = INFINITY
+            for r in range(g):          # c's row is read once, for every query that needs it
+                bit = <uint64_t>1 << r
+                if not cmask & bit:
+                    continue
+                q = &Q[r]
+                key = _group_key(P, q, c)
+                q.evals += 1
+                _offer(T, q, c, key, k)
+                if nc.child_end == nc.child_begin:
+                    continue            # a leaf: nothing to enter
+                d = sqrt(key)
+                b = d - nc.radius
+                if b <= q.tau + slack:
+                    node_d[c * GROUP + r] = d
+                    pmask |= bit
+                    lbc = min(lbc, b if b > 0.0 else 0.0)
+            if pmask:
+                node_mask[c] = pmask
+                prefetch(&T.node[nc.child_begin])
+                prefetch(P.x + nc.child_begin * P.dim)
+                frontier_push(fl, fd, fn, &size, lbc, 0.0, c)
 
 
 def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
@@ -287,6 +462,12 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
         return evals
     if visit_order.shape[0] != nq:
         raise ValueError("visit_order must be a permutation of the query rows")
+    if residual:
+        _knn_groups(&P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
+                    row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order)
+        if evals.min() < 0:
+            raise MemoryError("could not allocate the search workspaces")
+        return evals
     with nogil, parallel(num_threads=num_threads):
         hd = <float64_t*>malloc(k * sizeof(float64_t))
         hi = <intp_t*>malloc(k * sizeof(intp_t))
@@ -323,6 +504,76 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     if nq and evals.min() < 0:
         raise MemoryError("could not allocate the search workspaces")
     return evals
+
+
+cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
+                      const float64_t[:, ::1] xq, const float64_t[:, ::1] vq,
+                      const float64_t[::1] sq, bint in_sample, bint predecessors,
+                      intp_t row_offset, intp_t k, intp_t n, float64_t[:, ::1] out_dist,
+                      int64_t[:, ::1] out_idx, int64_t[::1] ev, int num_threads,
+                      intp_t chunk, const int64_t[::1] visit_order) noexcept:
+    """knn() for the residual metric: GROUP consecutive queries of the visit order per
+    traversal; a failed workspace allocation marks its queries' evaluations -1."""
+    cdef intp_t nq = xq.shape[0], n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, j, j0, q, p0
+    cdef Query* Q
+    cdef float64_t* hd
+    cdef intp_t* hi
+    cdef float64_t* fl
+    cdef float64_t* fd
+    cdef intp_t* fn
+    cdef float64_t* node_d
+    cdef uint64_t* node_mask
+    cdef int64_t* seeds
+    with nogil, parallel(num_threads=num_threads):
+        Q = <Query*>malloc(GROUP * sizeof(Query))
+        hd = <float64_t*>malloc(GROUP * k * sizeof(float64_t))
+        hi = <intp_t*>malloc(GROUP * k * sizeof(intp_t))
+        fl = <float64_t*>malloc(n_nodes * sizeof(float64_t))
+        fd = <float64_t*>malloc(n_nodes * sizeof(float64_t))
+        fn = <intp_t*>malloc(n_nodes * sizeof(intp_t))
+        node_d = <float64_t*>malloc(n_nodes * GROUP * sizeof(float64_t))
+        node_mask = <uint64_t*>malloc(n_nodes * sizeof(uint64_t))
+        # the previous group's last query's answer and row: the next group's seeds
+        seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
+        if seeds != NULL:
+            for j0 in range(k + 1):
+                seeds[j0] = -1
+        for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, chunk // GROUP)):
+            p0 = gi * GROUP
+            g = min(<intp_t>GROUP, nq - p0)
+            if Q == NULL or hd == NULL or hi == NULL or fl == NULL or fd == NULL or \
+                    fn == NULL or node_d == NULL or node_mask == NULL or seeds == NULL:
+                for r in range(g):
+                    ev[visit_order[p0 + r]] = -1
+                continue
+            for r in range(g):
+                q = visit_order[p0 + r]
+                Q[r].x = &xq[q, 0]
+                Q[r].v = &vq[q, 0]
+                Q[r].s = sq[q]
+                Q[r].self_index = row_offset + q if in_sample else -1
+                Q[r].limit = row_offset + q if predecessors else n
+                Q[r].hd = hd + r * k
+                Q[r].hi = hi + r * k
+            _search_group(P, T, Q, g, k, seeds, k + 1, fl, fd, fn, node_d, node_mask)
+            for r in range(g):
+                q = visit_order[p0 + r]
+                _emit(Q[r].hd, Q[r].hi, Q[r].count, k, &out_dist[q, 0], &out_idx[q, 0])
+                ev[q] = Q[r].evals
+            q = visit_order[p0 + g - 1]
+            for j in range(k):
+                seeds[j] = out_idx[q, j]
+            seeds[k] = row_offset + q if in_sample else -1
+        # end: prange
+        free(Q)
+        free(hd)
+        free(hi)
+        free(fl)
+        free(fd)
+        free(fn)
+        free(node_d)
+        free(node_mask)
+        free(seeds)
 
 
 def depth_first_order(intp_t root, const int64_t[::1] children_ptr,

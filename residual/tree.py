@@ -221,9 +221,10 @@ class CoverTree:
         -----
         ``stats["query"]`` records the last call: seconds and distance evaluations per query.
         Distances are evaluated one pair at a time in float64 on a breadth-first copy of the
-        tree (built on the first query and kept); scoring the residual tree's
-        top levels as BLAS tiles, as the build does, is not done yet, and for the residual
-        metric this search is still slower than :func:`residual.brute_force_knn`.
+        tree (built on the first query and kept). For the residual metric, groups of
+        neighbouring queries share one traversal, so that each row of V is read from memory
+        once per group; even so this search is still slower than
+        :func:`residual.brute_force_knn` for that metric (see README, Status).
         """
         t0 = time.perf_counter()
         n = self.n_samples
