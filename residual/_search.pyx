@@ -23,13 +23,13 @@
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, realloc, free
 from libc.stdint cimport uint64_t
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, fill_points, query_key, sqdist, kernel_value
+from residual._tiles cimport Points, fill_points, query_key, sqdist, kernel_of_sqdist
 from residual._heap cimport frontier_push, frontier_pop, prefetch
 
 
@@ -271,40 +271,48 @@ cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
 cdef extern from *:
     """
     #include <string.h>
-    /* x . y in one fixed order: sixteen partial sums (lanes j mod 16, four 4-wide vectors,
-       so that the additions do not wait on each other), combined as
-       (v0 + v1) + (v2 + v3), then its lanes as (l0 + l1) + (l2 + l3), then the tail in order.
-       Never inlined and never contracted to fused multiply-adds, so there is one compiled
-       copy with one rounding sequence: a pair's bits do not depend on the caller. */
-    __attribute__((noinline, optimize("fp-contract=off")))
-    static double residual_dot_fixed(const double* x, const double* y, Py_ssize_t m) {
+    /* The dot products of one row c with four query rows q[0..3], each in one fixed order:
+       eight partial sums per query (lanes j mod 8, two 4-wide vectors), combined as
+       (v0 + v1), then its lanes as (l0 + l1) + (l2 + l3), then the tail in order. Each
+       query's sum is the same whatever the other three are (a caller pads with repeats), and
+       the function is never inlined: one compiled copy, so a pair's bits do not depend on
+       where it is evaluated. c's row is read once for the four. */
+    __attribute__((noinline))
+    static void residual_dot4(const double* c, const double* const* q, Py_ssize_t m,
+                              double* out) {
         typedef double v4d __attribute__((vector_size(32)));
-        v4d a0 = {0.0, 0.0, 0.0, 0.0}, a1 = a0, a2 = a0, a3 = a0, x0, y0, p;
-        Py_ssize_t j = 0, t;
-        for (; j + 16 <= m; j += 16) {
-            for (t = 0; t < 4; t++) {
-                memcpy(&x0, x + j + 4 * t, sizeof x0);
-                memcpy(&y0, y + j + 4 * t, sizeof y0);
-                p = x0 * y0;
-                if (t == 0) a0 += p; else if (t == 1) a1 += p; else if (t == 2) a2 += p;
-                else a3 += p;
+        const v4d zero = {0.0, 0.0, 0.0, 0.0};
+        v4d a[4][2], c0, c1, x;
+        Py_ssize_t j = 0;
+        int i;
+        for (i = 0; i < 4; i++) { a[i][0] = zero; a[i][1] = zero; }
+        for (; j + 8 <= m; j += 8) {
+            memcpy(&c0, c + j, sizeof c0);
+            memcpy(&c1, c + j + 4, sizeof c1);
+            for (i = 0; i < 4; i++) {
+                memcpy(&x, q[i] + j, sizeof x);
+                a[i][0] += x * c0;
+                memcpy(&x, q[i] + j + 4, sizeof x);
+                a[i][1] += x * c1;
             }
         }
-        v4d a = (a0 + a1) + (a2 + a3);
-        double s = (a[0] + a[1]) + (a[2] + a[3]), q;
-        for (; j < m; j++) {
-            q = x[j] * y[j];
-            s += q;
+        for (i = 0; i < 4; i++) {
+            v4d v = a[i][0] + a[i][1];
+            double s = (v[0] + v[1]) + (v[2] + v[3]);
+            Py_ssize_t t;
+            for (t = j; t < m; t++)
+                s += q[i][t] * c[t];
+            out[i] = s;
         }
-        return s;
     }
     """
-    float64_t _dot "residual_dot_fixed"(const float64_t* x, const float64_t* y,
-                                       intp_t m) noexcept nogil
+    void _dot4 "residual_dot4"(const float64_t* c, const float64_t* const* q, intp_t m,
+                               float64_t* out) noexcept nogil
 
 
 cdef enum:
     GROUP = 32          # queries per shared traversal (<= 64: one bit each in a mask)
+    POOL_START = 4096   # frontier entries a thread's pool holds before it first grows
 
 
 cdef struct Query:
@@ -321,11 +329,28 @@ cdef struct Query:
     int64_t evals
 
 
-cdef inline float64_t _group_key(const Points* P, const Query* q, intp_t c) noexcept nogil:
-    """Squared residual distance between query q and node c (query_key, with _dot)."""
-    cdef float64_t a, r2 = sqdist(q.x, P.x + c * P.dim, P.dim)
-    a = fabs(kernel_value(P.spec, r2) - _dot(q.v, P.v + c * P.m, P.m)) * q.s * P.s[c]
-    return 1.0 - a if a < 1.0 else 0.0
+cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t na,
+                     intp_t c, float64_t* keys) noexcept nogil:
+    """keys[t] = squared residual distance between query act[t] and node c (query_key's
+    quantity), t < na: kernels in one flat loop, dot products four queries at a time."""
+    cdef intp_t t, u
+    cdef const float64_t* xc = P.x + c * P.dim
+    cdef const float64_t* vc = P.v + c * P.m
+    cdef const float64_t* qv[4]
+    cdef float64_t dots[4]
+    cdef float64_t a
+    for t in range(na):
+        keys[t] = sqdist(Q[act[t]].x, xc, P.dim)
+    kernel_of_sqdist(P.spec, keys, na)
+    t = 0
+    while t < na:
+        for u in range(4):              # a short last block repeats its last query
+            qv[u] = Q[act[min(t + u, na - 1)]].v
+        _dot4(vc, qv, P.m, dots)
+        for u in range(min(4, na - t)):
+            a = fabs(keys[t + u] - dots[u]) * Q[act[t + u]].s * P.s[c]
+            keys[t + u] = 1.0 - a if a < 1.0 else 0.0
+        t += 4
 
 
 cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
@@ -336,56 +361,142 @@ cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
 
 
-cdef void _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
-                        const int64_t* seeds, intp_t n_seeds, float64_t* fl, float64_t* fd,
-                        intp_t* fn, float64_t* node_d, uint64_t* node_mask) noexcept nogil:
+cdef struct Pool:
+    # A frontier entry's data: for each pushed node, its distance to each query of the group
+    # and the mask of the queries that need its subtree. Slots are recycled as entries are
+    # popped, so the pool holds the frontier, not the tree (it grows by doubling if needed).
+    float64_t* d            # cap x GROUP
+    uint64_t* mask          # cap
+    intp_t* node            # cap
+    intp_t* free_slots      # cap: a stack of recycled slots
+    intp_t n_free, used, cap
+
+
+cdef int _pool_init(Pool* pool, intp_t cap) noexcept nogil:
+    """Allocate cap slots; returns 0, or -1 when out of memory (pool then holds NULLs)."""
+    pool.cap = max(cap, 1)
+    pool.n_free = 0
+    pool.used = 0
+    pool.d = <float64_t*>malloc(pool.cap * GROUP * sizeof(float64_t))
+    pool.mask = <uint64_t*>malloc(pool.cap * sizeof(uint64_t))
+    pool.node = <intp_t*>malloc(pool.cap * sizeof(intp_t))
+    pool.free_slots = <intp_t*>malloc(pool.cap * sizeof(intp_t))
+    if pool.d == NULL or pool.mask == NULL or pool.node == NULL or pool.free_slots == NULL:
+        return -1
+    return 0
+
+
+cdef void _pool_free(Pool* pool) noexcept nogil:
+    free(pool.d)
+    free(pool.mask)
+    free(pool.node)
+    free(pool.free_slots)
+
+
+cdef intp_t _pool_take(Pool* pool) noexcept nogil:
+    """A free slot, or -1 when the pool cannot grow."""
+    cdef intp_t cap
+    cdef void* p
+    if pool.n_free > 0:
+        pool.n_free -= 1
+        return pool.free_slots[pool.n_free]
+    if pool.used == pool.cap:
+        cap = 2 * pool.cap
+        p = realloc(pool.d, cap * GROUP * sizeof(float64_t))
+        if p == NULL:
+            return -1
+        pool.d = <float64_t*>p
+        p = realloc(pool.mask, cap * sizeof(uint64_t))
+        if p == NULL:
+            return -1
+        pool.mask = <uint64_t*>p
+        p = realloc(pool.node, cap * sizeof(intp_t))
+        if p == NULL:
+            return -1
+        pool.node = <intp_t*>p
+        p = realloc(pool.free_slots, cap * sizeof(intp_t))
+        if p == NULL:
+            return -1
+        pool.free_slots = <intp_t*>p
+        pool.cap = cap
+    pool.used += 1
+    return pool.used - 1
+
+
+cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
+                       const int64_t* seeds, intp_t n_seeds, float64_t* fl, float64_t* fd,
+                       intp_t* fn, Pool* pool) noexcept nogil:
     """The k nearest eligible points for each of the g <= GROUP queries in Q.
 
-    node_d[c * GROUP + r] is d(query r, node c) and bit r of node_mask[c] is set for the
-    queries that still need node c's subtree when c was pushed (each node is pushed at most
-    once per group: only when its parent is popped). Frontier entries are keyed by the
-    smallest lower bound among their queries.
+    A frontier entry is a pool slot: its node, d(query r, node) for each query r, and a mask
+    whose bit r is set when query r needed the node's subtree at push time. Entries are keyed
+    by the smallest lower bound among their queries. Returns 0, or -1 when the pool could not
+    grow (the answers are then incomplete).
     """
-    cdef intp_t r, j, t, u, c, size = 0
+    cdef intp_t r, j, t, u, c, na, slot, cslot, size = 0
     cdef uint64_t mask, cmask, pmask, bit
+    cdef float64_t* du
     cdef float64_t key, d, b, lbc, tau_max, slack = T.slack
     cdef const Node* nc
     cdef Query* q
-    for r in range(g):                  # each query's seeds bound its k-th key (see _search)
+    cdef intp_t act[GROUP]              # the queries a node is scored against, and the keys
+    cdef float64_t keys[GROUP]
+    for r in range(g):
         q = &Q[r]
         q.count = 0
         q.key0 = INFINITY
         q.evals = 1
-        for j in range(n_seeds):
-            t = seeds[j]
-            if t >= 0 and t != q.self_index and t < q.limit:
-                best_offer(q.hd, q.hi, &q.count, k, _group_key(P, q, T.node_of[t]), t)
-                q.evals += 1
+    for j in range(n_seeds):            # each query's seeds bound its k-th key (see _search)
+        t = seeds[j]
+        if t < 0:
+            continue
+        na = 0
+        for r in range(g):
+            if t != Q[r].self_index and t < Q[r].limit:
+                act[na] = r
+                na += 1
+        _node_keys(P, Q, act, na, T.node_of[t], keys)
+        for u in range(na):
+            q = &Q[act[u]]
+            best_offer(q.hd, q.hi, &q.count, k, keys[u], t)
+            q.evals += 1
+    for r in range(g):
+        act[r] = r
+    _node_keys(P, Q, act, g, 0, keys)   # the root
+    for r in range(g):
+        q = &Q[r]
         if q.count == k:
             q.key0 = q.hd[0]
         q.count = 0
-        key = _group_key(P, q, 0)       # the root
-        if key <= q.key0:
-            _offer_node(T, 0, key, q.self_index, q.limit, k, q.hd, q.hi, &q.count)
+        if keys[r] <= q.key0:
+            _offer_node(T, 0, keys[r], q.self_index, q.limit, k, q.hd, q.hi, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
-        node_d[r] = sqrt(key)
-    node_mask[0] = ~(<uint64_t>0) >> (64 - g)
-    frontier_push(fl, fd, fn, &size, 0.0, 0.0, 0)
+    pool.n_free = 0
+    pool.used = 0
+    slot = _pool_take(pool)             # the root's entry (the pool has room for one)
+    pool.node[slot] = 0
+    pool.mask[slot] = ~(<uint64_t>0) >> (64 - g)
+    for r in range(g):
+        pool.d[slot * GROUP + r] = sqrt(keys[r])
+    frontier_push(fl, fd, fn, &size, 0.0, 0.0, slot)
     while size > 0:
         tau_max = Q[0].tau
         for r in range(1, g):
             tau_max = max(tau_max, Q[r].tau)
         if fl[0] > tau_max + slack:
             break                       # no query can find anything in what is left
-        u = fn[0]
+        slot = fn[0]
         frontier_pop(fl, fd, fn, &size)
+        u = pool.node[slot]
+        du = pool.d + slot * GROUP
         mask = 0                        # the queries that still need u, with today's bounds
         for r in range(g):
             bit = <uint64_t>1 << r
-            if node_mask[u] & bit and \
-                    node_d[u * GROUP + r] - T.node[u].radius <= Q[r].tau + slack:
+            if pool.mask[slot] & bit and du[r] - T.node[u].radius <= Q[r].tau + slack:
                 mask |= bit
         if mask == 0:
+            pool.free_slots[pool.n_free] = slot
+            pool.n_free += 1
             continue
         for c in range(T.node[u].child_begin, T.node[u].child_end):
             nc = &T.node[c]
@@ -393,18 +504,29 @@ cdef void _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp
             for r in range(g):
                 bit = <uint64_t>1 << r
                 if mask & bit and nc.min_index < Q[r].limit and \
-                        fabs(node_d[u * GROUP + r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
+                        fabs(du[r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
                     cmask |= bit
             if cmask == 0:
                 continue
+            na = 0                      # c's row is read once, for every query that needs it
+            for r in range(g):
+                if cmask & (<uint64_t>1 << r):
+                    act[na] = r
+                    na += 1
+            _node_keys(P, Q, act, na, c, keys)
             pmask = 0
             lbc = INFINITY
-            for r in range(g):          # c's row is read once, for every query that needs it
+            cslot = -1
+            if nc.child_end > nc.child_begin:
+                cslot = _pool_take(pool)    # where c's distances go if it is pushed
+                if cslot < 0:
+                    return -1
+                du = pool.d + slot * GROUP  # the pool may have moved
+            for t in range(na):
+                r = act[t]
                 bit = <uint64_t>1 << r
-                if not cmask & bit:
-                    continue
                 q = &Q[r]
-                key = _group_key(P, q, c)
+                key = keys[t]
                 q.evals += 1
                 _offer(T, q, c, key, k)
                 if nc.child_end == nc.child_begin:
@@ -412,14 +534,21 @@ cdef void _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp
                 d = sqrt(key)
                 b = d - nc.radius
                 if b <= q.tau + slack:
-                    node_d[c * GROUP + r] = d
+                    pool.d[cslot * GROUP + r] = d
                     pmask |= bit
                     lbc = min(lbc, b if b > 0.0 else 0.0)
             if pmask:
-                node_mask[c] = pmask
+                pool.node[cslot] = c
+                pool.mask[cslot] = pmask
                 prefetch(&T.node[nc.child_begin])
                 prefetch(P.x + nc.child_begin * P.dim)
-                frontier_push(fl, fd, fn, &size, lbc, 0.0, c)
+                frontier_push(fl, fd, fn, &size, lbc, 0.0, cslot)
+            elif cslot >= 0:
+                pool.free_slots[pool.n_free] = cslot
+                pool.n_free += 1
+        pool.free_slots[pool.n_free] = slot     # u is done
+        pool.n_free += 1
+    return 0
 
 
 def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
@@ -521,8 +650,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
     cdef float64_t* fl
     cdef float64_t* fd
     cdef intp_t* fn
-    cdef float64_t* node_d
-    cdef uint64_t* node_mask
+    cdef Pool* pool
+    cdef int pool_ok
     cdef int64_t* seeds
     with nogil, parallel(num_threads=num_threads):
         Q = <Query*>malloc(GROUP * sizeof(Query))
@@ -531,8 +660,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
         fl = <float64_t*>malloc(n_nodes * sizeof(float64_t))
         fd = <float64_t*>malloc(n_nodes * sizeof(float64_t))
         fn = <intp_t*>malloc(n_nodes * sizeof(intp_t))
-        node_d = <float64_t*>malloc(n_nodes * GROUP * sizeof(float64_t))
-        node_mask = <uint64_t*>malloc(n_nodes * sizeof(uint64_t))
+        pool = <Pool*>malloc(sizeof(Pool))     # assigned here, so private to the thread
+        pool_ok = pool != NULL and _pool_init(pool, min(n_nodes, <intp_t>POOL_START)) == 0
         # the previous group's last query's answer and row: the next group's seeds
         seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
         if seeds != NULL:
@@ -542,7 +671,7 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
             p0 = gi * GROUP
             g = min(<intp_t>GROUP, nq - p0)
             if Q == NULL or hd == NULL or hi == NULL or fl == NULL or fd == NULL or \
-                    fn == NULL or node_d == NULL or node_mask == NULL or seeds == NULL:
+                    fn == NULL or not pool_ok or seeds == NULL:
                 for r in range(g):
                     ev[visit_order[p0 + r]] = -1
                 continue
@@ -555,7 +684,10 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 Q[r].limit = row_offset + q if predecessors else n
                 Q[r].hd = hd + r * k
                 Q[r].hi = hi + r * k
-            _search_group(P, T, Q, g, k, seeds, k + 1, fl, fd, fn, node_d, node_mask)
+            if _search_group(P, T, Q, g, k, seeds, k + 1, fl, fd, fn, pool) != 0:
+                for r in range(g):
+                    ev[visit_order[p0 + r]] = -1
+                continue
             for r in range(g):
                 q = visit_order[p0 + r]
                 _emit(Q[r].hd, Q[r].hi, Q[r].count, k, &out_dist[q, 0], &out_idx[q, 0])
@@ -571,8 +703,9 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
         free(fl)
         free(fd)
         free(fn)
-        free(node_d)
-        free(node_mask)
+        if pool != NULL:
+            _pool_free(pool)
+        free(pool)
         free(seeds)
 
 

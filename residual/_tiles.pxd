@@ -31,6 +31,8 @@ cdef void residual_cov_tile(KernelSpec spec,
                             intp_t ncols,
                             intp_t dim, intp_t m, float64_t* out, intp_t ldo) noexcept nogil
 
+cdef void kernel_of_sqdist(KernelSpec spec, float64_t* r2, intp_t n) noexcept nogil
+
 cdef void sqdist_direct_tile(const float64_t* xq, intp_t nrows,
                              const float64_t* xct, intp_t ldxct, intp_t ncols,
                              intp_t dim, float64_t* out, intp_t ldo) noexcept nogil

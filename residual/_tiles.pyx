@@ -76,6 +76,11 @@ cdef inline void _kernel_of_sqdist(KernelSpec spec, float64_t* row, intp_t ncols
             row[j] = var * (1.0 + r + r * r / 3.0) * exp(-r)
 
 
+cdef void kernel_of_sqdist(KernelSpec spec, float64_t* r2, intp_t n) noexcept nogil:
+    """r2[j] = k(r2[j]) in place, for callers outside this module (the grouped search)."""
+    _kernel_of_sqdist(spec, r2, n)
+
+
 cdef void kernel_tile(KernelSpec spec, const float64_t* xq, intp_t nrows,
                       const float64_t* xct, intp_t ldxct, intp_t ncols,
                       intp_t dim, float64_t* out, intp_t ldo) noexcept nogil:
