@@ -271,47 +271,58 @@ cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
 cdef extern from *:
     """
     #include <string.h>
-    /* The dot products of one row c with four query rows q[0..3], each in one fixed order:
+    /* The dot products of one row c with NQ query rows q[0..NQ), each in one fixed order:
        eight partial sums per query (lanes j mod 8, two 4-wide vectors), combined as
-       (v0 + v1), then its lanes as (l0 + l1) + (l2 + l3), then the tail in order. Each
-       query's sum is the same whatever the other three are (a caller pads with repeats), and
-       the function is never inlined: one compiled copy, so a pair's bits do not depend on
-       where it is evaluated. c's row is read once for the four. */
-    __attribute__((noinline))
-    static void residual_dot4(const double* c, const double* const* q, Py_ssize_t m,
-                              double* out) {
-        typedef double v4d __attribute__((vector_size(32)));
-        const v4d zero = {0.0, 0.0, 0.0, 0.0};
-        v4d a[4][2], c0, c1, x;
-        Py_ssize_t j = 0;
-        int i;
-        for (i = 0; i < 4; i++) { a[i][0] = zero; a[i][1] = zero; }
-        for (; j + 8 <= m; j += 8) {
-            memcpy(&c0, c + j, sizeof c0);
-            memcpy(&c1, c + j + 4, sizeof c1);
-            for (i = 0; i < 4; i++) {
-                memcpy(&x, q[i] + j, sizeof x);
-                a[i][0] += x * c0;
-                memcpy(&x, q[i] + j + 4, sizeof x);
-                a[i][1] += x * c1;
-            }
-        }
-        for (i = 0; i < 4; i++) {
-            v4d v = a[i][0] + a[i][1];
-            double s = (v[0] + v[1]) + (v[2] + v[3]);
-            Py_ssize_t t;
-            for (t = j; t < m; t++)
-                s += q[i][t] * c[t];
-            out[i] = s;
-        }
+       (v0 + v1), then its lanes as (l0 + l1) + (l2 + l3), then the tail in order. Every
+       variant (NQ = 1..4) is this one text, and no variant is inlined or contracted, so a
+       query's sum is the same bits whichever variant computes it and whatever the other
+       queries are: a pair's key does not depend on where it is evaluated. c's row is read
+       once for the NQ queries. */
+    #define RESIDUAL_DOTS(NAME, NQ)                                                     \
+    __attribute__((noinline))                                                           \
+    static void NAME(const double* c, const double* const* q, Py_ssize_t m,             \
+                     double* out) {                                                     \
+        typedef double v4d __attribute__((vector_size(32)));                            \
+        const v4d zero = {0.0, 0.0, 0.0, 0.0};                                          \
+        v4d a[NQ][2], c0, c1, x;                                                        \
+        Py_ssize_t j = 0, t;                                                            \
+        int i;                                                                          \
+        for (i = 0; i < NQ; i++) { a[i][0] = zero; a[i][1] = zero; }                    \
+        for (; j + 8 <= m; j += 8) {                                                    \
+            memcpy(&c0, c + j, sizeof c0);                                              \
+            memcpy(&c1, c + j + 4, sizeof c1);                                          \
+            for (i = 0; i < NQ; i++) {                                                  \
+                memcpy(&x, q[i] + j, sizeof x);                                         \
+                a[i][0] += x * c0;                                                      \
+                memcpy(&x, q[i] + j + 4, sizeof x);                                     \
+                a[i][1] += x * c1;                                                      \
+            }                                                                           \
+        }                                                                               \
+        for (i = 0; i < NQ; i++) {                                                      \
+            v4d v = a[i][0] + a[i][1];                                                  \
+            double s = (v[0] + v[1]) + (v[2] + v[3]);                                   \
+            for (t = j; t < m; t++)                                                     \
+                s += q[i][t] * c[t];                                                    \
+            out[i] = s;                                                                 \
+        }                                                                               \
     }
+    RESIDUAL_DOTS(residual_dot1, 1)
+    RESIDUAL_DOTS(residual_dot2, 2)
+    RESIDUAL_DOTS(residual_dot3, 3)
+    RESIDUAL_DOTS(residual_dot4, 4)
     """
+    void _dot1 "residual_dot1"(const float64_t* c, const float64_t* const* q, intp_t m,
+                               float64_t* out) noexcept nogil
+    void _dot2 "residual_dot2"(const float64_t* c, const float64_t* const* q, intp_t m,
+                               float64_t* out) noexcept nogil
+    void _dot3 "residual_dot3"(const float64_t* c, const float64_t* const* q, intp_t m,
+                               float64_t* out) noexcept nogil
     void _dot4 "residual_dot4"(const float64_t* c, const float64_t* const* q, intp_t m,
                                float64_t* out) noexcept nogil
 
 
 cdef enum:
-    GROUP = 32          # queries per shared traversal (<= 64: one bit each in a mask)
+    GROUP = 64          # queries per shared traversal (<= 64: one bit each in a mask)
     POOL_START = 4096   # frontier entries a thread's pool holds before it first grows
 
 
@@ -333,7 +344,7 @@ cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t 
                      intp_t c, float64_t* keys) noexcept nogil:
     """keys[t] = squared residual distance between query act[t] and node c (query_key's
     quantity), t < na: kernels in one flat loop, dot products four queries at a time."""
-    cdef intp_t t, u
+    cdef intp_t t, u, nb
     cdef const float64_t* xc = P.x + c * P.dim
     cdef const float64_t* vc = P.v + c * P.m
     cdef const float64_t* qv[4]
@@ -344,10 +355,18 @@ cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t 
     kernel_of_sqdist(P.spec, keys, na)
     t = 0
     while t < na:
-        for u in range(4):              # a short last block repeats its last query
-            qv[u] = Q[act[min(t + u, na - 1)]].v
-        _dot4(vc, qv, P.m, dots)
-        for u in range(min(4, na - t)):
+        nb = min(4, na - t)
+        for u in range(nb):
+            qv[u] = Q[act[t + u]].v
+        if nb == 4:
+            _dot4(vc, qv, P.m, dots)
+        elif nb == 3:
+            _dot3(vc, qv, P.m, dots)
+        elif nb == 2:
+            _dot2(vc, qv, P.m, dots)
+        else:
+            _dot1(vc, qv, P.m, dots)
+        for u in range(nb):
             a = fabs(keys[t + u] - dots[u]) * Q[act[t + u]].s * P.s[c]
             keys[t + u] = 1.0 - a if a < 1.0 else 0.0
         t += 4
