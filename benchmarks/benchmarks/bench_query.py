@@ -28,6 +28,25 @@ class TreeQuery:
     track_distance_evaluations_per_query.unit = "evaluations"
 
 
+class ResidualNewPoints:
+    """Residual kNN of n / 4 new points: the grouped tree search vs the brute force."""
+    number, repeat, warmup_time, timeout = 1, 2, 0, 600
+    params = ([32768],)
+    param_names = ["n"]
+
+    def setup(self, n):
+        self.model = residual.ResidualCorrelation.from_kernel(
+            harness_points(n, 3), residual.RBF(), n_inducing=512, seed=0)
+        self.tree = residual.CoverTree(self.model)
+        self.Y = harness_points(n // 4, 3, seed=1)
+
+    def time_cover_tree(self, n):
+        self.tree.query(self.Y, k=50)
+
+    def time_brute_force(self, n):
+        residual.brute_force_knn(self.model, 50, Y=self.Y)
+
+
 class EuclideanAllPoints:
     """Build + all-points query side by side with scipy's cKDTree (the issue's Euclidean
     target is within 2x of it; compare.py runs the full n = 1M case)."""
