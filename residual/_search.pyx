@@ -265,8 +265,8 @@ cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
 # something below it, each child's row is read once and scored against every query that needs
 # it, and each query keeps its own k best, bound and eligibility. The traversal order differs
 # from a lone search, never the answers: every pruning test is the lone search's test with the
-# query's own bound, and a pair's key is computed by one fixed-order dot product (_dot), so it
-# is the same bits whichever group, order or thread evaluates it.
+# query's own bound, and a pair's key is computed in one fixed order (the residual_dot
+# kernels below), so it is the same bits whichever group, order or thread evaluates it.
 
 cdef extern from *:
     """
@@ -274,10 +274,12 @@ cdef extern from *:
     /* The dot products of one row c with NQ query rows q[0..NQ), each in one fixed order:
        eight partial sums per query (lanes j mod 8, two 4-wide vectors), combined as
        (v0 + v1), then its lanes as (l0 + l1) + (l2 + l3), then the tail in order. Every
-       variant (NQ = 1..4) is this one text, and no variant is inlined or contracted, so a
-       query's sum is the same bits whichever variant computes it and whatever the other
-       queries are: a pair's key does not depend on where it is evaluated. c's row is read
-       once for the NQ queries. */
+       variant (NQ = 1..4) is this one text and none is inlined; a query's lanes never mix
+       with another's, and C11 mode (meson.build) keeps GCC from fusing multiply-adds (a
+       compiler that did would fuse the same expression in every variant). So a query's sum
+       is the same bits whichever variant computes it and whatever the other queries are: a
+       pair's key does not depend on where it is evaluated. c's row is read once for the NQ
+       queries. */
     #define RESIDUAL_DOTS(NAME, NQ)                                                     \
     __attribute__((noinline))                                                           \
     static void NAME(const double* c, const double* const* q, Py_ssize_t m,             \
@@ -323,7 +325,7 @@ cdef extern from *:
 
 cdef enum:
     GROUP = 64          # queries per shared traversal (<= 64: one bit each in a mask)
-    POOL_START = 4096   # frontier entries a thread's pool holds before it first grows
+    POOL_START = 64     # frontier entries a thread's pool holds at first (it doubles as needed)
 
 
 cdef struct Query:
