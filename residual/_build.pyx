@@ -546,30 +546,50 @@ cdef class TreeBuilder:
                     self._prefetch_run(self.kids[start + j].start)
                     frontier_push(fl, fd, fn, &size, dc - self.kids[start + j].radius, dc,
                                   start + j)
+        # the best cover so far in locals (registers), written back once at the end
+        cdef float64_t bd = best_d[0]
+        cdef intp_t bq = best_q[0]
+        cdef const Kid* kids = self.kids
+        cdef const float64_t* kid_x = self.kid_x
+        cdef const float64_t* kx
+        cdef float64_t r2, dx, xp0 = 0.0, xp1 = 0.0, xp2 = 0.0
+        if dim == 3:
+            xp0, xp1, xp2 = xp[0], xp[1], xp[2]
         while size > 0:
-            if fl[0] > best_d[0] + slack:
+            if fl[0] > bd + slack:
                 break                       # no subtree left can hold a better cover
             du = fd[0]
             slot = fn[0]
             frontier_pop(fl, fd, fn, &size)
-            start = self.kids[slot].start
-            kid = self.kids + start
-            for j in range(self.kids[slot].count):
+            start = kids[slot].start
+            kid = kids + start
+            for j in range(kids[slot].count):
                 # skip the child, unevaluated, when |d(p, u) - pd(c)| <= d(p, c) already shows
                 # that it cannot cover p better and its subtree cannot hold a better cover
                 g = fabs(du - kid[j].pdist)
-                if g > min(kid[j].cover, best_d[0]) + slack and (
+                if g > min(kid[j].cover, bd) + slack and (
                         kid[j].count == 0 or
-                        g - kid[j].radius > min(0.5 * kid[j].cover, best_d[0]) + slack):
+                        g - kid[j].radius > min(0.5 * kid[j].cover, bd) + slack):
                     continue
-                if self.kid_x != NULL:      # Euclidean: the slot's own copy of the row
-                    dc = sqrt(sqdist(xp, self.kid_x + (start + j) * dim, dim))
+                if kid_x != NULL and dim == 3:  # the common case, unrolled: sqdist's sums
+                    kx = kid_x + (start + j) * 3
+                    dx = xp0 - kx[0]
+                    r2 = dx * dx
+                    dx = xp1 - kx[1]
+                    r2 += dx * dx
+                    dx = xp2 - kx[2]
+                    r2 += dx * dx
+                    dc = sqrt(r2)
+                elif kid_x != NULL:         # Euclidean: the slot's own copy of the row
+                    dc = sqrt(sqdist(xp, kid_x + (start + j) * dim, dim))
                 else:
                     dc = sqrt(pair_key(&self.P, p, kid[j].node))
                 evals += 1
-                if self._visit(&kid[j], dc, best_d, best_q):
+                if self._visit(&kid[j], dc, &bd, &bq):
                     self._prefetch_run(kid[j].start)
                     frontier_push(fl, fd, fn, &size, dc - kid[j].radius, dc, start + j)
+        best_d[0] = bd
+        best_q[0] = bq
         return evals
 
     # -- gathering rows into contiguous tile operands -------------------------------------------
