@@ -212,6 +212,15 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
     return evals
 
 
+cdef inline void _set_seeds(int64_t* seeds, const int64_t* answer, intp_t k,
+                            intp_t row) noexcept nogil:
+    """The next search's seeds: this query's answer and its own row (-1 for a new point)."""
+    cdef intp_t j
+    for j in range(k):
+        seeds[j] = answer[j]
+    seeds[k] = row
+
+
 cdef void _emit(float64_t* hd, intp_t* hi, intp_t count, intp_t k, float64_t* out_d,
                 int64_t* out_i) noexcept nogil:
     """Write the k best (a max-heap of count entries, emptied) as one output row."""
@@ -641,9 +650,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
                                 row_offset + q if in_sample else -1,
                                 row_offset + q if predecessors else n, k, seeds, k + 1,
                                 hd, hi, fl, fd, fn, &out_dist[q, 0], &out_idx[q, 0])
-                for j in range(k):
-                    seeds[j] = out_idx[q, j]
-                seeds[k] = row_offset + q if in_sample else -1
+                _set_seeds(seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
         # end: prange
         free(seeds)
         free(hd)
@@ -714,9 +721,7 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 _emit(Q[r].hd, Q[r].hi, Q[r].count, k, &out_dist[q, 0], &out_idx[q, 0])
                 ev[q] = Q[r].evals
             q = visit_order[p0 + g - 1]
-            for j in range(k):
-                seeds[j] = out_idx[q, j]
-            seeds[k] = row_offset + q if in_sample else -1
+            _set_seeds(seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
         # end: prange
         free(Q)
         free(hd)
