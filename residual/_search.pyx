@@ -423,31 +423,28 @@ cdef void _pool_free(Pool* pool) noexcept nogil:
     free(pool.free_slots)
 
 
+cdef inline bint _grow(void** block, size_t nbytes) noexcept nogil:
+    """realloc *block to nbytes; False (and *block unchanged) when out of memory."""
+    cdef void* p = realloc(block[0], nbytes)
+    if p == NULL:
+        return False
+    block[0] = p
+    return True
+
+
 cdef intp_t _pool_take(Pool* pool) noexcept nogil:
     """A free slot, or -1 when the pool cannot grow."""
     cdef intp_t cap
-    cdef void* p
     if pool.n_free > 0:
         pool.n_free -= 1
         return pool.free_slots[pool.n_free]
     if pool.used == pool.cap:
         cap = 2 * pool.cap
-        p = realloc(pool.d, cap * GROUP * sizeof(float64_t))
-        if p == NULL:
+        if not (_grow(<void**>&pool.d, cap * GROUP * sizeof(float64_t))
+                and _grow(<void**>&pool.mask, cap * sizeof(uint64_t))
+                and _grow(<void**>&pool.node, cap * sizeof(intp_t))
+                and _grow(<void**>&pool.free_slots, cap * sizeof(intp_t))):
             return -1
-        pool.d = <float64_t*>p
-        p = realloc(pool.mask, cap * sizeof(uint64_t))
-        if p == NULL:
-            return -1
-        pool.mask = <uint64_t*>p
-        p = realloc(pool.node, cap * sizeof(intp_t))
-        if p == NULL:
-            return -1
-        pool.node = <intp_t*>p
-        p = realloc(pool.free_slots, cap * sizeof(intp_t))
-        if p == NULL:
-            return -1
-        pool.free_slots = <intp_t*>p
         pool.cap = cap
     pool.used += 1
     return pool.used - 1
