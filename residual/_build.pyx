@@ -551,10 +551,6 @@ cdef class TreeBuilder:
         cdef intp_t bq = best_q[0]
         cdef const Kid* kids = self.kids
         cdef const float64_t* kid_x = self.kid_x
-        cdef const float64_t* kx
-        cdef float64_t r2, dx, xp0 = 0.0, xp1 = 0.0, xp2 = 0.0
-        if dim == 3:
-            xp0, xp1, xp2 = xp[0], xp[1], xp[2]
         while size > 0:
             if fl[0] > bd + slack:
                 break                       # no subtree left can hold a better cover
@@ -571,16 +567,7 @@ cdef class TreeBuilder:
                         kid[j].count == 0 or
                         g - kid[j].radius > min(0.5 * kid[j].cover, bd) + slack):
                     continue
-                if kid_x != NULL and dim == 3:  # the common case, unrolled: sqdist's sums
-                    kx = kid_x + (start + j) * 3
-                    dx = xp0 - kx[0]
-                    r2 = dx * dx
-                    dx = xp1 - kx[1]
-                    r2 += dx * dx
-                    dx = xp2 - kx[2]
-                    r2 += dx * dx
-                    dc = sqrt(r2)
-                elif kid_x != NULL:         # Euclidean: the slot's own copy of the row
+                if kid_x != NULL:           # Euclidean: the slot's own copy of the row
                     dc = sqrt(sqdist(xp, kid_x + (start + j) * dim, dim))
                 else:
                     dc = sqrt(pair_key(&self.P, p, kid[j].node))

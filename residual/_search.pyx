@@ -621,41 +621,37 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     if residual:
         _knn_groups(&P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
                     row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order)
-        if evals.min() < 0:
-            raise MemoryError("could not allocate the search workspaces")
-        return evals
-    with nogil, parallel(num_threads=num_threads):
-        hd = <float64_t*>malloc(k * sizeof(float64_t))
-        hi = <intp_t*>malloc(k * sizeof(intp_t))
-        fl = <float64_t*>malloc(n * sizeof(float64_t))
-        fd = <float64_t*>malloc(n * sizeof(float64_t))
-        fn = <intp_t*>malloc(n * sizeof(intp_t))
-        # this thread's previous query's answer and row: the next query's seeds
-        seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
-        if seeds != NULL:
-            for j0 in range(k + 1):
-                seeds[j0] = -1
-        for pos in prange(nq, schedule='dynamic', chunksize=chunk):
-            q = visit_order[pos]
-            if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL or \
-                    seeds == NULL:
-                ev[q] = -1
-            else:
-                ev[q] = _search(&P, &T, &xq[q, 0],
-                                (&vqq[q, 0]) if residual else NULL,
-                                sqq[q] if residual else 0.0,
-                                row_offset + q if in_sample else -1,
-                                row_offset + q if predecessors else n, k, seeds, k + 1,
-                                hd, hi, fl, fd, fn, &out_dist[q, 0], &out_idx[q, 0])
-                _set_seeds(seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
-        # end: prange
-        free(seeds)
-        free(hd)
-        free(hi)
-        free(fl)
-        free(fd)
-        free(fn)
-    if nq and evals.min() < 0:
+    else:                               # Euclidean: one query at a time (see _search_group)
+        with nogil, parallel(num_threads=num_threads):
+            hd = <float64_t*>malloc(k * sizeof(float64_t))
+            hi = <intp_t*>malloc(k * sizeof(intp_t))
+            fl = <float64_t*>malloc(n * sizeof(float64_t))
+            fd = <float64_t*>malloc(n * sizeof(float64_t))
+            fn = <intp_t*>malloc(n * sizeof(intp_t))
+            # this thread's previous query's answer and row: the next query's seeds
+            seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
+            if seeds != NULL:
+                for j0 in range(k + 1):
+                    seeds[j0] = -1
+            for pos in prange(nq, schedule='dynamic', chunksize=chunk):
+                q = visit_order[pos]
+                if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL or \
+                        seeds == NULL:
+                    ev[q] = -1
+                else:
+                    ev[q] = _search(&P, &T, &xq[q, 0], NULL, 0.0,
+                                    row_offset + q if in_sample else -1,
+                                    row_offset + q if predecessors else n, k, seeds, k + 1,
+                                    hd, hi, fl, fd, fn, &out_dist[q, 0], &out_idx[q, 0])
+                    _set_seeds(seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
+            # end: prange
+            free(seeds)
+            free(hd)
+            free(hi)
+            free(fl)
+            free(fd)
+            free(fn)
+    if evals.min() < 0:
         raise MemoryError("could not allocate the search workspaces")
     return evals
 

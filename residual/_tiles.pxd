@@ -127,6 +127,13 @@ cdef inline float64_t sqdist(const float64_t* a, const float64_t* b,
     evaluation goes through here, so equal pairs give equal bits)."""
     cdef intp_t t
     cdef float64_t r2 = 0.0, diff
+    if dim == 3:                # the common case, unrolled: the same sums in the same order
+        diff = a[0] - b[0]
+        r2 = diff * diff
+        diff = a[1] - b[1]
+        r2 += diff * diff
+        diff = a[2] - b[2]
+        return r2 + diff * diff
     for t in range(dim):
         diff = a[t] - b[t]
         r2 += diff * diff
