@@ -28,6 +28,9 @@ def as_numeric_array(a, name, *, integer=False, what=None):
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{name} must be a numeric array: {exc}") from None
     if arr.dtype.kind == "O":
+        if any(_is_missing(v) for v in arr.ravel()):
+            raise ValueError(f"{name} has missing values (pandas.NA or None): fill or drop "
+                             "them first")
         ok = all(isinstance(v, numbers.Integral if integer else numbers.Real)
                  and not isinstance(v, (bool, np.bool_)) for v in arr.ravel())
         if not ok:
@@ -40,6 +43,11 @@ def as_numeric_array(a, name, *, integer=False, what=None):
     if arr.dtype.kind not in kinds:
         raise TypeError(f"{name} must {what}, got dtype {arr.dtype}")
     return arr
+
+
+def _is_missing(v):
+    """True for None and pandas.NA: what nullable pandas columns hand NumPy for a gap."""
+    return v is None or type(v).__name__ == "NAType"
 
 
 def as_float_matrix(a, name, *, ncols=None, allow_empty=False):
@@ -118,3 +126,21 @@ def resolve_chunk_size(chunk_size, default):
         return default
     return min(check_int(chunk_size, "chunk_size", minimum=1), MAX_CHUNK_SIZE)
 
+
+
+def resolve_seed(seed, name="seed"):
+    """The integer seed to draw from: ``numpy.random.default_rng(resolve_seed(seed))``.
+
+    An integer >= 0 is returned as is, so it draws exactly what it always drew. A
+    ``numpy.random.Generator`` gives one draw from it (so it advances, and successive calls
+    differ, as in other GP libraries); None gives a draw from fresh OS entropy. Either way the
+    result is an int, which callers can record to reproduce the run.
+    """
+    if seed is None:
+        seed = np.random.default_rng()
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(1 << 63))
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= 0, a numpy.random.Generator or None, "
+                        f"got {type(seed).__name__}")
+    return check_int(seed, name, minimum=0)

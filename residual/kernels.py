@@ -99,8 +99,11 @@ class Kernel:
         return hash((type(self).__name__, np.asarray(self.lengthscale).tobytes(), self.variance))
 
     def __repr__(self):
-        ls = self.lengthscale if np.ndim(self.lengthscale) == 0 else list(self.lengthscale)
-        return f"{type(self).__name__}(lengthscale={ls!r}, variance={self.variance!r})"
+        # plain floats: list(ndarray) would print np.float64(...) for each ARD entry
+        ls = (self.lengthscale if np.ndim(self.lengthscale) == 0
+              else [float(v) for v in self.lengthscale])
+        nu = f"nu={self.nu!r}, " if isinstance(self, Matern) else ""
+        return f"{type(self).__name__}({nu}lengthscale={ls!r}, variance={self.variance!r})"
 
     def _state(self):
         """The kernel's entries in a saved model; read back by :func:`kernel_from_state`."""
@@ -157,11 +160,6 @@ class Matern(Kernel):
         self.nu = float(nu)
         self._code = _MATERN_CODES[self.nu]
         super().__init__(lengthscale, variance)
-
-    def __repr__(self):
-        ls = self.lengthscale if np.ndim(self.lengthscale) == 0 else list(self.lengthscale)
-        return (f"Matern(nu={self.nu!r}, lengthscale={ls!r}, "
-                f"variance={self.variance!r})")
 
 
 def kernel_from_state(reader):

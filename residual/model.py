@@ -19,7 +19,7 @@ from residual import _persist, _tiles
 from residual.kernels import Kernel, kernel_from_state
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array, check_int,
-                                check_positive)
+                                check_positive, resolve_seed)
 
 #: A point whose residual variance is at most ``DEGENERATE_P_RTOL * variance`` has, numerically,
 #: no residual left: its correlations would be rounding noise divided by ~0. Such a point gets
@@ -91,7 +91,9 @@ class ResidualCorrelation:
             Number of inducing rows, drawn without replacement by
             ``numpy.random.default_rng(seed).choice(n_samples, n_inducing, replace=False)``.
             Ignored when ``inducing`` is given.
-        seed : int, default=0
+        seed : int, numpy.random.Generator or None, default=0
+            An int draws the same rows every time; a Generator (advanced by one draw) or
+            None (fresh entropy) first draws an int seed.
         inducing : array-like of int, default=None
             Explicit row indices of X to use as inducing points (distinct).
         jitter : float, default=1e-6
@@ -119,7 +121,7 @@ class ResidualCorrelation:
         n = X.shape[0]
         if inducing is None:
             n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
-            seed = check_int(seed, "seed", minimum=0)
+            seed = resolve_seed(seed)
             inducing = np.random.default_rng(seed).choice(n, n_inducing, replace=False)
         else:
             inducing = _check_inducing(inducing, n)

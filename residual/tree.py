@@ -18,7 +18,7 @@ from residual.model import ResidualCorrelation
 from residual.bruteforce import check_query, check_rows
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
-                                resolve_chunk_size)
+                                resolve_chunk_size, resolve_seed)
 
 #: Largest batch inserted at once when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = 512
@@ -46,8 +46,10 @@ class CoverTree:
         Batch points per traversal work item (None = ``DEFAULT_TRAVERSAL_CHUNK``).
     batch_size : int, default=None
         Largest batch (None = ``DEFAULT_BATCH_SIZE``).
-    seed : int, default=0
-        Seeds the insertion order; the first point of the order is the root.
+    seed : int, numpy.random.Generator or None, default=0
+        Seeds the insertion order; the first point of the order is the root. A Generator
+        (advanced by one draw) or None (fresh entropy) first draws an int seed, kept as
+        ``seed``, which rebuilds the same tree.
     schedule : {"doubling", "fixed"}, default="doubling"
         Batch sizes 1, 2, 4, ... up to ``batch_size`` (prefix doubling, Gu et al.) or
         ``batch_size`` throughout.
@@ -105,7 +107,7 @@ class CoverTree:
         batch_size = (DEFAULT_BATCH_SIZE if batch_size is None
                       else check_int(batch_size, "batch_size", minimum=1))
         batch_size = min(batch_size, max(n - 1, 1))    # workspaces are batch_size^2
-        seed = check_int(seed, "seed", minimum=0)
+        seed = resolve_seed(seed)
         if schedule not in ("doubling", "fixed"):
             raise ValueError(f"schedule must be 'doubling' or 'fixed', got {schedule!r}")
 
@@ -330,6 +332,12 @@ class CoverTree:
     @property
     def n_samples(self):
         return self.levels.shape[0]
+
+    def __repr__(self):
+        data = (f"model={self.model!r}" if self.residual
+                else f"n_samples={self.n_samples}, n_features={self._metric[3].shape[1]}")
+        return (f"CoverTree(metric={'residual' if self.residual else 'euclidean'!r}, {data}, "
+                f"height={self.height}, seed={self.seed})")
 
     # -- persistence ----------------------------------------------------------------------------
 

@@ -18,12 +18,20 @@ from residual.ordering import maximin_order
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads
 from residual._validate import (as_float_matrix, as_numeric_array, check_euclidean_range,
-                                check_int)
+                                check_int, resolve_seed)
 
 ORDERINGS = ("random", "natural", "maximin")
 METRICS = ("residual", "euclidean")
 METHODS = ("auto", "tree", "brute")
 STAGES = ("model", "ordering", "build", "query")
+
+#: Inducing points of the residual model when ``n_inducing`` is None (and n allows).
+DEFAULT_N_INDUCING = 200
+
+
+def default_n_inducing(n):
+    """``min(DEFAULT_N_INDUCING, n - 1)``, at least 1: the inducing points used for n rows."""
+    return max(1, min(DEFAULT_N_INDUCING, n - 1))
 
 
 class VecchiaNeighbors:
@@ -111,7 +119,7 @@ class VecchiaNeighbors:
                 f"seconds={s.get('total', float('nan')):.3g})")
 
 
-def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random", seed=0,
+def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, ordering="random", seed=0,
                       metric="residual", method="auto", num_threads=None, progress=None):
     """Order the points and find each one's k nearest predecessors (Vecchia conditioning sets).
 
@@ -127,16 +135,19 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     k : int, default=30
         Conditioning-set size, ``1 <= k <= n_samples``. Row i gets ``min(k, i)`` neighbours,
         then padding.
-    n_inducing : int, default=200
+    n_inducing : int, default=None
         Inducing points of the residual model, drawn from the rows as given by
-        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)``.
+        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)``; at most
+        n_samples. None: ``default_n_inducing(n_samples)``, i.e. ``min(200, n_samples - 1)``
+        (at least 1), so small data works without setting it.
     ordering : {"random", "natural", "maximin"} or array-like of int, default="random"
         ``"random"``: ``numpy.random.default_rng(seed).permutation(n_samples)``;
         ``"natural"``: the input order; ``"maximin"``:
         ``residual.ordering.maximin_order(X_or_model)`` under the chosen metric; an array:
         an explicit permutation of ``0..n_samples-1`` (position -> original row).
-    seed : int, default=0
-        Seeds the inducing points and the random ordering.
+    seed : int, numpy.random.Generator or None, default=0
+        Seeds the inducing points and the random ordering. A Generator (advanced by one
+        draw) or None (fresh entropy) first draws one int seed, used for both.
     metric : {"residual", "euclidean"}, default="residual"
     method : {"auto", "tree", "brute"}, default="auto"
         ``"brute"``: :func:`residual.brute_force_knn`; ``"tree"``: :class:`residual.CoverTree`
@@ -300,12 +311,12 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
             raise TypeError("kernel must be a residual kernel (residual.RBF or "
                             f"residual.Matern), got {type(kernel).__name__}")
         kernel.lengthscales(coords.shape[1])             # ARD length vs D, before any work
-        n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
+        n_inducing = (default_n_inducing(n) if n_inducing is None
+                      else check_int(n_inducing, "n_inducing", minimum=1, maximum=n))
     # as brute_force_knn(predecessors=True): rows are padded, but never past n columns
     k = check_int(k, "k", minimum=1)
     if k > n:
         raise ValueError(f"k = {k} is larger than n_samples = {n}")
-    seed = check_int(seed, "seed", minimum=0)
     if isinstance(ordering, str):
         if ordering not in ORDERINGS:
             raise ValueError(f"ordering must be one of {ORDERINGS} or a permutation array, "
@@ -315,6 +326,7 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable, got {type(progress).__name__}")
     nt = resolve_num_threads(num_threads)
+    seed = resolve_seed(seed)          # last: a Generator is drawn from only for valid calls
     if method == "auto":
         method = "brute" if metric == "residual" else "tree"
     return {"X": X, "coords": coords, "is_model": is_model, "kernel": kernel, "n": n, "k": k,
