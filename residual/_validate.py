@@ -29,8 +29,8 @@ def as_numeric_array(a, name, *, integer=False, what=None):
         raise TypeError(f"{name} must be a numeric array: {exc}") from None
     if arr.dtype.kind == "O":
         if any(_is_missing(v) for v in arr.ravel()):
-            raise ValueError(f"{name} has missing values (pandas.NA or None): fill or drop "
-                             "them first")
+            raise ValueError(f"{name} has missing values (pandas.NA): fill or drop them "
+                             "first")
         ok = all(isinstance(v, numbers.Integral if integer else numbers.Real)
                  and not isinstance(v, (bool, np.bool_)) for v in arr.ravel())
         if not ok:
@@ -46,8 +46,9 @@ def as_numeric_array(a, name, *, integer=False, what=None):
 
 
 def _is_missing(v):
-    """True for None and pandas.NA: what nullable pandas columns hand NumPy for a gap."""
-    return v is None or type(v).__name__ == "NAType"
+    """True for pandas.NA, what nullable pandas columns hand NumPy for a gap (without
+    importing pandas)."""
+    return type(v).__name__ == "NAType"
 
 
 def as_float_matrix(a, name, *, ncols=None, allow_empty=False):

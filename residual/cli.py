@@ -387,8 +387,9 @@ def _scan_csv(path, numbered):
         if width is None:
             width = len(vals)
         elif len(vals) != width:
-            raise CLIError(f"--input {path!r}, line {no} has {len(vals)} values but line "
-                           f"{numbered[0][0]} has {width}: {_show(line)}")
+            raise CLIError(f"--input {path!r}, line {no} has {len(vals)} value"
+                           f"{'s' if len(vals) > 1 else ''} but line {numbered[0][0]} has "
+                           f"{width}: {_show(line)}")
         rows.append(vals)
     return np.array(rows, dtype=np.float64)
 

@@ -68,3 +68,16 @@ def test_repr_and_equality():
     assert residual.Matern(1.5, 2.0) != residual.Matern(2.5, 2.0)
     assert residual.RBF(1.0) != residual.Matern(2.5, 1.0)
     assert "nu=1.5" in repr(residual.Matern(1.5))
+
+
+@pytest.mark.parametrize("kern, text", [
+    (residual.RBF(lengthscale=np.array([0.5, 2.0])),
+     "RBF(lengthscale=[0.5, 2.0], variance=1.0)"),
+    (residual.Matern(2.5, lengthscale=[1, 3], variance=np.float64(2)),
+     "Matern(nu=2.5, lengthscale=[1.0, 3.0], variance=2.0)"),
+    (residual.Matern(0.5, lengthscale=np.float64(0.25)),
+     "Matern(nu=0.5, lengthscale=0.25, variance=1.0)"),
+])
+def test_repr_prints_plain_floats(kern, text):
+    assert repr(kern) == text
+    assert eval(text, {"RBF": residual.RBF, "Matern": residual.Matern}) == kern

@@ -64,3 +64,17 @@ def test_not_positive_definite_is_a_clear_error():
     X = np.zeros((10, 2))   # every inducing row identical: K_UU is rank one
     with pytest.raises(ValueError, match="positive definite"):
         residual.ResidualCorrelation.from_kernel(X, residual.RBF(), n_inducing=5, jitter=1e-300)
+
+
+def test_from_kernel_seed_generator_and_none():
+    X = np.random.default_rng(0).standard_normal((300, 3))
+    kern = residual.RBF()
+    g = np.random.default_rng(11)
+    model = residual.ResidualCorrelation.from_kernel(X, kern, n_inducing=40, seed=g)
+    drawn = int(np.random.default_rng(11).integers(1 << 63))    # one draw from g
+    np.testing.assert_array_equal(
+        model.inducing, np.random.default_rng(drawn).choice(300, 40, replace=False))
+    following = residual.ResidualCorrelation.from_kernel(X, kern, n_inducing=40, seed=g)
+    assert not np.array_equal(following.inducing, model.inducing)
+    fresh = residual.ResidualCorrelation.from_kernel(X, kern, n_inducing=40, seed=None)
+    assert len(np.unique(fresh.inducing)) == 40 and fresh.inducing.max() < 300

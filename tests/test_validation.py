@@ -158,3 +158,91 @@ def test_oversized_parallel_arguments_are_safe():
     tree.check_invariants()
     with pytest.raises(ValueError, match="num_threads must be <="):
         residual.brute_force_knn(X, 1, num_threads=2 ** 31)
+
+
+# -- small API gaps: seeds, reprs, missing values, small-data defaults ----------------------------
+
+def _drawn_seed(generator_seed):
+    """The int seed that resolve_seed draws from default_rng(generator_seed)."""
+    return int(np.random.default_rng(generator_seed).integers(1 << 63))
+
+
+def _same_tree(a, b):
+    return all(np.array_equal(getattr(a, key), getattr(b, key))
+               for key in ("levels", "parents", "alias_of", "children_ptr", "children"))
+
+
+@pytest.mark.parametrize("data", [X, MODEL], ids=["euclidean", "residual"])
+def test_tree_seed_generator_and_none(data):
+    tree = residual.CoverTree(data, seed=np.random.default_rng(5))
+    assert tree.seed == _drawn_seed(5)                      # recorded as the int it drew
+    assert _same_tree(tree, residual.CoverTree(data, seed=tree.seed))
+    fresh = residual.CoverTree(data, seed=None)
+    assert isinstance(fresh.seed, int) and fresh.seed >= 0
+    assert _same_tree(fresh, residual.CoverTree(data, seed=fresh.seed))
+    fresh.check_invariants()
+
+
+def test_vecchia_seed_generator_and_none():
+    g = np.random.default_rng(9)
+    res = residual.vecchia_neighbors(X, KERN, k=4, n_inducing=8, seed=g)
+    ref = residual.vecchia_neighbors(X, KERN, k=4, n_inducing=8, seed=_drawn_seed(9))
+    np.testing.assert_array_equal(res.order, ref.order)
+    np.testing.assert_array_equal(res.neighbors, ref.neighbors)
+    # the generator advanced: the next call draws another seed
+    again = residual.vecchia_neighbors(X, KERN, k=4, n_inducing=8, seed=g)
+    assert not np.array_equal(again.order, res.order)
+    res = residual.vecchia_neighbors(X, KERN, k=4, n_inducing=8, seed=None)
+    assert sorted(res.order) == list(range(len(X)))
+    # an int seed draws what it always drew
+    res = residual.vecchia_neighbors(X, KERN, k=4, n_inducing=8, seed=3)
+    np.testing.assert_array_equal(res.order, np.random.default_rng(3).permutation(len(X)))
+
+
+def test_refused_call_leaves_the_generator_alone():
+    g = np.random.default_rng(2)
+    state = g.bit_generator.state
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        residual.vecchia_neighbors(X, KERN, k=0, seed=g)
+    assert g.bit_generator.state == state
+
+
+@pytest.mark.parametrize("seed", [np.random.RandomState(0), 1.5, "0", True])
+def test_bad_seed_types(seed):
+    with pytest.raises(TypeError, match="seed must be an integer >= 0, a numpy.random."
+                                        "Generator or None"):
+        residual.vecchia_neighbors(X, KERN, k=2, n_inducing=4, seed=seed)
+
+
+def test_cover_tree_repr():
+    assert repr(residual.CoverTree(X, seed=4)) == (
+        f"CoverTree(metric='euclidean', n_samples=30, n_features=3, "
+        f"height={residual.CoverTree(X, seed=4).height}, seed=4)")
+    text = repr(residual.CoverTree(MODEL))
+    assert text.startswith(f"CoverTree(metric='residual', model={MODEL!r}, height=")
+
+
+def test_pandas_missing_values_are_named():
+    pd = pytest.importorskip("pandas")
+    for dtype in ("Float64", "Int64"):
+        df = pd.DataFrame({"x": pd.array([1, pd.NA] + [3] * 28, dtype=dtype),
+                           "y": np.arange(30.0), "z": np.ones(30)})
+        with pytest.raises(ValueError, match="X has missing values"):
+            residual.brute_force_knn(df, 1)
+        with pytest.raises(ValueError, match="X has missing values"):
+            residual.vecchia_neighbors(df, KERN, k=2)
+    full = pd.DataFrame(X, columns=["a", "b", "c"]).astype("Float64")
+    np.testing.assert_array_equal(residual.brute_force_knn(full, 2)[1],
+                                  residual.brute_force_knn(X, 2)[1])
+
+
+def test_default_inducing_points_fit_small_data():
+    # n_inducing=None is min(200, n - 1): 29 here, where 200 would be refused
+    res = residual.vecchia_neighbors(X, KERN, k=5)
+    ref = residual.vecchia_neighbors(X, KERN, k=5, n_inducing=29)
+    np.testing.assert_array_equal(res.neighbors, ref.neighbors)
+    np.testing.assert_array_equal(res.distances, ref.distances)
+    with pytest.raises(ValueError, match="n_inducing must be <= 30, got 31"):
+        residual.vecchia_neighbors(X, KERN, k=5, n_inducing=31)
+    assert [residual.vecchia.default_n_inducing(n) for n in (1, 2, 30, 201, 10**6)] == [
+        1, 1, 29, 200, 200]
