@@ -2,7 +2,7 @@
 
 1. Bad input is refused with a ValueError / TypeError that names the argument, *before any
    work*: the compiled modules are replaced by tripwires while the sweep runs, so a refusal
-   that comes only after the work started fails the test (DESIGN.md section 2).
+   that comes only after the work started fails the test.
    The command-line tool turns the same refusals into one line and exit status 2.
 2. Repeated queries do not grow the process (RSS) or the Python heap (tracemalloc).
 3. Queries from several Python threads at once (the compiled code releases the GIL) give the
