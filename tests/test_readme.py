@@ -25,6 +25,8 @@ def _python_blocks():
     return [pytest.param(code, id=code.split("\n")[0][:40]) for code in blocks]
 
 
+# the Dask block's local cluster moves its dashboard elsewhere if another one holds the port
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
 @pytest.mark.parametrize("code", _python_blocks())
 def test_python_block_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)             # blocks may write files (tree.npz, ...)
