@@ -128,7 +128,6 @@ def resolve_chunk_size(chunk_size, default):
     return min(check_int(chunk_size, "chunk_size", minimum=1), MAX_CHUNK_SIZE)
 
 
-
 def resolve_seed(seed, name="seed"):
     """The integer seed to draw from: ``numpy.random.default_rng(resolve_seed(seed))``.
 
