@@ -1,4 +1,5 @@
-"""The command-line tool, run in-process through main(argv), plus one real subprocess run."""
+"""The command-line tool, run in-process through main(argv), plus real subprocess runs (python -m,
+a SIGINT, an import from a source folder)."""
 
 import io
 import os
