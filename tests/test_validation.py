@@ -222,6 +222,18 @@ def test_cover_tree_repr():
     assert text.startswith(f"CoverTree(metric='residual', model={MODEL!r}, height=")
 
 
+def test_missing_values_are_named_without_pandas():
+    # what a nullable pandas column hands NumPy: an object array holding pandas.NA, an
+    # instance of pandas' NAType (the check goes by that name, so pandas need not be loaded)
+    na = type("NAType", (), {})()
+    bad = X.astype(object)
+    bad[4, 1] = na
+    with pytest.raises(ValueError, match="X has missing values"):
+        residual.brute_force_knn(bad, 1)
+    with pytest.raises(ValueError, match="inducing has missing values"):
+        residual.ResidualCorrelation.from_kernel(X, KERN, inducing=np.array([1, na], object))
+
+
 def test_pandas_missing_values_are_named():
     pd = pytest.importorskip("pandas")
     for dtype in ("Float64", "Int64"):
