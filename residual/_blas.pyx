@@ -1,5 +1,7 @@
 # Row-major GEMM on top of SciPy's Fortran BLAS. This is the only module that cimports
-# scipy.linalg.cython_blas; everything else calls dgemm_rm / sgemm_rm.
+# scipy.linalg.cython_blas; everything else calls dgemm_rm / sgemm_rm. The few LAPACK calls
+# (scipy.linalg.cython_lapack, the same library) are wrapped here too, for the same reasons:
+# one place for the row-major algebra and for the blas_int type.
 #
 # Algebra: a row-major (r x c) array with leading dimension ld is, to column-major BLAS, the
 # (c x r) matrix transposed. So C = alpha op(A) op(B) + beta C in row-major is
@@ -9,6 +11,7 @@
 # boundaries reliably.
 
 from scipy.linalg.cython_blas cimport ddot, dgemm, dtrsv, sgemm
+from scipy.linalg.cython_lapack cimport dpotrf
 
 
 cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
@@ -56,6 +59,29 @@ cdef void trsv_lower_rm(intp_t m, const float64_t* l, float64_t* x) noexcept nog
     cdef char uplo = b'U', trans = b'T', diag = b'N'
     cdef blas_int bm = <blas_int>m, one = 1
     dtrsv(&uplo, &trans, &diag, &bm, <float64_t*>l, &bm, x, &one)
+
+
+cdef blas_int potrf_lower_rm(intp_t m, float64_t* a, intp_t lda) noexcept nogil:
+    """Cholesky factor in place: the lower triangle of row-major A (m x m, row stride lda)
+    becomes L with A = L L^T; the strict upper triangle is left as it was.
+
+    Row-major lower L is column-major upper U = L^T, so LAPACK factors A = U^T U with
+    uplo 'U'; it reads only that triangle (row-major: the lower one). Returns LAPACK's info:
+    0, or j > 0 when the leading j x j block is not positive definite.
+    """
+    cdef char uplo = b'U'
+    cdef blas_int bm = <blas_int>m, l_a = <blas_int>lda, info = 0
+    dpotrf(&uplo, &bm, a, &l_a, &info)
+    return info
+
+
+cdef void trsv_lower_trans_rm(intp_t m, const float64_t* l, intp_t ldl,
+                              float64_t* x) noexcept nogil:
+    """Solve L^T y = x in place for one vector; L is lower triangular, row-major (m x m,
+    row stride ldl). Row-major L is column-major U = L^T (upper), so BLAS solves U y = x."""
+    cdef char uplo = b'U', trans = b'N', diag = b'N'
+    cdef blas_int bm = <blas_int>m, l_l = <blas_int>ldl, one = 1
+    dtrsv(&uplo, &trans, &diag, &bm, <float64_t*>l, &l_l, x, &one)
 
 
 def gemm(const float64_t[:, ::1] a, const float64_t[:, ::1] b, bint trans_b=True):

@@ -6,24 +6,29 @@ then its per-row arrays are permuted into the chosen order; the neighbour search
 ordered sequence, so every index it returns is a position in that sequence.
 """
 
+import functools
+import numbers
 import time
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 
+from residual import _factor
 from residual.bruteforce import brute_force_knn
 from residual.kernels import Kernel
-from residual.model import ResidualCorrelation
+from residual.model import DEGENERATE_P_RTOL, ResidualCorrelation
 from residual.ordering import maximin_order
 from residual.tree import CoverTree
-from residual._parallel import resolve_num_threads
-from residual._validate import (as_float_matrix, as_numeric_array, check_euclidean_range,
-                                check_int)
+from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array,
+                                check_euclidean_range, check_int)
 
 ORDERINGS = ("random", "natural", "maximin")
 METRICS = ("residual", "euclidean")
 METHODS = ("auto", "tree", "brute")
 STAGES = ("model", "ordering", "build", "query")
+COVARIANCES = ("residual", "kernel")
 
 
 class VecchiaNeighbors:
@@ -40,6 +45,16 @@ class VecchiaNeighbors:
     stats : dict
     metric, method : str
         The metric, and the search method actually used (``"tree"`` or ``"brute"``).
+    model : ResidualCorrelation, default=None
+        The residual model with its rows in the ordered sequence (row ``pos`` is row
+        ``order[pos]`` of X), or None.
+    X : ndarray of shape (n_samples, n_features), default=None
+        The coordinates, in the original row order (for the kernel covariance without a
+        model).
+    kernel : residual.RBF or residual.Matern, default=None
+    make_model : callable, default=None
+        ``make_model(num_threads)`` returns the ordered residual model when ``model`` is None;
+        called once, by the first :meth:`factor` or :meth:`logpdf` that needs it.
 
     Attributes
     ----------
@@ -57,15 +72,23 @@ class VecchiaNeighbors:
         (non-padded entries) and ``neighbors_per_second`` (``n_neighbors`` over build +
         query seconds).
     metric, method : str
+    kernel : residual.RBF or residual.Matern or None
+        The kernel of :meth:`factor` and :meth:`logpdf`: the residual model's, or the one
+        given to :func:`vecchia_neighbors` (None when neither exists).
     """
 
-    def __init__(self, order, neighbors, distances, stats, *, metric, method):
+    def __init__(self, order, neighbors, distances, stats, *, metric, method, model=None,
+                 X=None, kernel=None, make_model=None):
         self.order = order
         self.neighbors = neighbors
         self.distances = distances
         self.stats = stats
         self.metric = metric
         self.method = method
+        self.kernel = model.kernel if model is not None else kernel
+        self._model = model
+        self._X = X
+        self._make_model = make_model
 
     @property
     def n_samples(self):
@@ -103,6 +126,180 @@ class VecchiaNeighbors:
         data = np.ones(indices.size, dtype=dtype)
         return scipy.sparse.csr_matrix((data, indices, indptr), shape=(n, n))
 
+    @property
+    def model(self):
+        """The residual model in the ordered sequence (row ``pos`` is row ``order[pos]`` of X).
+
+        For ``metric="euclidean"`` with a kernel it is built on first use, exactly as the
+        residual path builds it (same ``n_inducing`` and ``seed``, on the rows as given, then
+        permuted). None when there is no kernel.
+        """
+        return self._residual_model(None)
+
+    def factor(self, covariance="residual", nugget=0.0, *, num_threads=None):
+        """The sparse inverse-Cholesky (Vecchia) factor of the ordered vector ``y[order]``.
+
+        Row i of ``A`` conditions position i on its neighbours ``c = neighbors[i, :min(k, i)]``
+        under the covariance S: ``b = S_cc^-1 S_ci``, ``d = S_ii - S_ic b``,
+        ``A_ii = 1 / sqrt(d)``, ``A_ic = -b / sqrt(d)``. Then ``A.T @ A`` approximates the
+        inverse of the covariance of ``y[order]`` (exactly, when every row conditions on all
+        its predecessors).
+
+        Parameters
+        ----------
+        covariance : {"residual", "kernel"}, default="residual"
+            ``"kernel"``: ``S = k(x, x') + nugget * I`` (plain Vecchia). ``"residual"``:
+            ``S = k(x, x') - V V^T + nugget * I``, the residual of the low-rank part (a VIF
+            model, see :meth:`logpdf`); after ``metric="euclidean"`` the residual model is
+            built on first use (see :attr:`model`).
+        nugget : float, default=0.0
+            Noise variance added to the diagonal, >= 0.
+        num_threads : int, default=None
+            Threads (None = all usable cores; negative counts back from them).
+
+        Returns
+        -------
+        A : scipy.sparse.csr_matrix of shape (n_samples, n_samples)
+            Lower triangular, with the pattern of :meth:`to_csr`; rows and columns are
+            positions in the ordered sequence (position ``pos`` is row ``order[pos]`` of X).
+
+        Raises
+        ------
+        TypeError, ValueError
+            On a bad argument, or when the covariance needs a kernel that this result lacks
+            (``metric="euclidean"`` without one), before any work starts.
+        ValueError
+            If a conditioning block is numerically singular: a Cholesky pivot (a conditional
+            variance) at or below ``DEGENERATE_P_RTOL * (variance + nugget)``, e.g. from
+            duplicate points or degenerate residual rows. A nugget resolves it.
+
+        Notes
+        -----
+        Each row costs one Cholesky of its ``(k + 1) x (k + 1)`` block (LAPACK) and, for the
+        residual covariance, one ``(k + 1) x (k + 1) x m`` product; rows run in parallel and
+        their values do not depend on the thread count. For the original row order use
+        ``A[:, numpy.argsort(order)]``: it maps ``y`` itself to ``A @ y[order]``.
+
+        Examples
+        --------
+        >>> import numpy as np, residual
+        >>> X = np.random.default_rng(0).uniform(size=(300, 2))
+        >>> res = residual.vecchia_neighbors(X, residual.Matern(1.5, lengthscale=0.2), k=10,
+        ...                                  n_inducing=30)
+        >>> A = res.factor("residual", nugget=1e-4)
+        >>> A.shape, A.nnz == res.to_csr().nnz
+        ((300, 300), True)
+        """
+        covariance, nugget, nt = self._check_factor_args(covariance, nugget, num_threads)
+        return self._factor(covariance, nugget, nt)
+
+    def logpdf(self, y, nugget=0.0, covariance="residual", *, num_threads=None):
+        """Log density of y under the Vecchia-approximated Gaussian process (mean zero).
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,)
+            Observations, in the original row order of X (not the ordered sequence).
+        nugget : float, default=0.0
+            Noise variance, >= 0.
+        covariance : {"residual", "kernel"}, default="residual"
+            ``"residual"``: the VIF model ``V V^T + R~`` with ``R~^-1 = A^T A``, A the
+            :meth:`factor` of the residual covariance ``k - V V^T + nugget * I``.
+            ``"kernel"``: plain Vecchia, ``(A^T A)^-1`` with A the factor of
+            ``k + nugget * I``.
+        num_threads : int, default=None
+            Threads for the factor (None = all usable cores).
+
+        Returns
+        -------
+        logpdf : float
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`factor`, and on a y of the wrong shape or with NaN or inf.
+
+        Notes
+        -----
+        With ``W = A V`` (ordered rows), Woodbury and the determinant lemma give
+        ``log det = -2 sum log A_ii + log det(I + W^T W)`` and
+        ``y^T Sigma^-1 y = |A y|^2 - z^T (I + W^T W)^-1 z``, ``z = W^T A y``: O(n k m + n m^2).
+        With every row conditioning on all its predecessors this is the exact Gaussian log
+        density with covariance ``k + nugget * I`` (both choices, up to the inducing jitter in
+        ``V``).
+
+        Examples
+        --------
+        >>> import numpy as np, residual
+        >>> X = np.random.default_rng(0).uniform(size=(300, 2))
+        >>> kern = residual.Matern(1.5, lengthscale=0.2)
+        >>> res = residual.vecchia_neighbors(X, kern, k=10, n_inducing=30)
+        >>> y = np.sin(6 * X[:, 0])
+        >>> bool(np.isfinite(res.logpdf(y, nugget=1e-2)))
+        True
+        """
+        y = as_float_vector(y, "y", size=self.n_samples)
+        covariance, nugget, nt = self._check_factor_args(covariance, nugget, num_threads)
+        A = self._factor(covariance, nugget, nt)
+        ay = A @ y[self.order]
+        logdet = -2.0 * np.log(A.data[A.indptr[1:] - 1]).sum()    # the diagonal ends each row
+        quad = ay @ ay
+        if covariance == "residual":
+            W = A @ self._residual_model(nt).V
+            M = W.T @ W
+            M[np.diag_indices_from(M)] += 1.0
+            chol = scipy.linalg.cho_factor(M, lower=True, check_finite=False)
+            z = W.T @ ay
+            logdet += 2.0 * np.log(np.diag(chol[0])).sum()
+            quad -= z @ scipy.linalg.cho_solve(chol, z, check_finite=False)
+        return float(-0.5 * (self.n_samples * np.log(2.0 * np.pi) + logdet + quad))
+
+    def _check_factor_args(self, covariance, nugget, num_threads):
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        if isinstance(nugget, (bool, np.bool_)) or not isinstance(nugget, numbers.Real):
+            raise TypeError(f"nugget must be a real number, got {type(nugget).__name__}")
+        nugget = float(nugget)
+        if not (np.isfinite(nugget) and nugget >= 0):
+            raise ValueError(f"nugget must be a finite number >= 0, got {nugget}")
+        if self.kernel is None:
+            raise ValueError(f"covariance={covariance!r} needs a kernel: pass one to "
+                             "vecchia_neighbors (with metric='euclidean' it is optional)")
+        return covariance, nugget, resolve_num_threads(num_threads)
+
+    def _residual_model(self, num_threads):
+        if self._model is None and self._make_model is not None:
+            self._model = self._make_model(num_threads)
+        return self._model
+
+    def _factor(self, covariance, nugget, num_threads):
+        """:meth:`factor` on checked arguments."""
+        kernel = self.kernel
+        if covariance == "residual":
+            model = self._residual_model(num_threads)
+            xs, v = model._xs, model.V
+        elif self._model is not None:
+            xs, v = self._model._xs, None
+        else:
+            # the same elementwise operations as the model's scaled rows, so the same bits
+            xs, v = ResidualCorrelation._scale(self._X, kernel)[self.order], None
+        pattern = self.to_csr()
+        indptr = pattern.indptr.astype(np.int64, copy=False)
+        indices = pattern.indices.astype(np.int64, copy=False)
+        min_pivot = DEGENERATE_P_RTOL * (kernel.variance + nugget)
+        with single_threaded_blas():
+            data, status = _factor.vecchia_factor(kernel._code, kernel.variance, xs, v, indptr,
+                                                  indices, nugget, min_pivot, num_threads)
+        bad = np.flatnonzero(status)
+        if bad.size:
+            pos = int(bad[0])
+            raise ValueError(
+                f"the conditioning block of position {pos} (row {int(self.order[pos])} of X) "
+                f"is numerically singular under the {covariance} covariance ({bad.size} "
+                f"rows in all): a conditional variance is at or below {min_pivot:.3g}. "
+                "Add a nugget (e.g. nugget=1e-6 * variance) or remove duplicate points")
+        return scipy.sparse.csr_matrix((data, indices, indptr), shape=pattern.shape)
+
     def __repr__(self):
         s = self.stats.get("seconds", {})
         return (f"VecchiaNeighbors(n_samples={self.n_samples}, k={self.k}, "
@@ -122,14 +319,16 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
         must then be None and ``n_inducing`` is ignored; with ``metric="euclidean"`` the
         model's ``X`` is used).
     kernel : residual.RBF or residual.Matern, default=None
-        Required for ``metric="residual"`` with coordinates; ignored for
-        ``metric="euclidean"``.
+        Required for ``metric="residual"`` with coordinates. Optional for
+        ``metric="euclidean"``: the search ignores it, but the result keeps it for
+        :meth:`VecchiaNeighbors.factor` and :meth:`VecchiaNeighbors.logpdf`.
     k : int, default=30
         Conditioning-set size, ``1 <= k <= n_samples``. Row i gets ``min(k, i)`` neighbours,
         then padding.
     n_inducing : int, default=200
         Inducing points of the residual model, drawn from the rows as given by
-        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)``.
+        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)`` (for
+        ``metric="euclidean"`` with a kernel: when a residual factor first needs it).
     ordering : {"random", "natural", "maximin"} or array-like of int, default="random"
         ``"random"``: ``numpy.random.default_rng(seed).permutation(n_samples)``;
         ``"natural"``: the input order; ``"maximin"``:
@@ -155,7 +354,8 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     -------
     result : VecchiaNeighbors
         ``order``, ``neighbors`` and ``distances`` (positions in the ordered sequence),
-        ``stats``, and ``to_csr()``.
+        ``stats``, ``to_csr()``, and the factor and log density of the approximated GP,
+        ``factor()`` and ``logpdf()``.
 
     Raises
     ------
@@ -265,8 +465,15 @@ def _assemble(args, prep, parts, t_start):
     stats = {"seconds": seconds, "distance_evaluations": int(evals),
              "n_neighbors": n_neighbors,
              "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
+    # what the factor needs: the ordered model, or the coordinates, kernel and a lazy model
+    model = prep.ordered if isinstance(prep.ordered, ResidualCorrelation) else None
+    kernel = args["X"].kernel if args["is_model"] else args["kernel"]
+    make_model = None
+    if model is None and kernel is not None:
+        make_model = functools.partial(_ordered_residual_model, args, prep.order)
     return VecchiaNeighbors(prep.order, idx, dist, stats, metric=args["metric"],
-                            method=prep.method)
+                            method=prep.method, model=model, X=args["coords"], kernel=kernel,
+                            make_model=make_model)
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -291,7 +498,7 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
     n = coords.shape[0]
     if metric == "euclidean":
         check_euclidean_range(coords, "X")
-    elif not is_model:
+    if not is_model and (metric == "residual" or kernel is not None):
         if kernel is None:
             raise ValueError("kernel is required for metric='residual' with coordinates "
                              "(e.g. residual.RBF(lengthscale=1.0)); or pass a "
@@ -300,7 +507,10 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
             raise TypeError("kernel must be a residual kernel (residual.RBF or "
                             f"residual.Matern), got {type(kernel).__name__}")
         kernel.lengthscales(coords.shape[1])             # ARD length vs D, before any work
-        n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
+        # Euclidean: only a residual factor builds the model (from_kernel then checks
+        # n_inducing against n), so plain Vecchia also works with fewer rows than the default
+        n_inducing = check_int(n_inducing, "n_inducing", minimum=1,
+                               maximum=n if metric == "residual" else None)
     # as brute_force_knn(predecessors=True): rows are padded, but never past n columns
     k = check_int(k, "k", minimum=1)
     if k > n:
@@ -340,6 +550,16 @@ def _base_model(args):
     """The unpermuted model: a ResidualCorrelation, or float64 coordinates for Euclidean."""
     if args["metric"] == "euclidean":
         return args["coords"]
+    return _residual_base_model(args)
+
+
+def _ordered_residual_model(args, order, num_threads):
+    """A Euclidean result's residual model, as the residual path would have made it."""
+    return _permute_model(_residual_base_model(dict(args, num_threads=num_threads)), order)
+
+
+def _residual_base_model(args):
+    """The unpermuted residual model (the one given, or built on the rows as given)."""
     if args["is_model"]:
         return args["X"]
     return ResidualCorrelation.from_kernel(args["coords"], args["kernel"],
