@@ -22,3 +22,6 @@ cdef blas_int potrf_lower_rm(intp_t m, float64_t* a, intp_t lda) noexcept nogil
 
 cdef void trsv_lower_trans_rm(intp_t m, const float64_t* l, intp_t ldl,
                               float64_t* x) noexcept nogil
+
+cdef void syrk_lower_rm(intp_t n, intp_t k, float64_t alpha, const float64_t* a, intp_t lda,
+                        float64_t beta, float64_t* c, intp_t ldc) noexcept nogil

@@ -10,7 +10,7 @@
 # Two explicit functions rather than one fused one: fused cdef functions do not cross module
 # boundaries reliably.
 
-from scipy.linalg.cython_blas cimport ddot, dgemm, dtrsv, sgemm
+from scipy.linalg.cython_blas cimport ddot, dgemm, dsyrk, dtrsv, sgemm
 from scipy.linalg.cython_lapack cimport dpotrf
 
 
@@ -59,6 +59,21 @@ cdef void trsv_lower_rm(intp_t m, const float64_t* l, float64_t* x) noexcept nog
     cdef char uplo = b'U', trans = b'T', diag = b'N'
     cdef blas_int bm = <blas_int>m, one = 1
     dtrsv(&uplo, &trans, &diag, &bm, <float64_t*>l, &bm, x, &one)
+
+
+cdef void syrk_lower_rm(intp_t n, intp_t k, float64_t alpha, const float64_t* a, intp_t lda,
+                        float64_t beta, float64_t* c, intp_t ldc) noexcept nogil:
+    """Row-major lower triangle of C (n x n) = alpha * A A^T + beta * C, A row-major (n x k);
+    the strict upper triangle of C is not touched.
+
+    NumPy: ``C[tril] = (alpha * A @ A.T + beta * C)[tril]``. Row-major A is column-major
+    A^T (k x n), and row-major lower C is column-major upper: BLAS computes
+    C_U = alpha (A^T)^T (A^T) + beta C_U with uplo 'U', trans 'T'.
+    """
+    cdef char uplo = b'U', trans = b'T'
+    cdef blas_int bn = <blas_int>n, bk = <blas_int>k
+    cdef blas_int l_a = <blas_int>lda, l_c = <blas_int>ldc
+    dsyrk(&uplo, &trans, &bn, &bk, &alpha, <float64_t*>a, &l_a, &beta, c, &l_c)
 
 
 cdef blas_int potrf_lower_rm(intp_t m, float64_t* a, intp_t lda) noexcept nogil:

