@@ -253,12 +253,15 @@ class VecchiaNeighbors:
         if covariance == "residual":
             V = self._residual_model(nt).V
             M, z = np.eye(V.shape[1]), np.zeros(V.shape[1])
-            for start in range(0, n, LOGPDF_BLOCK_ROWS):
-                # rows of W = A V, a block at a time: W itself would be another n x m array
-                stop = min(start + LOGPDF_BLOCK_ROWS, n)
-                W = _factor.csr_times_dense(data, indptr, indices, V, start, stop, nt)
-                M += W.T @ W
-                z += W.T @ ay[start:stop]
+            # one BLAS thread for W^T W too: next to the OpenMP loops a threaded BLAS ran
+            # up to 20x slower on a busy machine, and its sums may depend on its thread count
+            with single_threaded_blas():
+                for start in range(0, n, LOGPDF_BLOCK_ROWS):
+                    # rows of W = A V, a block at a time: W itself would be another n x m array
+                    stop = min(start + LOGPDF_BLOCK_ROWS, n)
+                    W = _factor.csr_times_dense(data, indptr, indices, V, start, stop, nt)
+                    M += W.T @ W
+                    z += W.T @ ay[start:stop]
             chol = scipy.linalg.cho_factor(M, lower=True, check_finite=False)
             logdet += 2.0 * np.log(np.diag(chol[0])).sum()
             quad -= z @ scipy.linalg.cho_solve(chol, z, check_finite=False)
