@@ -226,3 +226,23 @@ def test_euclidean_without_kernel():
     with pytest.raises(ValueError, match="lengthscales"):
         vecchia_neighbors(_data(30), residual.RBF(lengthscale=[1.0, 1.0, 1.0]), k=3,
                           metric="euclidean")
+
+
+def test_ard_kernel_matches_the_dense_reference():
+    X = _data(100, seed=18, dim=3)
+    kern = residual.RBF(lengthscale=[0.4, 0.8, 1.5], variance=0.7)
+    res = vecchia_neighbors(X, kern, k=6, n_inducing=M, metric="euclidean")
+    for covariance in ("residual", "kernel"):
+        A = res.factor(covariance, nugget=1e-3).toarray()
+        ref = _factor_ref(_dense_cov(res, X, covariance, 1e-3), res.neighbors)
+        np.testing.assert_allclose(A, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def test_dask_result_has_the_same_factor():
+    rdask = pytest.importorskip("residual.dask")
+    X = _data(300, seed=19)
+    ref = vecchia_neighbors(X, KERN, k=5, n_inducing=M, metric="euclidean")
+    res = rdask.vecchia_neighbors(X, KERN, k=5, n_inducing=M, metric="euclidean", n_blocks=3)
+    for covariance in ("residual", "kernel"):
+        np.testing.assert_array_equal(res.factor(covariance, nugget=1e-3).data,
+                                      ref.factor(covariance, nugget=1e-3).data)
