@@ -3,7 +3,9 @@
 The pipeline is model -> ordering -> build -> query. The residual model is built once on the
 rows as given (so its inducing points are the ones ``from_kernel`` would draw for that data),
 then its per-row arrays are permuted into the chosen order; the neighbour search runs on the
-ordered sequence, so every index it returns is a position in that sequence.
+ordered sequence, so every index it returns is a position in that sequence. The result keeps
+what the Vecchia factor needs (the ordered model, or the coordinates and kernel) and computes
+the factor and the VIF log density on request (residual/_factor.pyx).
 """
 
 import functools
@@ -246,8 +248,8 @@ class VecchiaNeighbors:
         covariance, nugget, nt = self._check_factor_args(covariance, nugget, num_threads)
         n = self.n_samples
         data, indices, indptr = self._factor(covariance, nugget, nt)
-        ay = _factor.csr_times_dense(data, indptr, indices, y[self.order][:, None], 0, n,
-                                     nt)[:, 0]
+        ay = _factor.csr_times_dense(data, indptr, indices, y[self.order].reshape(n, 1), 0,
+                                     n, nt)[:, 0]
         logdet = -2.0 * np.log(data[indptr[1:] - 1]).sum()      # the diagonal ends each row
         quad = ay @ ay
         if covariance == "residual":
