@@ -337,14 +337,14 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=200, ordering="random"
     kernel : residual.RBF or residual.Matern, default=None
         Required for ``metric="residual"`` with coordinates. Optional for
         ``metric="euclidean"``: the search ignores it, but the result keeps it for
-        :meth:`VecchiaNeighbors.factor` and :meth:`VecchiaNeighbors.logpdf`.
+        :meth:`VecchiaNeighbors.factor` and :meth:`VecchiaNeighbors.logpdf` (whose residual
+        covariance builds the model with ``n_inducing`` and ``seed`` when first needed).
     k : int, default=30
         Conditioning-set size, ``1 <= k <= n_samples``. Row i gets ``min(k, i)`` neighbours,
         then padding.
     n_inducing : int, default=200
         Inducing points of the residual model, drawn from the rows as given by
-        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)`` (for
-        ``metric="euclidean"`` with a kernel: when a residual factor first needs it).
+        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)``.
     ordering : {"random", "natural", "maximin"} or array-like of int, default="random"
         ``"random"``: ``numpy.random.default_rng(seed).permutation(n_samples)``;
         ``"natural"``: the input order; ``"maximin"``:
@@ -523,10 +523,7 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
             raise TypeError("kernel must be a residual kernel (residual.RBF or "
                             f"residual.Matern), got {type(kernel).__name__}")
         kernel.lengthscales(coords.shape[1])             # ARD length vs D, before any work
-        # Euclidean: only a residual factor builds the model (from_kernel then checks
-        # n_inducing against n), so plain Vecchia also works with fewer rows than the default
-        n_inducing = check_int(n_inducing, "n_inducing", minimum=1,
-                               maximum=n if metric == "residual" else None)
+        n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
     # as brute_force_knn(predecessors=True): rows are padded, but never past n columns
     k = check_int(k, "k", minimum=1)
     if k > n:

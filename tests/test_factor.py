@@ -171,18 +171,19 @@ def test_euclidean_with_a_prebuilt_model():
     np.testing.assert_allclose(A, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
-def test_euclidean_kernel_with_fewer_rows_than_the_default_inducing_count():
+def test_euclidean_checks_n_inducing_only_with_a_kernel():
     X = _data(60, seed=14)
-    res = vecchia_neighbors(X, KERN, k=4, metric="euclidean")     # n_inducing=200 > n
-    assert res.factor("kernel", nugget=1e-3).shape == (60, 60)
     with pytest.raises(ValueError, match="n_inducing"):
-        res.factor("residual")
+        vecchia_neighbors(X, KERN, k=4, n_inducing=61, metric="euclidean")
+    res = vecchia_neighbors(X, k=4, n_inducing=61, metric="euclidean")    # unused: no kernel
+    assert res.model is None
 
 
 def test_singular_block_asks_for_a_nugget():
     X = _data(50, seed=15)
     X[30] = X[10]                                   # a duplicate: a singular kernel block
-    res = vecchia_neighbors(X, KERN, k=49, metric="euclidean", ordering="natural")
+    res = vecchia_neighbors(X, KERN, k=49, n_inducing=M, metric="euclidean",
+                            ordering="natural")
     with pytest.raises(ValueError, match="position 30 .*singular.*nugget"):
         res.factor("kernel")
     A = res.factor("kernel", nugget=1e-4)
