@@ -17,3 +17,11 @@ cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
 cdef float64_t ddot_(intp_t n, const float64_t* x, const float64_t* y) noexcept nogil
 
 cdef void trsv_lower_rm(intp_t m, const float64_t* l, float64_t* x) noexcept nogil
+
+cdef blas_int potrf_lower_rm(intp_t m, float64_t* a, intp_t lda) noexcept nogil
+
+cdef void trsv_lower_trans_rm(intp_t m, const float64_t* l, intp_t ldl,
+                              float64_t* x) noexcept nogil
+
+cdef void syrk_lower_rm(intp_t n, intp_t k, float64_t alpha, const float64_t* a, intp_t lda,
+                        float64_t beta, float64_t* c, intp_t ldc) noexcept nogil

@@ -1,5 +1,7 @@
 # Row-major GEMM on top of SciPy's Fortran BLAS. This is the only module that cimports
-# scipy.linalg.cython_blas; everything else calls dgemm_rm / sgemm_rm.
+# scipy.linalg.cython_blas; everything else calls dgemm_rm / sgemm_rm. The few LAPACK calls
+# (scipy.linalg.cython_lapack, the same library) are wrapped here too, for the same reasons:
+# one place for the row-major algebra and for the blas_int type.
 #
 # Algebra: a row-major (r x c) array with leading dimension ld is, to column-major BLAS, the
 # (c x r) matrix transposed. So C = alpha op(A) op(B) + beta C in row-major is
@@ -8,7 +10,8 @@
 # Two explicit functions rather than one fused one: fused cdef functions do not cross module
 # boundaries reliably.
 
-from scipy.linalg.cython_blas cimport ddot, dgemm, dtrsv, sgemm
+from scipy.linalg.cython_blas cimport ddot, dgemm, dsyrk, dtrsv, sgemm
+from scipy.linalg.cython_lapack cimport dpotrf
 
 
 cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
@@ -56,6 +59,44 @@ cdef void trsv_lower_rm(intp_t m, const float64_t* l, float64_t* x) noexcept nog
     cdef char uplo = b'U', trans = b'T', diag = b'N'
     cdef blas_int bm = <blas_int>m, one = 1
     dtrsv(&uplo, &trans, &diag, &bm, <float64_t*>l, &bm, x, &one)
+
+
+cdef void syrk_lower_rm(intp_t n, intp_t k, float64_t alpha, const float64_t* a, intp_t lda,
+                        float64_t beta, float64_t* c, intp_t ldc) noexcept nogil:
+    """Row-major lower triangle of C (n x n) = alpha * A A^T + beta * C, A row-major (n x k);
+    the strict upper triangle of C is not touched.
+
+    NumPy: ``C[tril] = (alpha * A @ A.T + beta * C)[tril]``. Row-major A is column-major
+    A^T (k x n), and row-major lower C is column-major upper: BLAS computes
+    C_U = alpha (A^T)^T (A^T) + beta C_U with uplo 'U', trans 'T'.
+    """
+    cdef char uplo = b'U', trans = b'T'
+    cdef blas_int bn = <blas_int>n, bk = <blas_int>k
+    cdef blas_int l_a = <blas_int>lda, l_c = <blas_int>ldc
+    dsyrk(&uplo, &trans, &bn, &bk, &alpha, <float64_t*>a, &l_a, &beta, c, &l_c)
+
+
+cdef blas_int potrf_lower_rm(intp_t m, float64_t* a, intp_t lda) noexcept nogil:
+    """Cholesky factor in place: the lower triangle of row-major A (m x m, row stride lda)
+    becomes L with A = L L^T; the strict upper triangle is left as it was.
+
+    Row-major lower L is column-major upper U = L^T, so LAPACK factors A = U^T U with
+    uplo 'U'; it reads only that triangle (row-major: the lower one). Returns LAPACK's info:
+    0, or j > 0 when the leading j x j block is not positive definite.
+    """
+    cdef char uplo = b'U'
+    cdef blas_int bm = <blas_int>m, l_a = <blas_int>lda, info = 0
+    dpotrf(&uplo, &bm, a, &l_a, &info)
+    return info
+
+
+cdef void trsv_lower_trans_rm(intp_t m, const float64_t* l, intp_t ldl,
+                              float64_t* x) noexcept nogil:
+    """Solve L^T y = x in place for one vector; L is lower triangular, row-major (m x m,
+    row stride ldl). Row-major L is column-major U = L^T (upper), so BLAS solves U y = x."""
+    cdef char uplo = b'U', trans = b'N', diag = b'N'
+    cdef blas_int bm = <blas_int>m, l_l = <blas_int>ldl, one = 1
+    dtrsv(&uplo, &trans, &diag, &bm, <float64_t*>l, &l_l, x, &one)
 
 
 def gemm(const float64_t[:, ::1] a, const float64_t[:, ::1] b, bint trans_b=True):

@@ -3,27 +3,37 @@
 The pipeline is model -> ordering -> build -> query. The residual model is built once on the
 rows as given (so its inducing points are the ones ``from_kernel`` would draw for that data),
 then its per-row arrays are permuted into the chosen order; the neighbour search runs on the
-ordered sequence, so every index it returns is a position in that sequence.
+ordered sequence, so every index it returns is a position in that sequence. The result keeps
+what the Vecchia factor needs (the ordered model, or the coordinates and kernel) and computes
+the factor and the VIF log density on request (residual/_factor.pyx).
 """
 
+import functools
+import numbers
 import time
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 
+from residual import _factor
 from residual.bruteforce import brute_force_knn
 from residual.kernels import Kernel
-from residual.model import ResidualCorrelation
+from residual.model import DEGENERATE_P_RTOL, ResidualCorrelation
 from residual.ordering import maximin_order
 from residual.tree import CoverTree
-from residual._parallel import resolve_num_threads
-from residual._validate import (as_float_matrix, as_numeric_array, check_euclidean_range,
-                                check_int, resolve_seed)
+from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array,
+                                check_euclidean_range, check_int, resolve_seed)
 
 ORDERINGS = ("random", "natural", "maximin")
 METRICS = ("residual", "euclidean")
 METHODS = ("auto", "tree", "brute")
 STAGES = ("model", "ordering", "build", "query")
+COVARIANCES = ("residual", "kernel")
+
+#: Rows of W = A V formed at a time by VecchiaNeighbors.logpdf (bounds its extra memory).
+LOGPDF_BLOCK_ROWS = 1 << 16
 
 #: Inducing points of the residual model when ``n_inducing`` is None (and n allows).
 DEFAULT_N_INDUCING = 200
@@ -48,6 +58,16 @@ class VecchiaNeighbors:
     stats : dict
     metric, method : str
         The metric, and the search method actually used (``"tree"`` or ``"brute"``).
+    model : ResidualCorrelation, default=None
+        The residual model with its rows in the ordered sequence (row ``pos`` is row
+        ``order[pos]`` of X), or None.
+    X : ndarray of shape (n_samples, n_features), default=None
+        The coordinates, in the original row order (for the kernel covariance without a
+        model).
+    kernel : residual.RBF or residual.Matern, default=None
+    make_model : callable, default=None
+        ``make_model(num_threads)`` returns the ordered residual model when ``model`` is None;
+        called once, by the first :meth:`factor` or :meth:`logpdf` that needs it.
 
     Attributes
     ----------
@@ -65,15 +85,23 @@ class VecchiaNeighbors:
         (non-padded entries) and ``neighbors_per_second`` (``n_neighbors`` over build +
         query seconds).
     metric, method : str
+    kernel : residual.RBF or residual.Matern or None
+        The kernel of :meth:`factor` and :meth:`logpdf`: the residual model's, or the one
+        given to :func:`vecchia_neighbors` (None when neither exists).
     """
 
-    def __init__(self, order, neighbors, distances, stats, *, metric, method):
+    def __init__(self, order, neighbors, distances, stats, *, metric, method, model=None,
+                 X=None, kernel=None, make_model=None):
         self.order = order
         self.neighbors = neighbors
         self.distances = distances
         self.stats = stats
         self.metric = metric
         self.method = method
+        self.kernel = model.kernel if model is not None else kernel
+        self._model = model
+        self._X = X
+        self._make_model = make_model
 
     @property
     def n_samples(self):
@@ -111,6 +139,191 @@ class VecchiaNeighbors:
         data = np.ones(indices.size, dtype=dtype)
         return scipy.sparse.csr_matrix((data, indices, indptr), shape=(n, n))
 
+    @property
+    def model(self):
+        """The residual model in the ordered sequence (row ``pos`` is row ``order[pos]`` of X).
+
+        For ``metric="euclidean"`` with a kernel it is built on first use, exactly as the
+        residual path builds it (same ``n_inducing`` and ``seed``, on the rows as given, then
+        permuted). None when there is no kernel.
+        """
+        return self._residual_model(None)
+
+    def factor(self, covariance="residual", nugget=0.0, *, num_threads=None):
+        """The sparse inverse-Cholesky (Vecchia) factor of the ordered vector ``y[order]``.
+
+        Row i of ``A`` conditions position i on its neighbours ``c = neighbors[i, :min(k, i)]``
+        under the covariance S: ``b = S_cc^-1 S_ci``, ``d = S_ii - S_ic b``,
+        ``A_ii = 1 / sqrt(d)``, ``A_ic = -b / sqrt(d)``. Then ``A.T @ A`` approximates the
+        inverse of the covariance of ``y[order]`` (exactly, when every row conditions on all
+        its predecessors).
+
+        Parameters
+        ----------
+        covariance : {"residual", "kernel"}, default="residual"
+            ``"kernel"``: ``S = k(x, x') + nugget * I`` (plain Vecchia). ``"residual"``:
+            ``S = k(x, x') - V V^T + nugget * I``, the residual of the low-rank part (a VIF
+            model, see :meth:`logpdf`); after ``metric="euclidean"`` the residual model is
+            built on first use (see :attr:`model`).
+        nugget : float, default=0.0
+            Noise variance added to the diagonal, >= 0.
+        num_threads : int, default=None
+            Threads (None = all usable cores; negative counts back from them).
+
+        Returns
+        -------
+        A : scipy.sparse.csr_matrix of shape (n_samples, n_samples)
+            Lower triangular, with the pattern of :meth:`to_csr`; rows and columns are
+            positions in the ordered sequence (position ``pos`` is row ``order[pos]`` of X).
+
+        Raises
+        ------
+        TypeError, ValueError
+            On a bad argument, or when the covariance needs a kernel that this result lacks
+            (``metric="euclidean"`` without one), before any work starts.
+        ValueError
+            If a conditioning block is numerically singular: a Cholesky pivot (a conditional
+            variance) at or below ``DEGENERATE_P_RTOL * (variance + nugget)``, e.g. from
+            duplicate points or degenerate residual rows. A nugget resolves it.
+
+        Notes
+        -----
+        Each row costs one Cholesky of its ``(k + 1) x (k + 1)`` block (LAPACK) and, for the
+        residual covariance, one ``(k + 1) x (k + 1) x m`` product; rows run in parallel and
+        their values do not depend on the thread count. For the original row order use
+        ``A[:, numpy.argsort(order)]``: it maps ``y`` itself to ``A @ y[order]``.
+
+        Examples
+        --------
+        >>> import numpy as np, residual
+        >>> X = np.random.default_rng(0).uniform(size=(300, 2))
+        >>> res = residual.vecchia_neighbors(X, residual.Matern(1.5, lengthscale=0.2), k=10,
+        ...                                  n_inducing=30)
+        >>> A = res.factor("residual", nugget=1e-4)
+        >>> A.shape, A.nnz == res.to_csr().nnz
+        ((300, 300), True)
+        """
+        covariance, nugget, nt = self._check_factor_args(covariance, nugget, num_threads)
+        data, indices, indptr = self._factor(covariance, nugget, nt)
+        return scipy.sparse.csr_matrix((data, indices, indptr), shape=(self.n_samples,) * 2)
+
+    def logpdf(self, y, nugget=0.0, covariance="residual", *, num_threads=None):
+        """Log density of y under the Vecchia-approximated Gaussian process (mean zero).
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,)
+            Observations, in the original row order of X (not the ordered sequence).
+        nugget : float, default=0.0
+            Noise variance, >= 0.
+        covariance : {"residual", "kernel"}, default="residual"
+            ``"residual"``: the VIF model ``V V^T + R~`` with ``R~^-1 = A^T A``, A the
+            :meth:`factor` of the residual covariance ``k - V V^T + nugget * I``.
+            ``"kernel"``: plain Vecchia, ``(A^T A)^-1`` with A the factor of
+            ``k + nugget * I``.
+        num_threads : int, default=None
+            Threads for the factor (None = all usable cores).
+
+        Returns
+        -------
+        logpdf : float
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`factor`, and on a y of the wrong shape or with NaN or inf.
+
+        Notes
+        -----
+        With ``W = A V`` (ordered rows), Woodbury and the determinant lemma give
+        ``log det = -2 sum log A_ii + log det(I + W^T W)`` and
+        ``y^T Sigma^-1 y = |A y|^2 - z^T (I + W^T W)^-1 z``, ``z = W^T A y``: O(n k m + n m^2).
+        With every row conditioning on all its predecessors this is the exact Gaussian log
+        density with covariance ``k + nugget * I`` (both choices, up to the inducing jitter in
+        ``V``).
+
+        Examples
+        --------
+        >>> import numpy as np, residual
+        >>> X = np.random.default_rng(0).uniform(size=(300, 2))
+        >>> kern = residual.Matern(1.5, lengthscale=0.2)
+        >>> res = residual.vecchia_neighbors(X, kern, k=10, n_inducing=30)
+        >>> y = np.sin(6 * X[:, 0])
+        >>> bool(np.isfinite(res.logpdf(y, nugget=1e-2)))
+        True
+        """
+        y = as_float_vector(y, "y", size=self.n_samples)
+        covariance, nugget, nt = self._check_factor_args(covariance, nugget, num_threads)
+        n = self.n_samples
+        data, indices, indptr = self._factor(covariance, nugget, nt)
+        ay = _factor.csr_times_dense(data, indptr, indices, y[self.order].reshape(n, 1), 0,
+                                     n, nt)[:, 0]
+        logdet = -2.0 * np.log(data[indptr[1:] - 1]).sum()      # the diagonal ends each row
+        quad = ay @ ay
+        if covariance == "residual":
+            V = self._residual_model(nt).V
+            M, z = np.eye(V.shape[1]), np.zeros(V.shape[1])
+            # one BLAS thread for W^T W too: next to the OpenMP loops a threaded BLAS ran
+            # up to 20x slower on a busy machine, and its sums may depend on its thread count
+            with single_threaded_blas():
+                for start in range(0, n, LOGPDF_BLOCK_ROWS):
+                    # rows of W = A V, a block at a time: W itself would be another n x m array
+                    stop = min(start + LOGPDF_BLOCK_ROWS, n)
+                    W = _factor.csr_times_dense(data, indptr, indices, V, start, stop, nt)
+                    M += W.T @ W
+                    z += W.T @ ay[start:stop]
+            chol = scipy.linalg.cho_factor(M, lower=True, check_finite=False)
+            logdet += 2.0 * np.log(np.diag(chol[0])).sum()
+            quad -= z @ scipy.linalg.cho_solve(chol, z, check_finite=False)
+        return float(-0.5 * (self.n_samples * np.log(2.0 * np.pi) + logdet + quad))
+
+    def _check_factor_args(self, covariance, nugget, num_threads):
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
+        if isinstance(nugget, (bool, np.bool_)) or not isinstance(nugget, numbers.Real):
+            raise TypeError(f"nugget must be a real number, got {type(nugget).__name__}")
+        nugget = float(nugget)
+        if not (np.isfinite(nugget) and nugget >= 0):
+            raise ValueError(f"nugget must be a finite number >= 0, got {nugget}")
+        if self.kernel is None:
+            raise ValueError(f"covariance={covariance!r} needs a kernel: pass one to "
+                             "vecchia_neighbors (with metric='euclidean' it is optional)")
+        return covariance, nugget, resolve_num_threads(num_threads)
+
+    def _residual_model(self, num_threads):
+        if self._model is None and self._make_model is not None:
+            self._model = self._make_model(num_threads)
+        return self._model
+
+    def _factor(self, covariance, nugget, num_threads):
+        """:meth:`factor` on checked arguments, as CSR arrays ``(data, indices, indptr)``
+        (int64 indices, which scipy.sparse may narrow when it wraps them)."""
+        kernel = self.kernel
+        if covariance == "residual":
+            model = self._residual_model(num_threads)
+            xs, v = model._xs, model.V
+        elif self._model is not None:
+            xs, v = self._model._xs, None
+        else:
+            # the same elementwise operations as the model's scaled rows, so the same bits
+            xs, v = ResidualCorrelation._scale(self._X, kernel)[self.order], None
+        pattern = self.to_csr()
+        indptr = pattern.indptr.astype(np.int64, copy=False)
+        indices = pattern.indices.astype(np.int64, copy=False)
+        min_pivot = DEGENERATE_P_RTOL * (kernel.variance + nugget)
+        with single_threaded_blas():
+            data, status = _factor.vecchia_factor(kernel._code, kernel.variance, xs, v, indptr,
+                                                  indices, nugget, min_pivot, num_threads)
+        bad = np.flatnonzero(status)
+        if bad.size:
+            pos = int(bad[0])
+            raise ValueError(
+                f"the conditioning block of position {pos} (row {int(self.order[pos])} of X) "
+                f"is numerically singular under the {covariance} covariance ({bad.size} "
+                f"rows in all): a conditional variance is at or below {min_pivot:.3g}. "
+                "Add a nugget (e.g. nugget=1e-6 * variance) or remove duplicate points")
+        return data, indices, indptr
+
     def __repr__(self):
         s = self.stats.get("seconds", {})
         return (f"VecchiaNeighbors(n_samples={self.n_samples}, k={self.k}, "
@@ -130,8 +343,10 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, ordering="random
         must then be None and ``n_inducing`` is ignored; with ``metric="euclidean"`` the
         model's ``X`` is used).
     kernel : residual.RBF or residual.Matern, default=None
-        Required for ``metric="residual"`` with coordinates; ignored for
-        ``metric="euclidean"``.
+        Required for ``metric="residual"`` with coordinates. Optional for
+        ``metric="euclidean"``: the search ignores it, but the result keeps it for
+        :meth:`VecchiaNeighbors.factor` and :meth:`VecchiaNeighbors.logpdf` (whose residual
+        covariance builds the model with ``n_inducing`` and ``seed`` when first needed).
     k : int, default=30
         Conditioning-set size, ``1 <= k <= n_samples``. Row i gets ``min(k, i)`` neighbours,
         then padding.
@@ -166,7 +381,8 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, ordering="random
     -------
     result : VecchiaNeighbors
         ``order``, ``neighbors`` and ``distances`` (positions in the ordered sequence),
-        ``stats``, and ``to_csr()``.
+        ``stats``, ``to_csr()``, and the factor and log density of the approximated GP,
+        ``factor()`` and ``logpdf()``.
 
     Raises
     ------
@@ -276,8 +492,15 @@ def _assemble(args, prep, parts, t_start):
     stats = {"seconds": seconds, "distance_evaluations": int(evals),
              "n_neighbors": n_neighbors,
              "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
+    # what the factor needs: the ordered model, or the coordinates, kernel and a lazy model
+    model = prep.ordered if isinstance(prep.ordered, ResidualCorrelation) else None
+    kernel = args["X"].kernel if args["is_model"] else args["kernel"]
+    make_model = None
+    if model is None and kernel is not None:
+        make_model = functools.partial(_ordered_residual_model, args, prep.order)
     return VecchiaNeighbors(prep.order, idx, dist, stats, metric=args["metric"],
-                            method=prep.method)
+                            method=prep.method, model=model, X=args["coords"], kernel=kernel,
+                            make_model=make_model)
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -302,7 +525,7 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
     n = coords.shape[0]
     if metric == "euclidean":
         check_euclidean_range(coords, "X")
-    elif not is_model:
+    if not is_model and (metric == "residual" or kernel is not None):
         if kernel is None:
             raise ValueError("kernel is required for metric='residual' with coordinates "
                              "(e.g. residual.RBF(lengthscale=1.0)); or pass a "
@@ -352,6 +575,16 @@ def _base_model(args):
     """The unpermuted model: a ResidualCorrelation, or float64 coordinates for Euclidean."""
     if args["metric"] == "euclidean":
         return args["coords"]
+    return _residual_base_model(args)
+
+
+def _ordered_residual_model(args, order, num_threads):
+    """A Euclidean result's residual model, as the residual path would have made it."""
+    return _permute_model(_residual_base_model(dict(args, num_threads=num_threads)), order)
+
+
+def _residual_base_model(args):
+    """The unpermuted residual model (the one given, or built on the rows as given)."""
     if args["is_model"]:
         return args["X"]
     return ResidualCorrelation.from_kernel(args["coords"], args["kernel"],
