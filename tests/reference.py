@@ -22,7 +22,7 @@ def kernel_ref(kernel, X, Y):
 
 
 def model_ref(X, kernel, inducing, jitter):
-    """(L, V, p) as DESIGN section 1 defines them, with numpy.linalg."""
+    """(L, V, p) as residual.model defines them, with numpy.linalg."""
     U = X[inducing]
     kuu = kernel_ref(kernel, U, U) + jitter * kernel.variance * np.eye(len(inducing))
     L = np.linalg.cholesky(kuu)

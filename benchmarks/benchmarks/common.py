@@ -1,4 +1,4 @@
-"""Shared data for the asv benchmarks (seeded, as the standard harness of DESIGN.md section 6)."""
+"""Shared data for the asv benchmarks: the standard harness (X ~ N(0, I_3), RBF l = 1), seeded."""
 
 import numpy as np
 
