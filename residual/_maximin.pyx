@@ -11,6 +11,13 @@
 # than r: regions near chosen points drop out of later searches altogether. The walk is
 # recursive, as deep as the tree is high.
 #
+# Layout: the loop works on labels, not rows. The tree's nodes are numbered breadth-first (the
+# root is 0), so the children of a node are consecutive labels, and each level's nodes lie in
+# the order of their ancestors: a search reads neighbouring memory, not n scattered rows. The
+# aliases (rows at distance 0 from a node) come after the nodes, each node's consecutively.
+# Euclidean coordinates are copied in label order; residual rows are reached through the
+# label -> row map (V is too big to copy). Ties still go by row index (label -> row).
+#
 # Exactness: every pair is evaluated by one routine (dist), the centre always first, so the
 # distance that decides a point's dmin is one reproducible float64 number, exact duplicates
 # tie exactly, and the order equals the O(n^2) farthest-first loop run with that routine.
@@ -26,11 +33,18 @@
 # the tree level by level, evaluating each level's children in a prange, then walks the live
 # subtrees on threads (their dmin entries are disjoint); the heap is updated afterwards. The
 # heap's top is the unique maximum of a strict total order on (dmin, index), so the order
-# depends neither on the thread count nor on which thread updated what.
+# depends neither on the thread count nor on which thread updated what. Small steps run on
+# the calling thread alone: a parallel region per step would cost more than the step.
+#
+# Slices: the loop's state lives in a Farthest object; run() advances it for a given time and
+# returns, so the caller can report progress and honour Ctrl-C between slices. The state is
+# carried whole from one slice to the next, so the order does not depend on the slicing.
 
 from cython.parallel cimport prange, parallel, threadid
+from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport sqrt, fabs, INFINITY
 from libc.stdlib cimport qsort
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
@@ -38,12 +52,15 @@ from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Points, fill_points, pair_key
 
 
+cdef struct Data:
+    Points P
+    const int64_t* row       # label -> the metric's row, or NULL: rows stored in label order
+
+
 cdef struct Tree:
-    intp_t root
+    # children of node u: labels children_ptr[u] .. children_ptr[u + 1] - 1; aliases likewise
     const int64_t* children_ptr
-    const int64_t* children
     const int64_t* alias_ptr
-    const int64_t* aliases
     const float64_t* radius
     const float64_t* pdist
     float64_t slack
@@ -51,7 +68,7 @@ cdef struct Tree:
 
 cdef struct Walk:
     # one range search from centre c over some subtrees, by one thread
-    const Points* P
+    const Data* D
     const Tree* T
     float64_t* dmin
     float64_t* sub
@@ -64,8 +81,8 @@ cdef struct Walk:
     char pad[128]            # keeps the threads' counters off each other's cache lines
 
 
-cdef inline float64_t dist(const Points* P, intp_t c, intp_t x) noexcept nogil:
-    """d(c, x) for the centre c, always with the centre first.
+cdef inline float64_t dist(const Data* D, intp_t c, intp_t x) noexcept nogil:
+    """d(c, x) for the centre c (labels), always with the centre first.
 
     pair_key is not bit-symmetric (it scales |C| by s_c, then by s_x), so the argument order
     is fixed: the pair (c, x) that decides x's distance to the chosen set is evaluated once,
@@ -75,7 +92,15 @@ cdef inline float64_t dist(const Points* P, intp_t c, intp_t x) noexcept nogil:
     """
     if c == x:
         return 0.0
-    return sqrt(pair_key(P, c, x))
+    if D.row != NULL:
+        return sqrt(pair_key(&D.P, D.row[c], D.row[x]))
+    return sqrt(pair_key(&D.P, c, x))
+
+
+cdef inline float64_t now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
 cdef inline float64_t offer(Walk* W, intp_t x, float64_t dx) noexcept nogil:
@@ -96,24 +121,22 @@ cdef inline bint skip(const Tree* T, const float64_t* sub, intp_t w,
 cdef float64_t visit(Walk* W, intp_t u, float64_t du) noexcept nogil:
     """Update dmin in u's subtree from the centre (du = d(c, u)); return and store sub[u]."""
     cdef const Tree* T = W.T
-    cdef intp_t t, a, w
+    cdef intp_t a, w
     cdef float64_t best, dw, s
     best = offer(W, u, du)
-    for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
-        a = T.aliases[t]
+    for a in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
         W.evals += a != W.c
-        s = offer(W, a, dist(W.P, W.c, a))
+        s = offer(W, a, dist(W.D, W.c, a))
         best = s if s > best else best
-    for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
-        w = T.children[t]
+    for w in range(T.children_ptr[u], T.children_ptr[u + 1]):
         if skip(T, W.sub, w, fabs(du - T.pdist[w])):
             s = W.sub[w]
         else:
-            if u == T.root and W.netrow != NULL:
-                dw = W.netrow[t - T.children_ptr[u]]     # counted when it was evaluated
+            if u == 0 and W.netrow != NULL:
+                dw = W.netrow[w - T.children_ptr[0]]     # counted when it was evaluated
                 W.looked += 1
             else:
-                dw = dist(W.P, W.c, w)
+                dw = dist(W.D, W.c, w)
                 W.evals += w != W.c
             s = W.sub[w] if skip(T, W.sub, w, dw) else visit(W, w, dw)
         best = s if s > best else best
@@ -121,41 +144,62 @@ cdef float64_t visit(Walk* W, intp_t u, float64_t du) noexcept nogil:
     return best
 
 
-# -- indexed max-heap of the unchosen points, ordered by (dmin desc, index asc) -----------------
+# -- indexed 4-ary max-heap of the unchosen points, ordered by (dmin desc, row index asc) --------
+#
+# Each entry carries its key, so a comparison reads the entries (a parent's four children share
+# a cache line) instead of dmin at four scattered labels; 4-ary halves the depth of a pop.
 
-cdef inline bint above(const float64_t* d, intp_t a, intp_t b) noexcept nogil:
-    """a comes before b: farther from the chosen set, ties by the smaller index."""
-    return d[a] > d[b] or (d[a] == d[b] and a < b)
+DEF ARITY = 4
 
 
-cdef void sift_down(const float64_t* d, intp_t* h, intp_t* pos, intp_t size,
-                    intp_t p) noexcept nogil:
-    """Restore the heap below position p (after h[p]'s key went down)."""
-    cdef intp_t x = h[p], c
+cdef struct Entry:
+    float64_t d              # dmin of the point
+    intp_t u                 # its label
+
+
+cdef struct Heap:
+    Entry* e
+    intp_t* pos              # label -> position in e, -1 once chosen
+    intp_t size
+    const int64_t* row       # label -> row index (ties)
+
+
+cdef inline bint above(const Heap* H, Entry a, Entry b) noexcept nogil:
+    """a comes before b: farther from the chosen set, ties by the smaller row index."""
+    return a.d > b.d or (a.d == b.d and H.row[a.u] < H.row[b.u])
+
+
+cdef void sift_down(Heap* H, intp_t p) noexcept nogil:
+    """Restore the heap below position p (after e[p]'s key went down)."""
+    cdef Entry x = H.e[p]
+    cdef intp_t c, j, b, end
     while True:
-        c = 2 * p + 1
-        if c >= size:
+        c = ARITY * p + 1
+        if c >= H.size:
             break
-        if c + 1 < size and above(d, h[c + 1], h[c]):
-            c += 1
-        if not above(d, h[c], x):
+        end = c + ARITY if c + ARITY < H.size else H.size
+        b = c
+        for j in range(c + 1, end):
+            if above(H, H.e[j], H.e[b]):
+                b = j
+        if not above(H, H.e[b], x):
             break
-        h[p] = h[c]
-        pos[h[p]] = p
-        p = c
-    h[p] = x
-    pos[x] = p
+        H.e[p] = H.e[b]
+        H.pos[H.e[p].u] = p
+        p = b
+    H.e[p] = x
+    H.pos[x.u] = p
 
 
-cdef intp_t heap_pop(const float64_t* d, intp_t* h, intp_t* pos, intp_t* size) noexcept nogil:
-    """Remove and return the top."""
-    cdef intp_t top = h[0]
-    size[0] -= 1
-    if size[0] > 0:
-        h[0] = h[size[0]]
-        pos[h[0]] = 0
-        sift_down(d, h, pos, size[0], 0)
-    pos[top] = -1
+cdef intp_t heap_pop(Heap* H) noexcept nogil:
+    """Remove and return the top's label."""
+    cdef intp_t top = H.e[0].u
+    H.size -= 1
+    if H.size > 0:
+        H.e[0] = H.e[H.size]
+        H.pos[H.e[0].u] = 0
+        sift_down(H, 0)
+    H.pos[top] = -1
     return top
 
 
@@ -164,23 +208,34 @@ cdef int _descending(const void* a, const void* b) noexcept nogil:
     return (x < y) - (x > y)
 
 
-cdef void reheap(const float64_t* d, intp_t* h, intp_t* pos, intp_t size, intp_t* changed,
-                 intp_t nchanged) noexcept nogil:
+cdef void reheap(Heap* H, const float64_t* dmin, intp_t* changed, intp_t nchanged) noexcept nogil:
     """Restore the heap after the keys of the points in changed went down.
 
     Several lowered keys at once must be sifted deepest position first (as in heapify): a
     shallower one sifted first can settle above a deeper one that later rises past it.
     changed is overwritten with the positions.
     """
-    cdef intp_t i
+    cdef intp_t i, j, p, x
     for i in range(nchanged):
-        changed[i] = pos[changed[i]]
-    qsort(changed, nchanged, sizeof(intp_t), _descending)
+        x = changed[i]
+        p = H.pos[x]
+        H.e[p].d = dmin[x]
+        changed[i] = p
+    if nchanged > 32:
+        qsort(changed, nchanged, sizeof(intp_t), _descending)
+    else:                                  # the usual few: insertion sort, no calls
+        for i in range(1, nchanged):
+            p = changed[i]
+            j = i
+            while j > 0 and changed[j - 1] < p:
+                changed[j] = changed[j - 1]
+                j -= 1
+            changed[j] = p
     for i in range(nchanged):
-        sift_down(d, h, pos, size, changed[i])
+        sift_down(H, changed[i])
 
 
-# -- the farthest-first loop ---------------------------------------------------------------------
+# -- the parallel search and the scan ------------------------------------------------------------
 
 cdef struct Work:
     # buffers of the parallel search, each n long (walks: one per thread)
@@ -202,15 +257,14 @@ cdef int64_t search(Walk* W, intp_t c, Work* K) noexcept nogil:
     subtrees are live; those are walked in parallel and sub of the expanded nodes is then
     recomputed bottom-up.
     """
-    cdef const Tree* T = W.T
-    cdef float64_t d0 = dist(W.P, c, T.root)
+    cdef float64_t d0 = dist(W.D, c, 0)
     W.c = c
-    W.evals = T.root != c
+    W.evals = c != 0
     W.nchanged = 0
-    if skip(T, W.sub, T.root, d0):
+    if skip(W.T, W.sub, 0, d0):
         return W.evals
     if K == NULL:
-        visit(W, T.root, d0)
+        visit(W, 0, d0)
         return W.evals
     return parallel_search(W, c, d0, K)
 
@@ -219,8 +273,8 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
     """Expand the top of the tree level by level, then walk the live subtrees on threads."""
     cdef const Tree* T = W.T
     cdef intp_t nf = 1, nc, ntop = 0, u, t, w, i, a, tid
-    cdef float64_t du, best, s
-    K.frontier[0] = T.root
+    cdef float64_t du
+    K.frontier[0] = 0
     K.fdist[0] = d0
     while 0 < nf < K.nfront:
         nc = 0
@@ -229,23 +283,21 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
             du = K.fdist[i]
             K.top[ntop] = u
             ntop += 1
-            for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
-                a = T.aliases[t]
+            for a in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
                 W.evals += a != c
-                offer(W, a, dist(W.P, c, a))
+                offer(W, a, dist(W.D, c, a))
             offer(W, u, du)
-            for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
-                w = T.children[t]
+            for w in range(T.children_ptr[u], T.children_ptr[u + 1]):
                 if not skip(T, W.sub, w, fabs(du - T.pdist[w])):
                     K.cand[nc] = w
                     nc += 1
         # the wide part of the tree (the residual metric's net): one distance per child
         if nc >= 64:
             for i in prange(nc, num_threads=K.num_threads, schedule='static'):
-                K.cdist[i] = dist(W.P, c, K.cand[i])
+                K.cdist[i] = dist(W.D, c, K.cand[i])
         else:
             for i in range(nc):
-                K.cdist[i] = dist(W.P, c, K.cand[i])
+                K.cdist[i] = dist(W.D, c, K.cand[i])
         nf = 0
         for i in range(nc):
             w = K.cand[i]
@@ -256,7 +308,7 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
                 nf += 1
     for i in range(K.num_threads):
         K.walks[i] = W[0]
-        K.walks[i].changed = W.changed + W.nchanged + i * (W.P.n + 1)
+        K.walks[i].changed = W.changed + W.nchanged + i * (W.D.P.n + 1)
         K.walks[i].nchanged = 0
         K.walks[i].evals = 0
     with parallel(num_threads=K.num_threads):
@@ -282,10 +334,10 @@ cdef inline void restore_sub(Walk* W, intp_t u) noexcept nogil:
     cdef intp_t t
     cdef float64_t best = W.dmin[u], s
     for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
-        s = W.dmin[T.aliases[t]]
+        s = W.dmin[t]
         best = s if s > best else best
     for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
-        s = W.sub[T.children[t]]
+        s = W.sub[t]
         best = s if s > best else best
     W.sub[u] = best
 
@@ -295,20 +347,20 @@ cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t*
     """One step by a plain scan of the points; returns the distance evaluations and, in
     inball, how many points lie within r of c (what a tree search must reach at least).
 
-    For steps that reach most of the tree anyway (r near the diameter): the rows are read in
-    storage order, not the tree's. The distances come from the same routine, so the updates
-    are the tree search's. sub is then rebuilt for every node, children first (bottom_up:
-    the nodes by ascending level; a child's level is below its parent's).
+    For steps that reach most of the tree anyway (r near the diameter). The distances come
+    from the same routine, so the updates are the tree search's. sub is then rebuilt for
+    every node, children first (bottom_up: the nodes by ascending level; a child's level is
+    below its parent's).
     """
     cdef intp_t x, i
     W.c = c
     W.evals = 0
     W.nchanged = 0
     inball[0] = 0
-    for x in prange(W.P.n, num_threads=num_threads, schedule='static'):
+    for x in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
         if W.dmin[x] > 0.0:                 # chosen points (-1) and points at 0 cannot change
-            buf[x] = dist(W.P, c, x)
-    for x in range(W.P.n):
+            buf[x] = dist(W.D, c, x)
+    for x in range(W.D.P.n):
         if W.dmin[x] > 0.0:
             W.evals += 1
             inball[0] += buf[x] <= r
@@ -329,46 +381,46 @@ cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t*
 # dropped (a refill came first) is simply evaluated again.
 
 DEF LOOKAHEAD = 64
+#: Fewest pairs for which fill_ahead starts threads (fewer: the region costs more than it saves).
+DEF AHEAD_PARALLEL_PAIRS = 4096
 
 
 cdef struct Ahead:
-    const int64_t* net       # the root's children
+    intp_t net0              # the root's children: labels net0 .. net0 + nn - 1
     intp_t nn
     float64_t* rows          # LOOKAHEAD x nn
     intp_t* owner            # the centre of each row
     intp_t* slot             # per point: its row, or -1
     intp_t nrows
-    intp_t* cand             # scratch: heap positions (2 LOOKAHEAD + 1)
+    intp_t* cand             # scratch: heap positions (ARITY LOOKAHEAD + 1)
     intp_t* live             # scratch: the children evaluated (nn)
 
 
-cdef intp_t top_of_heap(const float64_t* d, const intp_t* h, intp_t size, intp_t* out,
-                        intp_t k, intp_t* cand) noexcept nogil:
+cdef intp_t top_of_heap(const Heap* H, intp_t* out, intp_t k, intp_t* cand) noexcept nogil:
     """The k first points of the heap in pop order (best-first over heap positions)."""
     cdef intp_t nc = 1, got = 0, i, b, p
-    if size == 0:
+    if H.size == 0:
         return 0
     cand[0] = 0
     while got < k and nc > 0:
         b = 0
         for i in range(1, nc):
-            if above(d, h[cand[i]], h[cand[b]]):
+            if above(H, H.e[cand[i]], H.e[cand[b]]):
                 b = i
         p = cand[b]
-        out[got] = h[p]
+        out[got] = H.e[p].u
         got += 1
         cand[b] = cand[nc - 1]
         nc -= 1
-        for i in range(2 * p + 1, 2 * p + 3):
-            if i < size:
+        for i in range(ARITY * p + 1, ARITY * p + ARITY + 1):
+            if i < H.size:
                 cand[nc] = i
                 nc += 1
     return got
 
 
-cdef int64_t fill_ahead(const Points* P, Ahead* A, intp_t c, const float64_t* d,
-                        const intp_t* h, intp_t size, const float64_t* sub,
-                        int num_threads) noexcept nogil:
+cdef int64_t fill_ahead(const Data* D, Ahead* A, intp_t c, const Heap* H,
+                        const float64_t* sub, int num_threads) noexcept nogil:
     """Rows for c and the next centres the heap predicts; returns the evaluations.
 
     Children with sub <= 0 (nothing below them can change, now or later: sub only goes
@@ -379,168 +431,236 @@ cdef int64_t fill_ahead(const Points* P, Ahead* A, intp_t c, const float64_t* d,
     for k in range(A.nrows):
         A.slot[A.owner[k]] = -1
     A.owner[0] = c
-    nb = 1 + top_of_heap(d, h, size, A.owner + 1, LOOKAHEAD - 1, A.cand)
+    nb = 1 + top_of_heap(H, A.owner + 1, LOOKAHEAD - 1, A.cand)
     for k in range(nb):
         A.slot[A.owner[k]] = k
     A.nrows = nb
     for j in range(A.nn):
-        if sub[A.net[j]] > 0.0:
+        if sub[A.net0 + j] > 0.0:
             A.live[nlive] = j
             nlive += 1
     # child by child: its row is read once for all nb centres
-    for jj in prange(nlive, num_threads=num_threads, schedule='static'):
-        j = A.live[jj]
-        for k in range(nb):
-            A.rows[k * A.nn + j] = dist(P, A.owner[k], A.net[j])
+    if nlive * nb >= AHEAD_PARALLEL_PAIRS:
+        for jj in prange(nlive, num_threads=num_threads, schedule='static'):
+            j = A.live[jj]
+            for k in range(nb):
+                A.rows[k * A.nn + j] = dist(D, A.owner[k], A.net0 + j)
+    else:
+        for jj in range(nlive):
+            j = A.live[jj]
+            for k in range(nb):
+                A.rows[k * A.nn + j] = dist(D, A.owner[k], A.net0 + j)
     for k in range(nb):
         for jj in range(nlive):
-            evals += A.owner[k] != A.net[A.live[jj]]
+            evals += A.owner[k] != A.net0 + A.live[jj]
     return evals
 
 
-def maximin(bint residual, int kind, float64_t variance,
-            const float64_t[:, ::1] x, v, s,
-            intp_t root, const int64_t[::1] children_ptr, const int64_t[::1] children,
-            const int64_t[::1] alias_ptr, const int64_t[::1] aliases,
-            const float64_t[::1] radius, const float64_t[::1] pdist, float64_t slack,
-            intp_t start, int64_t[::1] order, float64_t[::1] out_dist,
-            int num_threads, intp_t parallel_min_evals, intp_t ahead_min_children,
-            intp_t scan_min_evals, const int64_t[::1] bottom_up, int64_t[::1] step_evals):
-    """Farthest-first order from start; fills order, out_dist and step_evals (the distance
-    evaluations of each step); returns the counters.
+# -- the farthest-first loop ---------------------------------------------------------------------
 
-    A step runs its search on num_threads threads when the step before it reached at
-    least parallel_min_evals points (its evaluations, or for a scan the points within r of
-    its centre: a cheap predictor of this step's work). Sequential
-    steps evaluate the root's children ahead for the next centres (fill_ahead) when the root
-    has at least ahead_min_children children. A step scans all points instead of searching
-    the tree when the step before it reached at least scan_min_evals points (bottom_up: the
-    tree's nodes by ascending level). The answer depends on none of these.
+cdef class Farthest:
+    """The farthest-first loop over a relabelled tree, advanced in slices by run().
+
+    Parameters (all arrays already checked and in label order, see ordering._layout)
+    ----------
+    metric : tuple
+        ``(residual, kind, variance, x, v, s)``, the tree's metric, x in label order for
+        Euclidean.
+    layout : tuple
+        ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label -> row
+        index, the CSR ranges of children and aliases (labels), covering radii and parent
+        distances, the tree's slack, and the nodes by ascending level.
+    start : int
+        Label of the first point.
+    order, out_dist, step_evals : ndarray
+        Filled as the steps run: the row chosen at each step, its distance to the earlier
+        ones, the distance evaluations of each step (zeros on entry).
+    num_threads : int
+    limits : tuple
+        ``(parallel_min_evals, ahead_min_children, scan_min_evals)``: a step runs its search
+        on num_threads threads when the step before it reached at least parallel_min_evals
+        points (its evaluations, or for a scan the points within r of its centre: a cheap
+        predictor of this step's work); sequential steps evaluate the root's children ahead
+        for the next centres when the root has at least ahead_min_children children; a step
+        scans all points when the step before it reached at least scan_min_evals. The
+        answer depends on none of these.
     """
-    cdef Points P
+    cdef Data D
     cdef Tree T
     cdef Walk W
     cdef Work K
-    cdef Work* par = NULL
-    cdef intp_t n = x.shape[0], t, c, size, i
-    cdef int64_t evals = 0, last = 0, updates = 0, parallel_steps = 0, fill = 0
-    cdef int64_t scan_steps = 0, reach = 0, inball = 0
+    cdef Work* par
     cdef Ahead A
+    cdef Heap H
     cdef bint ahead
-    cdef intp_t nn
-    cdef float64_t r
-    fill_points(&P, residual, kind, variance, x, v, s)
-    _tree(&T, root, children_ptr, children, alias_ptr, aliases, radius, pdist, slack)
-    dmin_a = np.full(n, INFINITY)
-    sub_a = np.full(n, INFINITY)       # nothing is known yet: no subtree may be skipped
-    heap_a = np.arange(n, dtype=np.intp)
-    pos_a = np.arange(n, dtype=np.intp)
-    # sequential changes, then one list per thread (each at most n + 1 long)
-    changed_a = np.empty((num_threads + 1) * (n + 1), dtype=np.intp)
-    work_i = np.empty((3, n), dtype=np.intp)
-    work_d = np.empty((3, n))
-    walks_a = np.empty(max(num_threads, 1) * sizeof(Walk), dtype=np.uint8)
-    nn = children_ptr[root + 1] - children_ptr[root]
-    ahead = nn >= ahead_min_children and nn > 0      # only a wide root is worth it
-    rows_a = np.empty(LOOKAHEAD * nn if ahead else 1)
-    ahead_i = np.full(n + 3 * LOOKAHEAD + 1 + nn, -1, dtype=np.intp)  # slot owner cand live
-    cdef float64_t[::1] dmin = dmin_a
-    cdef float64_t[::1] sub = sub_a
-    cdef intp_t[::1] heap = heap_a
-    cdef intp_t[::1] pos = pos_a
-    cdef intp_t[::1] changed = changed_a
-    cdef intp_t[:, ::1] wi = work_i
-    cdef float64_t[:, ::1] wd = work_d
-    cdef unsigned char[::1] wk = walks_a
-    cdef float64_t[::1] rows = rows_a
-    cdef intp_t[::1] ai = ahead_i
-    W.P = &P
-    W.T = &T
-    W.dmin = &dmin[0]
-    W.sub = &sub[0]
-    W.changed = &changed[0]
-    W.netrow = NULL
-    A.net = &children[children_ptr[root]] if nn else NULL
-    A.nn = nn
-    A.rows = &rows[0]
-    A.slot, A.owner, A.cand = &ai[0], &ai[n], &ai[n + LOOKAHEAD]
-    A.live = &ai[n + 3 * LOOKAHEAD + 1]
-    A.nrows = 0
-    K.frontier, K.cand, K.top = &wi[0, 0], &wi[1, 0], &wi[2, 0]
-    K.fdist, K.cdist = &wd[0, 0], &wd[1, 0]
-    K.walks = <Walk*>&wk[0]
-    K.num_threads = num_threads
-    K.nfront = 8 * num_threads
-    if num_threads > 1:
-        par = &K
-    with nogil:
-        # the first centre: every point is at distance inf, so the search reaches all
-        order[0] = start
-        out_dist[0] = INFINITY
-        dmin[start] = -1.0
-        evals = scan(&W, start, INFINITY, &wd[2, 0], &bottom_up[0], bottom_up.shape[0],
-                     num_threads, &reach)
-        last = step_evals[0] = evals
-        # heap of the others (start is swapped to the end and left out)
-        heap[start] = n - 1
-        heap[n - 1] = start
-        pos[n - 1] = start
-        pos[start] = n - 1
-        size = n - 1
-        i = size // 2
-        while i > 0:
-            i -= 1
-            sift_down(&dmin[0], &heap[0], &pos[0], size, i)
-        for t in range(1, n):
-            c = heap_pop(&dmin[0], &heap[0], &pos[0], &size)
-            r = dmin[c]
-            order[t] = c
-            out_dist[t] = r
-            dmin[c] = -1.0
-            if r <= 0.0 or size == 0:
-                continue          # nothing can get closer than 0, or nothing is left
-            W.looked = 0
-            if reach >= scan_min_evals:
-                scan_steps += 1
-                last = scan(&W, c, r, &wd[2, 0], &bottom_up[0], bottom_up.shape[0],
-                            num_threads, &inball)
-            elif par != NULL and reach >= parallel_min_evals:
-                parallel_steps += 1
-                last = search(&W, c, par)
-            elif ahead:
-                if A.slot[c] < 0:
-                    fill = fill_ahead(&P, &A, c, &dmin[0], &heap[0], size, &sub[0],
-                                      num_threads)
-                W.netrow = A.rows + A.slot[c] * nn
-                last = search(&W, c, NULL)
-                W.netrow = NULL
-                A.slot[c] = -1
-            else:
-                last = search(&W, c, NULL)
-            # the next step's reach is predicted by this one's: the pairs its search needed
-            # (evaluated ahead or not, the batch's other rows left out), or for a scan, which
-            # evaluates every point, the points within r of its centre (a search reaches
-            # at least those)
-            reach = inball if reach >= scan_min_evals else last + W.looked
-            last += fill
-            fill = 0
-            evals += last
-            step_evals[t] = last
-            updates += W.nchanged
-            reheap(&dmin[0], &heap[0], &pos[0], size, W.changed, W.nchanged)
-    return {"distance_evaluations": int(evals), "updates": int(updates),
-            "parallel_steps": int(parallel_steps), "scan_steps": int(scan_steps)}
+    cdef int num_threads
+    cdef intp_t n, start, parallel_min, scan_min, nbottom
+    cdef readonly intp_t done
+    cdef int64_t evals, updates, parallel_steps, scan_steps, reach, fill
+    cdef const int64_t* bottom_up
+    cdef const int64_t* row
+    cdef float64_t* dmin
+    cdef float64_t* buf
+    cdef int64_t* order
+    cdef float64_t* out_dist
+    cdef int64_t* step_evals
+    cdef object keep             # the arrays the pointers above point into
 
+    def __init__(self, tuple metric, tuple layout, intp_t start, int64_t[::1] order,
+                 float64_t[::1] out_dist, int64_t[::1] step_evals, int num_threads,
+                 tuple limits):
+        residual, kind, variance, x, v, s = metric
+        row_a, children_ptr_a, alias_ptr_a, radius_a, pdist_a, slack, bottom_up_a = layout
+        cdef const int64_t[::1] row = row_a
+        cdef const int64_t[::1] children_ptr = children_ptr_a
+        cdef const int64_t[::1] alias_ptr = alias_ptr_a
+        cdef const float64_t[::1] radius = radius_a
+        cdef const float64_t[::1] pdist = pdist_a
+        cdef const int64_t[::1] bottom_up = bottom_up_a
+        cdef intp_t n = row.shape[0], nn
+        fill_points(&self.D.P, residual, kind, variance, x, v, s)
+        self.D.row = &row[0] if residual else NULL
+        self.T.children_ptr = &children_ptr[0]
+        self.T.alias_ptr = &alias_ptr[0]
+        self.T.radius = &radius[0]
+        self.T.pdist = &pdist[0]
+        self.T.slack = slack
+        self.n, self.start, self.num_threads = n, start, num_threads
+        self.parallel_min, ahead_min, self.scan_min = limits
+        self.row = &row[0]
+        self.bottom_up = &bottom_up[0]
+        self.nbottom = bottom_up.shape[0]
+        self.order, self.out_dist, self.step_evals = &order[0], &out_dist[0], &step_evals[0]
+        dmin_a = np.full(n, INFINITY)
+        sub_a = np.full(n, INFINITY)       # nothing is known yet: no subtree may be skipped
+        entries_a = np.empty(n * sizeof(Entry), dtype=np.uint8)
+        pos_a = np.full(n, -1, dtype=np.intp)
+        # sequential changes, then one list per thread (each at most n + 1 long)
+        changed_a = np.empty((num_threads + 1) * (n + 1), dtype=np.intp)
+        work_i = np.empty((3, n), dtype=np.intp)
+        work_d = np.empty((3, n))
+        walks_a = np.empty(max(num_threads, 1) * sizeof(Walk), dtype=np.uint8)
+        nn = children_ptr[1] - children_ptr[0]
+        self.ahead = nn >= ahead_min and nn > 0      # only a wide root is worth it
+        rows_a = np.empty(LOOKAHEAD * nn if self.ahead else 1)
+        ahead_a = np.full(n + (ARITY + 2) * LOOKAHEAD + 1 + nn, -1, dtype=np.intp)
+        self.keep = (metric, layout, order, out_dist, step_evals, dmin_a, sub_a, entries_a,
+                     pos_a, changed_a, work_i, work_d, walks_a, rows_a, ahead_a)
+        cdef float64_t[::1] dmin = dmin_a
+        cdef float64_t[::1] sub = sub_a
+        cdef unsigned char[::1] ent = entries_a
+        cdef intp_t[::1] pos = pos_a
+        cdef intp_t[::1] changed = changed_a
+        cdef intp_t[:, ::1] wi = work_i
+        cdef float64_t[:, ::1] wd = work_d
+        cdef unsigned char[::1] wk = walks_a
+        cdef float64_t[::1] rows = rows_a
+        cdef intp_t[::1] ai = ahead_a
+        self.dmin = &dmin[0]
+        self.buf = &wd[2, 0]
+        self.W.D = &self.D
+        self.W.T = &self.T
+        self.W.dmin = &dmin[0]
+        self.W.sub = &sub[0]
+        self.W.changed = &changed[0]
+        self.W.netrow = NULL
+        self.H.e = <Entry*>&ent[0]
+        self.H.pos = &pos[0]
+        self.H.size = 0
+        self.H.row = &row[0]
+        self.A.net0 = children_ptr[0]
+        self.A.nn = nn
+        self.A.rows = &rows[0]
+        self.A.slot, self.A.owner, self.A.cand = &ai[0], &ai[n], &ai[n + LOOKAHEAD]
+        self.A.live = &ai[n + (ARITY + 2) * LOOKAHEAD + 1]
+        self.A.nrows = 0
+        self.K.frontier, self.K.cand, self.K.top = &wi[0, 0], &wi[1, 0], &wi[2, 0]
+        self.K.fdist, self.K.cdist = &wd[0, 0], &wd[1, 0]
+        self.K.walks = <Walk*>&wk[0]
+        self.K.num_threads = num_threads
+        self.K.nfront = 8 * num_threads
+        self.par = &self.K if num_threads > 1 else NULL
+        self.done = 0
 
-cdef void _tree(Tree* T, intp_t root, const int64_t[::1] children_ptr,
-                const int64_t[::1] children, const int64_t[::1] alias_ptr,
-                const int64_t[::1] aliases, const float64_t[::1] radius,
-                const float64_t[::1] pdist, float64_t slack):
-    T.root = root
-    T.children_ptr = &children_ptr[0]
-    T.children = &children[0] if children.shape[0] else NULL
-    T.alias_ptr = &alias_ptr[0]
-    T.aliases = &aliases[0] if aliases.shape[0] else NULL
-    T.radius = &radius[0]
-    T.pdist = &pdist[0]
-    T.slack = slack
+    def run(self, float64_t seconds):
+        """Place points for about `seconds` (at least one step), or until all are placed;
+        returns how many are placed. Raises KeyboardInterrupt (or what a signal handler
+        raised) if a signal came meanwhile."""
+        cdef float64_t t_end = now() + seconds
+        with nogil:
+            if self.done == 0:
+                self.first()
+            while self.done < self.n:
+                self.step()
+                if now() >= t_end:
+                    break
+        PyErr_CheckSignals()
+        return self.done
+
+    def counters(self):
+        return {"distance_evaluations": int(self.evals), "updates": int(self.updates),
+                "parallel_steps": int(self.parallel_steps),
+                "scan_steps": int(self.scan_steps)}
+
+    cdef void first(self) noexcept nogil:
+        """The first centre: every point is at distance inf, so the search reaches all."""
+        cdef intp_t x, p = 0
+        self.order[0] = self.row[self.start]
+        self.out_dist[0] = INFINITY
+        self.dmin[self.start] = -1.0
+        self.evals = scan(&self.W, self.start, INFINITY, self.buf, self.bottom_up,
+                          self.nbottom, self.num_threads, &self.reach)
+        self.step_evals[0] = self.evals
+        for x in range(self.n):                # the heap of the others
+            if x != self.start:
+                self.H.e[p].d = self.dmin[x]
+                self.H.e[p].u = x
+                self.H.pos[x] = p
+                p += 1
+        self.H.size = p
+        x = (p - 2) // ARITY + 1 if p > 1 else 0
+        while x > 0:
+            x -= 1
+            sift_down(&self.H, x)
+        self.done = 1
+
+    cdef void step(self) noexcept nogil:
+        """Choose the next centre and lower the others' distances to the chosen set."""
+        cdef Walk* W = &self.W
+        cdef intp_t t = self.done, c = heap_pop(&self.H)
+        cdef float64_t r = self.dmin[c]
+        cdef int64_t last, inball = 0
+        self.order[t] = self.row[c]
+        self.out_dist[t] = r
+        self.dmin[c] = -1.0
+        self.done = t + 1
+        if r <= 0.0 or self.H.size == 0:
+            return                # nothing can get closer than 0, or nothing is left
+        W.looked = 0
+        if self.reach >= self.scan_min:
+            self.scan_steps += 1
+            last = scan(W, c, r, self.buf, self.bottom_up, self.nbottom, self.num_threads,
+                        &inball)
+        elif self.par != NULL and self.reach >= self.parallel_min:
+            self.parallel_steps += 1
+            last = search(W, c, self.par)
+        elif self.ahead:
+            if self.A.slot[c] < 0:
+                self.fill = fill_ahead(&self.D, &self.A, c, &self.H, W.sub, self.num_threads)
+            W.netrow = self.A.rows + self.A.slot[c] * self.A.nn
+            last = search(W, c, NULL)
+            W.netrow = NULL
+            self.A.slot[c] = -1
+        else:
+            last = search(W, c, NULL)
+        # the next step's reach is predicted by this one's: the pairs its search needed
+        # (evaluated ahead or not, the batch's other rows left out), or for a scan, which
+        # evaluates every point, the points within r of its centre (a search reaches
+        # at least those)
+        self.reach = inball if self.reach >= self.scan_min else last + W.looked
+        last += self.fill
+        self.fill = 0
+        self.evals += last
+        self.step_evals[t] = last
+        self.updates += W.nchanged
+        reheap(&self.H, self.dmin, W.changed, W.nchanged)

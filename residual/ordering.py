@@ -33,9 +33,13 @@ SCAN_FRACTION = 0.5
 #: once for all of them (see ``_maximin.pyx``).
 AHEAD_MIN_CHILDREN = 64
 
+#: The compiled loop runs in slices of about this many seconds; between slices ``progress`` is
+#: called and Ctrl-C is honoured.
+SLICE_SECONDS = 0.1
+
 
 def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
-                  return_distances=False, return_stats=False):
+                  return_distances=False, return_stats=False, progress=None):
     """Exact maximin ordering: each next point is the farthest from those already chosen.
 
     Parameters
@@ -56,6 +60,10 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
         Also return the maximin distances.
     return_stats : bool, default=False
         Also return a dict of counters and timings (see Notes).
+    progress : callable, default=None
+        ``progress(done, total)``, called about every 0.1 s while the points are placed, and
+        once at the end (``done == total``): ``done`` points are placed so far, increasing.
+        The order does not depend on it.
 
     Returns
     -------
@@ -76,8 +84,8 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     Raises
     ------
     TypeError
-        If ``X_or_model`` is a kernel, ``start`` is not an integer or ``tree`` is not a
-        CoverTree.
+        If ``X_or_model`` is a kernel, ``start`` is not an integer, ``tree`` is not a
+        CoverTree or ``progress`` is not callable.
     ValueError
         On NaN/inf or mis-shaped coordinates, ``start`` out of range, or a ``tree`` built
         over other data.
@@ -107,6 +115,8 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     start = _nearest_mean(coords) if start is None else check_int(start, "start", minimum=0,
                                                                   maximum=n - 1)
     _check_tree(tree, X_or_model, coords)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a callable, got {type(progress).__name__}")
     order = np.empty(n, dtype=np.int64)
     dist = np.empty(n)
     counters = {"distance_evaluations": 0, "updates": 0, "scan_steps": 0,
@@ -117,8 +127,10 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     t1 = time.perf_counter()
     if n == 1:
         order[0], dist[0] = start, np.inf
+        if progress is not None:
+            progress(1, 1)
     else:
-        counters = _run(tree, start, order, dist, nt)
+        counters = _run(tree, start, order, dist, nt, progress)
     t2 = time.perf_counter()
     stats = {**counters, "n_squared_half": n * (n - 1) // 2,
              "tree_distance_evaluations": tree.stats["distance_evaluations"] if built else 0,
@@ -127,23 +139,61 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     return out[0] if len(out) == 1 else out
 
 
-def _run(tree, start, order, dist, nt):
-    """The compiled farthest-first loop over a built tree."""
+def _run(tree, start, order, dist, nt, progress):
+    """The compiled farthest-first loop over a built tree, in slices of SLICE_SECONDS."""
     residual, kind, variance, x, v, s = tree._metric
+    layout = _layout(tree)
+    row = layout[0]
+    if not residual:
+        x = np.ascontiguousarray(x[row])          # coordinates in label order
+    label = np.empty_like(row)
+    label[row] = np.arange(row.size)
+    loop = _maximin.Farthest((residual, kind, variance, x, v, s), layout, int(label[start]),
+                             order, dist, np.zeros(order.size, dtype=np.int64), nt,
+                             (PARALLEL_MIN_EVALUATIONS, AHEAD_MIN_CHILDREN,
+                              max(1, int(SCAN_FRACTION * order.size))))
+    done = 0
     with single_threaded_blas():
-        return _maximin.maximin(residual, kind, variance, x, v, s, tree.root,
-                                tree.children_ptr, tree.children, tree.aliases_ptr,
-                                tree.aliases, tree.radii, tree.parent_distances, tree._slack,
-                                start, order, dist, nt, PARALLEL_MIN_EVALUATIONS,
-                                AHEAD_MIN_CHILDREN, max(1, int(SCAN_FRACTION * order.size)),
-                                _bottom_up(tree),
-                                np.zeros(order.size, dtype=np.int64))
+        while done < order.size:
+            done = loop.run(SLICE_SECONDS)      # raises KeyboardInterrupt on Ctrl-C
+            if progress is not None:
+                progress(done, order.size)
+    return loop.counters()
 
 
-def _bottom_up(tree):
-    """The tree's nodes (aliases left out) by ascending level: children before parents."""
-    nodes = np.nonzero(tree.alias_of < 0)[0]
-    return nodes[np.argsort(tree.levels[nodes], kind="stable")].astype(np.int64)
+def _layout(tree):
+    """The tree relabelled for the loop (see ``_maximin.pyx``, Layout).
+
+    Returns ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label ->
+    row, the children and aliases of label u as the label ranges ``ptr[u]:ptr[u + 1]``,
+    covering radii and parent distances by label, the tree's slack and the node labels by
+    ascending level (children before parents).
+    """
+    ptr, kids, aptr = tree.children_ptr, tree.children, tree.aliases_ptr
+    nodes = [np.array([tree.root], dtype=np.int64)]
+    while True:                              # breadth-first, one depth at a time
+        f = nodes[-1]
+        counts = ptr[f + 1] - ptr[f]
+        if not counts.sum():
+            break
+        nodes.append(kids[_ranges(ptr[f], counts)])
+    nodes = np.concatenate(nodes)
+    acount = aptr[nodes + 1] - aptr[nodes]
+    row = np.concatenate([nodes, tree.aliases[_ranges(aptr[nodes], acount)]]).astype(np.int64)
+    n, nn = row.size, nodes.size
+    children_ptr = np.full(n + 1, nn, dtype=np.int64)
+    children_ptr[:nn] = 1 + np.cumsum(ptr[nodes + 1] - ptr[nodes]) - (ptr[nodes + 1] - ptr[nodes])
+    alias_ptr = np.full(n + 1, n, dtype=np.int64)
+    alias_ptr[:nn] = nn + np.cumsum(acount) - acount
+    bottom_up = np.argsort(tree.levels[nodes], kind="stable").astype(np.int64)
+    return (row, children_ptr, alias_ptr, np.ascontiguousarray(tree.radii[row]),
+            np.ascontiguousarray(tree.parent_distances[row]), tree._slack, bottom_up)
+
+
+def _ranges(starts, counts):
+    """Concatenated ``arange(starts[i], starts[i] + counts[i])``."""
+    total = int(counts.sum())
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
 
 
 def _check_data(X_or_model):
