@@ -49,7 +49,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, fill_points, pair_key
+from residual._tiles cimport Points, fill_points, pair_key, sqdist
 
 
 cdef struct Data:
@@ -664,3 +664,149 @@ cdef class Farthest:
         self.step_evals[t] = last
         self.updates += W.nchanged
         reheap(&self.H, self.dmin, W.changed, W.nchanged)
+
+
+# -- a tree of its own for Euclidean points: a ball tree on k-d splits ---------------------------
+#
+# The loop needs, of its tree, only that every node is a point, that a node's radius bounds
+# the distance from it to everything below it (aliases included), and that children and
+# aliases are consecutive labels. For coordinates a k-d split builds such a tree in
+# O(n log n) with no pairwise search, far faster than the cover tree: each node's range of
+# points is split at the median of its widest coordinate, the point nearest the middle of
+# the range's box becomes the node, and small ranges become leaves whose other points are
+# aliases (evaluated whenever the leaf is visited). Nodes are labelled breadth-first.
+
+cdef inline void swap(intp_t* a, intp_t i, intp_t j) noexcept nogil:
+    cdef intp_t t = a[i]
+    a[i] = a[j]
+    a[j] = t
+
+
+cdef void select_nth(intp_t* idx, intp_t lo, intp_t hi, intp_t nth, const float64_t* x,
+                     intp_t dim, intp_t axis) noexcept nogil:
+    """Partially sort idx[lo:hi] by coordinate `axis` so that idx[nth] is in its sorted
+    place, smaller-or-equal before it and greater-or-equal after (Hoare quickselect)."""
+    cdef intp_t i, j, mid
+    cdef float64_t p
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2                   # median of three as the pivot
+        if x[idx[mid] * dim + axis] < x[idx[lo] * dim + axis]:
+            swap(idx, mid, lo)
+        if x[idx[hi - 1] * dim + axis] < x[idx[lo] * dim + axis]:
+            swap(idx, hi - 1, lo)
+        if x[idx[hi - 1] * dim + axis] < x[idx[mid] * dim + axis]:
+            swap(idx, hi - 1, mid)
+        p = x[idx[mid] * dim + axis]
+        i = lo
+        j = hi - 1
+        while i <= j:
+            while x[idx[i] * dim + axis] < p:
+                i += 1
+            while x[idx[j] * dim + axis] > p:
+                j -= 1
+            if i <= j:
+                swap(idx, i, j)
+                i += 1
+                j -= 1
+        # now idx[lo:j+1] <= p <= idx[i:hi], and idx[j+1:i] == p
+        if nth <= j:
+            hi = j + 1
+        elif nth >= i:
+            lo = i
+        else:
+            return
+
+
+def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
+    """The k-d ball tree of the rows of x, as ordering._layout's tuple less the slack, plus
+    the distance evaluations its radii took: ``(row, children_ptr, alias_ptr, radius,
+    pdist, bottom_up, evals)``."""
+    cdef intp_t n = x.shape[0], dim = x.shape[1], j, lo, hi, mid, a, b, t, best, axis
+    cdef intp_t nnodes = 1, nal = 0
+    cdef int64_t evals = 0
+    cdef float64_t d, dbest, ext, wide
+    cdef const float64_t* px = &x[0, 0]
+    idx_a = np.arange(n, dtype=np.intp)
+    # per node label: its range of idx (its subtree's points); at most n nodes
+    lo_a = np.empty(n, dtype=np.intp)
+    hi_a = np.empty(n, dtype=np.intp)
+    par_a = np.zeros(n, dtype=np.intp)
+    row_a = np.empty(n, dtype=np.int64)
+    cptr_a = np.empty(n + 1, dtype=np.int64)
+    aptr_a = np.empty(n + 1, dtype=np.int64)
+    radius_a = np.zeros(n)
+    pdist_a = np.zeros(n)
+    box_a = np.empty((2, dim))
+    cdef intp_t[::1] idx = idx_a
+    cdef intp_t[::1] rlo = lo_a
+    cdef intp_t[::1] rhi = hi_a
+    cdef intp_t[::1] par = par_a
+    cdef int64_t[::1] row = row_a
+    cdef int64_t[::1] cptr = cptr_a
+    cdef int64_t[::1] aptr = aptr_a
+    cdef float64_t[::1] radius = radius_a
+    cdef float64_t[::1] pdist = pdist_a
+    cdef float64_t[:, ::1] box = box_a
+    with nogil:
+        rlo[0] = 0
+        rhi[0] = n
+        j = 0
+        while j < nnodes:              # the queue of nodes is the breadth-first order
+            lo = rlo[j]
+            hi = rhi[j]
+            for a in range(dim):
+                box[0, a] = INFINITY
+                box[1, a] = -INFINITY
+            for t in range(lo, hi):
+                for a in range(dim):
+                    d = px[idx[t] * dim + a]
+                    box[0, a] = d if d < box[0, a] else box[0, a]
+                    box[1, a] = d if d > box[1, a] else box[1, a]
+            axis = 0
+            wide = -1.0
+            for a in range(dim):
+                ext = box[1, a] - box[0, a]
+                if ext > wide:
+                    wide = ext
+                    axis = a
+                box[0, a] = 0.5 * (box[0, a] + box[1, a])        # the box's middle
+            best = lo
+            dbest = INFINITY
+            for t in range(lo, hi):
+                d = sqdist(&box[0, 0], px + idx[t] * dim, dim)
+                if d < dbest:
+                    dbest = d
+                    best = t
+            swap(&idx[0], lo, best)
+            row[j] = idx[lo]
+            if j > 0:
+                pdist[j] = sqrt(sqdist(px + row[par[j]] * dim, px + row[j] * dim, dim))
+                evals += 1
+            for t in range(lo + 1, hi):      # the exact covering radius
+                d = sqrt(sqdist(px + idx[lo] * dim, px + idx[t] * dim, dim))
+                radius[j] = d if d > radius[j] else radius[j]
+            evals += hi - lo - 1
+            cptr[j] = nnodes
+            if hi - lo > leaf_size and hi - lo >= 3:     # two non-empty children
+                mid = (lo + 1 + hi) // 2
+                select_nth(&idx[0], lo + 1, hi, mid, px, dim, axis)
+                rlo[nnodes] = lo + 1
+                rhi[nnodes] = mid
+                rlo[nnodes + 1] = mid
+                rhi[nnodes + 1] = hi
+                par[nnodes] = j
+                par[nnodes + 1] = j
+                nnodes += 2
+            j += 1
+        cptr[nnodes] = nnodes
+        # the leaves' other points become aliases, after the nodes, leaf by leaf
+        for j in range(nnodes):
+            aptr[j] = nnodes + nal
+            if cptr[j + 1] == cptr[j]:
+                for t in range(rlo[j] + 1, rhi[j]):
+                    row[nnodes + nal] = idx[t]
+                    nal += 1
+        for j in range(nnodes, n + 1):
+            cptr[j] = nnodes
+            aptr[j] = n
+    return row_a, cptr_a, aptr_a, radius_a, pdist_a, np.arange(nnodes - 1, -1, -1), evals

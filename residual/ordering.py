@@ -11,7 +11,7 @@ import numpy as np
 from residual import _maximin
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.tree import CoverTree
+from residual.tree import CoverTree, _SLACK_EUCLIDEAN_REL
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import as_float_matrix, check_euclidean_range, check_int
 
@@ -32,6 +32,10 @@ SCAN_FRACTION = 0.5
 #: their distances to the next few centres are evaluated together, reading each child's data
 #: once for all of them (see ``_maximin.pyx``).
 AHEAD_MIN_CHILDREN = 64
+
+#: Most points in a leaf of the k-d ball tree that orders coordinates (a leaf's points are
+#: evaluated together whenever the search reaches it).
+LEAF_SIZE = 16
 
 #: The compiled loop runs in slices of about this many seconds; between slices ``progress`` is
 #: called and Ctrl-C is honoured.
@@ -55,7 +59,9 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
         does not depend on it.
     tree : CoverTree, default=None
         A tree already built over ``X_or_model`` (the same model object, or equal
-        coordinates); None builds one with ``CoverTree(X_or_model)``.
+        coordinates); None builds one: ``CoverTree(X_or_model)`` for a model, and for
+        coordinates a k-d ball tree of the loop's own (built in O(n log n), much faster
+        than a cover tree). The order does not depend on the tree.
     return_distances : bool, default=False
         Also return the maximin distances.
     return_stats : bool, default=False
@@ -78,7 +84,8 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
         ordering, not counting the tree build), ``n_squared_half`` (n(n-1)/2, what the
         O(n^2) loop evaluates), ``updates`` (distance-to-set decreases), ``scan_steps``
         (steps that scanned every point instead of searching the tree), ``parallel_steps``,
-        ``tree_distance_evaluations`` (0 when ``tree`` was given) and ``seconds`` with
+        ``tree_distance_evaluations`` (those of building the tree; 0 when ``tree`` was
+        given) and ``seconds`` with
         ``tree``, ``order`` and ``total``.
 
     Raises
@@ -97,7 +104,7 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     distance to the chosen set with a range search on the tree from the new point, pruned by
     covering radii and by the largest such distance in each subtree; every pair is evaluated
     in float64 by the same routine as the tree's, in a fixed argument order, so the result
-    equals the O(n^2) farthest-first loop run with those distances.
+    equals the O(n^2) farthest-first loop run with those distances, whatever the tree.
 
     Examples
     --------
@@ -121,35 +128,37 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     dist = np.empty(n)
     counters = {"distance_evaluations": 0, "updates": 0, "scan_steps": 0,
                 "parallel_steps": 0}
-    built = tree is None and n > 1
-    if built:
-        tree = CoverTree(X_or_model, num_threads=nt)
-    t1 = time.perf_counter()
+    tree_evals = 0
     if n == 1:
+        t1 = time.perf_counter()
         order[0], dist[0] = start, np.inf
         if progress is not None:
             progress(1, 1)
     else:
-        counters = _run(tree, start, order, dist, nt, progress)
+        if tree is None and isinstance(X_or_model, ResidualCorrelation):
+            tree = CoverTree(X_or_model, num_threads=nt)
+            tree_evals = tree.stats["distance_evaluations"]
+        if tree is None:
+            metric, layout, tree_evals = _kd_layout(coords)
+        else:
+            metric, layout = _layout(tree)
+        t1 = time.perf_counter()
+        counters = _run(metric, layout, start, order, dist, nt, progress)
     t2 = time.perf_counter()
     stats = {**counters, "n_squared_half": n * (n - 1) // 2,
-             "tree_distance_evaluations": tree.stats["distance_evaluations"] if built else 0,
+             "tree_distance_evaluations": tree_evals,
              "seconds": {"tree": t1 - t0, "order": t2 - t1, "total": t2 - t0}}
     out = (order,) + ((dist,) if return_distances else ()) + ((stats,) if return_stats else ())
     return out[0] if len(out) == 1 else out
 
 
-def _run(tree, start, order, dist, nt, progress):
-    """The compiled farthest-first loop over a built tree, in slices of SLICE_SECONDS."""
-    residual, kind, variance, x, v, s = tree._metric
-    layout = _layout(tree)
+def _run(metric, layout, start, order, dist, nt, progress):
+    """The compiled farthest-first loop over a relabelled tree, in slices of SLICE_SECONDS."""
     row = layout[0]
-    if not residual:
-        x = np.ascontiguousarray(x[row])          # coordinates in label order
     label = np.empty_like(row)
     label[row] = np.arange(row.size)
-    loop = _maximin.Farthest((residual, kind, variance, x, v, s), layout, int(label[start]),
-                             order, dist, np.zeros(order.size, dtype=np.int64), nt,
+    loop = _maximin.Farthest(metric, layout, int(label[start]), order, dist,
+                             np.zeros(order.size, dtype=np.int64), nt,
                              (PARALLEL_MIN_EVALUATIONS, AHEAD_MIN_CHILDREN,
                               max(1, int(SCAN_FRACTION * order.size))))
     done = 0
@@ -161,10 +170,22 @@ def _run(tree, start, order, dist, nt, progress):
     return loop.counters()
 
 
-def _layout(tree):
-    """The tree relabelled for the loop (see ``_maximin.pyx``, Layout).
+def _kd_layout(coords):
+    """The metric, layout (see :func:`_layout`) and distance evaluations of the k-d ball
+    tree over coordinates (``_maximin.kd_layout``), the rows copied in label order."""
+    x = np.ascontiguousarray(coords, dtype=np.float64)
+    row, children_ptr, alias_ptr, radius, pdist, bottom_up, evals = _maximin.kd_layout(
+        x, LEAF_SIZE)
+    slack = _SLACK_EUCLIDEAN_REL * max(float(radius[0]), 1e-300)
+    metric = (False, 0, 1.0, np.ascontiguousarray(x[row]), None, None)
+    return metric, (row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up), evals
 
-    Returns ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label ->
+
+def _layout(tree):
+    """The cover tree's metric and the tree relabelled for the loop (see ``_maximin.pyx``,
+    Layout), Euclidean rows copied in label order.
+
+    The layout is ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label ->
     row, the children and aliases of label u as the label ranges ``ptr[u]:ptr[u + 1]``,
     covering radii and parent distances by label, the tree's slack and the node labels by
     ascending level (children before parents).
@@ -186,8 +207,12 @@ def _layout(tree):
     alias_ptr = np.full(n + 1, n, dtype=np.int64)
     alias_ptr[:nn] = nn + np.cumsum(acount) - acount
     bottom_up = np.argsort(tree.levels[nodes], kind="stable").astype(np.int64)
-    return (row, children_ptr, alias_ptr, np.ascontiguousarray(tree.radii[row]),
-            np.ascontiguousarray(tree.parent_distances[row]), tree._slack, bottom_up)
+    residual, kind, variance, x, v, s = tree._metric
+    if not residual:
+        x = np.ascontiguousarray(x[row])
+    return (residual, kind, variance, x, v, s), (
+        row, children_ptr, alias_ptr, np.ascontiguousarray(tree.radii[row]),
+        np.ascontiguousarray(tree.parent_distances[row]), tree._slack, bottom_up)
 
 
 def _ranges(starts, counts):
