@@ -347,7 +347,8 @@ cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t*
     """One step by a plain scan of the points; returns the distance evaluations and, in
     inball, how many points lie within r of c (what a tree search must reach at least).
 
-    For steps that reach most of the tree anyway (r near the diameter). The distances come
+    For steps that reach most of the tree anyway (r near the diameter); on num_threads
+    threads, or on this one if num_threads is 1. The distances come
     from the same routine, so the updates are the tree search's. sub is then rebuilt for
     every node, children first (bottom_up: the nodes by ascending level; a child's level is
     below its parent's).
@@ -357,9 +358,14 @@ cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t*
     W.evals = 0
     W.nchanged = 0
     inball[0] = 0
-    for x in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
-        if W.dmin[x] > 0.0:                 # chosen points (-1) and points at 0 cannot change
-            buf[x] = dist(W.D, c, x)
+    if num_threads > 1:
+        for x in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
+            if W.dmin[x] > 0.0:             # chosen points (-1) and points at 0 cannot change
+                buf[x] = dist(W.D, c, x)
+    else:
+        for x in range(W.D.P.n):
+            if W.dmin[x] > 0.0:
+                buf[x] = dist(W.D, c, x)
     for x in range(W.D.P.n):
         if W.dmin[x] > 0.0:
             W.evals += 1
@@ -478,8 +484,8 @@ cdef class Farthest:
     num_threads : int
     limits : tuple
         ``(parallel_min_evals, ahead_min_children, scan_min_evals)``: a step runs its search
-        on num_threads threads when the step before it reached at least parallel_min_evals
-        points (its evaluations, or for a scan the points within r of its centre: a cheap
+        or scan on num_threads threads when the step before it reached at least
+        parallel_min_evals points (its evaluations, or for a scan the points within r of its centre: a cheap
         predictor of this step's work); sequential steps evaluate the root's children ahead
         for the next centres when the root has at least ahead_min_children children; a step
         scans all points when the step before it reached at least scan_min_evals. The
@@ -602,6 +608,10 @@ cdef class Farthest:
                 "parallel_steps": int(self.parallel_steps),
                 "scan_steps": int(self.scan_steps)}
 
+    cdef inline int threads_for(self, int64_t reach) noexcept nogil:
+        """The threads for a step predicted to reach `reach` points."""
+        return self.num_threads if reach >= self.parallel_min else 1
+
     cdef void first(self) noexcept nogil:
         """The first centre: every point is at distance inf, so the search reaches all."""
         cdef intp_t x, p = 0
@@ -609,7 +619,7 @@ cdef class Farthest:
         self.out_dist[0] = INFINITY
         self.dmin[self.start] = -1.0
         self.evals = scan(&self.W, self.start, INFINITY, self.buf, self.bottom_up,
-                          self.nbottom, self.num_threads, &self.reach)
+                          self.nbottom, self.threads_for(self.n), &self.reach)
         self.step_evals[0] = self.evals
         for x in range(self.n):                # the heap of the others
             if x != self.start:
@@ -639,8 +649,8 @@ cdef class Farthest:
         W.looked = 0
         if self.reach >= self.scan_min:
             self.scan_steps += 1
-            last = scan(W, c, r, self.buf, self.bottom_up, self.nbottom, self.num_threads,
-                        &inball)
+            last = scan(W, c, r, self.buf, self.bottom_up, self.nbottom,
+                        self.threads_for(self.reach), &inball)
         elif self.par != NULL and self.reach >= self.parallel_min:
             self.parallel_steps += 1
             last = search(W, c, self.par)

@@ -15,12 +15,13 @@ from residual.tree import CoverTree, _SLACK_EUCLIDEAN_REL
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import as_float_matrix, check_euclidean_range, check_int
 
-#: A step's range search runs on several threads when the step before it reached at least
-#: this many points (see SCAN_FRACTION). Below that, starting and joining the threads every
-#: step costs more than they save (on a busy machine a thread that is descheduled stalls
-#: every join); those steps run on one thread, with the wide root's children evaluated
-#: ahead in parallel batches.
-PARALLEL_MIN_EVALUATIONS = 8192
+#: A step (its range search or scan) runs on several threads when the step before it reached
+#: at least this much work: points reached times the numbers one distance reads
+#: (coordinates, plus the V row for the residual metric). Below that, starting and joining
+#: the threads costs more than they save (on a busy machine a thread that is descheduled
+#: stalls every join): 8192 residual points with m = 512, but Euclidean steps in 2-D or 3-D
+#: stay on one thread unless they reach over a million points.
+PARALLEL_MIN_WORK = 8192 * 512
 
 #: A step scans every point instead of searching the tree when the step before it reached
 #: at least this fraction of the points: its search evaluated them or, for a scan, they lay
@@ -157,9 +158,11 @@ def _run(metric, layout, start, order, dist, nt, progress):
     row = layout[0]
     label = np.empty_like(row)
     label[row] = np.arange(row.size)
+    residual, _, _, x, v, _ = metric
+    width = x.shape[1] + (v.shape[1] if residual else 0)      # numbers read per distance
     loop = _maximin.Farthest(metric, layout, int(label[start]), order, dist,
                              np.zeros(order.size, dtype=np.int64), nt,
-                             (PARALLEL_MIN_EVALUATIONS, AHEAD_MIN_CHILDREN,
+                             (-(-PARALLEL_MIN_WORK // width), AHEAD_MIN_CHILDREN,
                               max(1, int(SCAN_FRACTION * order.size))))
     done = 0
     with single_threaded_blas():

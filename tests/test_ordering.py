@@ -215,7 +215,7 @@ def test_threads_give_identical_orders(metric, monkeypatch):
     X = harness_like(500, 3, seed=10)
     data = X if metric == "euclidean" else model(X)
     one = maximin_order(data, num_threads=1, return_distances=True)
-    monkeypatch.setattr(ordering, "PARALLEL_MIN_EVALUATIONS", 0)   # every step in parallel
+    monkeypatch.setattr(ordering, "PARALLEL_MIN_WORK", 0)   # every step in parallel
     for nt in (2, 3):
         other = maximin_order(data, num_threads=nt, return_distances=True)
         np.testing.assert_array_equal(one[0], other[0])
@@ -226,7 +226,7 @@ def test_threads_without_a_tree(monkeypatch):
     """The k-d ball tree that orders coordinates, with every step in parallel."""
     X = harness_like(2000, 2, seed=15)
     one = maximin_order(X, num_threads=1, return_distances=True)
-    monkeypatch.setattr(ordering, "PARALLEL_MIN_EVALUATIONS", 0)
+    monkeypatch.setattr(ordering, "PARALLEL_MIN_WORK", 0)
     for nt in (2, 3):
         other = maximin_order(X, num_threads=nt, return_distances=True)
         np.testing.assert_array_equal(one[0], other[0])
@@ -274,7 +274,7 @@ def test_kd_tree_covers_its_points():
                for u in range(nodes) for w in range(cptr[u], cptr[u + 1]))
 
 
-KNOBS = [  # (SCAN_FRACTION, AHEAD_MIN_CHILDREN, PARALLEL_MIN_EVALUATIONS, threads)
+KNOBS = [  # (SCAN_FRACTION, AHEAD_MIN_CHILDREN, PARALLEL_MIN_WORK, threads)
     (1e9, 10 ** 9, 10 ** 9, 1),     # the tree search alone
     (0.0, 10 ** 9, 10 ** 9, 1),     # every step a scan
     (1e9, 1, 10 ** 9, 1),           # root children always evaluated ahead
@@ -293,7 +293,7 @@ def test_strategies_do_not_change_the_order(metric, monkeypatch):
     for scan, ahead, par, nt in KNOBS:
         monkeypatch.setattr(ordering, "SCAN_FRACTION", scan)
         monkeypatch.setattr(ordering, "AHEAD_MIN_CHILDREN", ahead)
-        monkeypatch.setattr(ordering, "PARALLEL_MIN_EVALUATIONS", par)
+        monkeypatch.setattr(ordering, "PARALLEL_MIN_WORK", par)
         runs.append(maximin_order(data, tree=tree, num_threads=nt, return_distances=True))
     for order, dist in runs[1:]:
         np.testing.assert_array_equal(order, runs[0][0])
