@@ -1,15 +1,18 @@
 # Exact maximin ordering (farthest-first traversal) on the compressed cover tree.
 #
-# State: dmin[x], the distance from x to the chosen set (-1 once x is chosen), and an indexed
-# max-heap of the unchosen points keyed by (dmin descending, index ascending). Each step pops
-# the top c (r = dmin[c]) and lowers dmin[x] to d(c, x) where that is smaller. Only points with
-# d(c, x) < dmin[x] <= r can change, so the update is a range search from c over the tree that
-# skips a subtree u when no point in it can change: the lower bound d(c, u) - R(u) (or, before
-# evaluating u, |d(c, parent) - pd(u)| - R(u)) exceeds sub[u] + slack, where sub[u] bounds the
-# largest dmin in u's subtree from above. sub is recomputed on the way back up from every
-# visited node (a skipped subtree's dmin values did not change), which makes it far tighter
-# than r: regions near chosen points drop out of later searches altogether. The walk is
-# recursive, as deep as the tree is high.
+# State: dmin[x], the distance from x to the chosen set (-1 once x is chosen); per node u,
+# sub[u], the largest dmin in u's subtree, and top[u], the point holding it (ties by the
+# smallest row index). Each step chooses top[root] (r = its dmin) and lowers dmin[x] to
+# d(c, x) where that is smaller. Only points with d(c, x) < dmin[x] <= r can change, so the
+# update is a range search from c over the tree that skips a subtree u when no point in it can
+# change: the lower bound d(c, u) - R(u) (or, before evaluating u, |d(c, parent) - pd(u)| -
+# R(u)) exceeds sub[u] + slack. sub and top are recomputed on the way back up from every
+# visited node (a skipped subtree's dmin values did not change), so they stay exact: regions
+# near chosen points drop out of later searches altogether, and the root's top is the next
+# centre, with no heap to keep. (The search always reaches c itself, whose dmin was sub of
+# every node above it, so its removal reaches the root.) Once sub[root] is 0, every point left
+# is a duplicate of a chosen one, and they follow by row index. The walk is recursive, as deep
+# as the tree is high.
 #
 # Layout: the loop works on labels, not rows. The tree's nodes are numbered breadth-first (the
 # root is 0), so the children of a node are consecutive labels, and each level's nodes lie in
@@ -31,9 +34,10 @@
 #
 # Parallelism: a big step (the first ones, when r is near the diameter) expands the top of
 # the tree level by level, evaluating each level's children in a prange, then walks the live
-# subtrees on threads (their dmin entries are disjoint); the heap is updated afterwards. The
-# heap's top is the unique maximum of a strict total order on (dmin, index), so the order
-# depends neither on the thread count nor on which thread updated what. Small steps run on
+# subtrees on threads (their dmin entries are disjoint); sub and top of the expanded nodes
+# are recomputed afterwards. The root's top is the unique maximum of a strict total order on
+# (dmin, row index), so the order depends neither on the thread count nor on which thread
+# updated what. Small steps run on
 # the calling thread alone: a parallel region per step would cost more than the step.
 #
 # Slices: the loop's state lives in a Farthest object; run() advances it for a given time and
@@ -43,7 +47,6 @@
 from cython.parallel cimport prange, parallel, threadid
 from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport sqrt, fabs, INFINITY
-from libc.stdlib cimport qsort
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
@@ -70,11 +73,12 @@ cdef struct Walk:
     # one range search from centre c over some subtrees, by one thread
     const Data* D
     const Tree* T
+    const int64_t* row       # label -> row index (ties)
     float64_t* dmin
     float64_t* sub
+    intp_t* top
     intp_t c
-    intp_t* changed          # points whose dmin went down (for the heap afterwards)
-    intp_t nchanged
+    intp_t updates           # points whose dmin went down
     int64_t evals
     const float64_t* netrow  # d(c, child j of the root) for every j, evaluated ahead, or NULL
     int64_t looked           # entries of netrow used (evaluations the step did not pay for)
@@ -107,9 +111,17 @@ cdef inline float64_t offer(Walk* W, intp_t x, float64_t dx) noexcept nogil:
     """Lower dmin[x] to dx if smaller (chosen points hold -1); return the new dmin[x]."""
     if dx < W.dmin[x]:
         W.dmin[x] = dx
-        W.changed[W.nchanged] = x
-        W.nchanged += 1
+        W.updates += 1
     return W.dmin[x]
+
+
+cdef inline void keep_best(const Walk* W, float64_t s, intp_t x, float64_t* best,
+                           intp_t* at) noexcept nogil:
+    """(best, at) becomes (s, x) if x comes first in the farthest-first order: farther from
+    the chosen set, ties by the smaller row index."""
+    if s > best[0] or (s == best[0] and W.row[x] < W.row[at[0]]):
+        best[0] = s
+        at[0] = x
 
 
 cdef inline bint skip(const Tree* T, const float64_t* sub, intp_t w,
@@ -118,121 +130,28 @@ cdef inline bint skip(const Tree* T, const float64_t* sub, intp_t w,
     return sub[w] <= 0.0 or lower - T.radius[w] > sub[w] + T.slack
 
 
-cdef float64_t visit(Walk* W, intp_t u, float64_t du) noexcept nogil:
-    """Update dmin in u's subtree from the centre (du = d(c, u)); return and store sub[u]."""
+cdef void visit(Walk* W, intp_t u, float64_t du) noexcept nogil:
+    """Update dmin in u's subtree from the centre (du = d(c, u)); recompute sub[u], top[u]."""
     cdef const Tree* T = W.T
-    cdef intp_t a, w
-    cdef float64_t best, dw, s
+    cdef intp_t a, w, at = u
+    cdef float64_t best, dw
     best = offer(W, u, du)
     for a in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
         W.evals += a != W.c
-        s = offer(W, a, dist(W.D, W.c, a))
-        best = s if s > best else best
+        keep_best(W, offer(W, a, dist(W.D, W.c, a)), a, &best, &at)
     for w in range(T.children_ptr[u], T.children_ptr[u + 1]):
-        if skip(T, W.sub, w, fabs(du - T.pdist[w])):
-            s = W.sub[w]
-        else:
+        if not skip(T, W.sub, w, fabs(du - T.pdist[w])):
             if u == 0 and W.netrow != NULL:
                 dw = W.netrow[w - T.children_ptr[0]]     # counted when it was evaluated
                 W.looked += 1
             else:
                 dw = dist(W.D, W.c, w)
                 W.evals += w != W.c
-            s = W.sub[w] if skip(T, W.sub, w, dw) else visit(W, w, dw)
-        best = s if s > best else best
+            if not skip(T, W.sub, w, dw):
+                visit(W, w, dw)
+        keep_best(W, W.sub[w], W.top[w], &best, &at)
     W.sub[u] = best
-    return best
-
-
-# -- indexed 4-ary max-heap of the unchosen points, ordered by (dmin desc, row index asc) --------
-#
-# Each entry carries its key, so a comparison reads the entries (a parent's four children share
-# a cache line) instead of dmin at four scattered labels; 4-ary halves the depth of a pop.
-
-DEF ARITY = 4
-
-
-cdef struct Entry:
-    float64_t d              # dmin of the point
-    intp_t u                 # its label
-
-
-cdef struct Heap:
-    Entry* e
-    intp_t* pos              # label -> position in e, -1 once chosen
-    intp_t size
-    const int64_t* row       # label -> row index (ties)
-
-
-cdef inline bint above(const Heap* H, Entry a, Entry b) noexcept nogil:
-    """a comes before b: farther from the chosen set, ties by the smaller row index."""
-    return a.d > b.d or (a.d == b.d and H.row[a.u] < H.row[b.u])
-
-
-cdef void sift_down(Heap* H, intp_t p) noexcept nogil:
-    """Restore the heap below position p (after e[p]'s key went down)."""
-    cdef Entry x = H.e[p]
-    cdef intp_t c, j, b, end
-    while True:
-        c = ARITY * p + 1
-        if c >= H.size:
-            break
-        end = c + ARITY if c + ARITY < H.size else H.size
-        b = c
-        for j in range(c + 1, end):
-            if above(H, H.e[j], H.e[b]):
-                b = j
-        if not above(H, H.e[b], x):
-            break
-        H.e[p] = H.e[b]
-        H.pos[H.e[p].u] = p
-        p = b
-    H.e[p] = x
-    H.pos[x.u] = p
-
-
-cdef intp_t heap_pop(Heap* H) noexcept nogil:
-    """Remove and return the top's label."""
-    cdef intp_t top = H.e[0].u
-    H.size -= 1
-    if H.size > 0:
-        H.e[0] = H.e[H.size]
-        H.pos[H.e[0].u] = 0
-        sift_down(H, 0)
-    H.pos[top] = -1
-    return top
-
-
-cdef int _descending(const void* a, const void* b) noexcept nogil:
-    cdef intp_t x = (<const intp_t*>a)[0], y = (<const intp_t*>b)[0]
-    return (x < y) - (x > y)
-
-
-cdef void reheap(Heap* H, const float64_t* dmin, intp_t* changed, intp_t nchanged) noexcept nogil:
-    """Restore the heap after the keys of the points in changed went down.
-
-    Several lowered keys at once must be sifted deepest position first (as in heapify): a
-    shallower one sifted first can settle above a deeper one that later rises past it.
-    changed is overwritten with the positions.
-    """
-    cdef intp_t i, j, p, x
-    for i in range(nchanged):
-        x = changed[i]
-        p = H.pos[x]
-        H.e[p].d = dmin[x]
-        changed[i] = p
-    if nchanged > 32:
-        qsort(changed, nchanged, sizeof(intp_t), _descending)
-    else:                                  # the usual few: insertion sort, no calls
-        for i in range(1, nchanged):
-            p = changed[i]
-            j = i
-            while j > 0 and changed[j - 1] < p:
-                changed[j] = changed[j - 1]
-                j -= 1
-            changed[j] = p
-    for i in range(nchanged):
-        sift_down(H, changed[i])
+    W.top[u] = at
 
 
 # -- the parallel search and the scan ------------------------------------------------------------
@@ -260,7 +179,6 @@ cdef int64_t search(Walk* W, intp_t c, Work* K) noexcept nogil:
     cdef float64_t d0 = dist(W.D, c, 0)
     W.c = c
     W.evals = c != 0
-    W.nchanged = 0
     if skip(W.T, W.sub, 0, d0):
         return W.evals
     if K == NULL:
@@ -308,8 +226,7 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
                 nf += 1
     for i in range(K.num_threads):
         K.walks[i] = W[0]
-        K.walks[i].changed = W.changed + W.nchanged + i * (W.D.P.n + 1)
-        K.walks[i].nchanged = 0
+        K.walks[i].updates = 0
         K.walks[i].evals = 0
     with parallel(num_threads=K.num_threads):
         tid = threadid()
@@ -317,10 +234,7 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
             visit(&K.walks[tid], K.frontier[i], K.fdist[i])
         # end: prange
     for i in range(K.num_threads):
-        # gather the threads' changed lists after the sequential ones
-        for t in range(K.walks[i].nchanged):
-            W.changed[W.nchanged] = K.walks[i].changed[t]
-            W.nchanged += 1
+        W.updates += K.walks[i].updates
         W.evals += K.walks[i].evals
     # sub of the expanded nodes, children before parents (reverse breadth-first order)
     for i in range(ntop - 1, -1, -1):
@@ -329,17 +243,16 @@ cdef int64_t parallel_search(Walk* W, intp_t c, float64_t d0, Work* K) noexcept 
 
 
 cdef inline void restore_sub(Walk* W, intp_t u) noexcept nogil:
-    """sub[u] from u's own dmin, its aliases' and its children's sub."""
+    """sub[u] and top[u] from u's own dmin, its aliases' and its children's sub and top."""
     cdef const Tree* T = W.T
-    cdef intp_t t
-    cdef float64_t best = W.dmin[u], s
+    cdef intp_t t, at = u
+    cdef float64_t best = W.dmin[u]
     for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
-        s = W.dmin[t]
-        best = s if s > best else best
+        keep_best(W, W.dmin[t], t, &best, &at)
     for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
-        s = W.sub[t]
-        best = s if s > best else best
+        keep_best(W, W.sub[t], W.top[t], &best, &at)
     W.sub[u] = best
+    W.top[u] = at
 
 
 cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t* bottom_up,
@@ -356,7 +269,6 @@ cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t*
     cdef intp_t x, i
     W.c = c
     W.evals = 0
-    W.nchanged = 0
     inball[0] = 0
     if num_threads > 1:
         for x in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
@@ -380,7 +292,8 @@ cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t*
 #
 # Where the root is wide (the residual metric's net: thousands of children, most of which every
 # step must evaluate), the children's V rows are the bulk of the memory traffic. The centres
-# of the next steps are, nearly always, the current top of the heap: their distances to all
+# of the next steps are, nearly always, the next points of the order as it stands (found
+# best-first over sub and top, which bound their subtrees from above): their distances to all
 # the root's children are evaluated together, child by child, so each child's row is read
 # once for up to LOOKAHEAD centres. A pair's value does not depend on when it is evaluated
 # (same routine, same argument order), so the order does not change; a centre whose row was
@@ -391,6 +304,13 @@ DEF LOOKAHEAD = 64
 DEF AHEAD_PARALLEL_PAIRS = 4096
 
 
+cdef struct Item:
+    # an entry of the best-first queue: a point (u = -1) or a node u, keyed by (d, row of p)
+    float64_t d
+    intp_t u
+    intp_t p
+
+
 cdef struct Ahead:
     intp_t net0              # the root's children: labels net0 .. net0 + nn - 1
     intp_t nn
@@ -398,36 +318,79 @@ cdef struct Ahead:
     intp_t* owner            # the centre of each row
     intp_t* slot             # per point: its row, or -1
     intp_t nrows
-    intp_t* cand             # scratch: heap positions (ARITY LOOKAHEAD + 1)
+    Item* queue              # scratch: the best-first queue (each node and point once: 2 n)
     intp_t* live             # scratch: the children evaluated (nn)
 
 
-cdef intp_t top_of_heap(const Heap* H, intp_t* out, intp_t k, intp_t* cand) noexcept nogil:
-    """The k first points of the heap in pop order (best-first over heap positions)."""
-    cdef intp_t nc = 1, got = 0, i, b, p
-    if H.size == 0:
-        return 0
-    cand[0] = 0
-    while got < k and nc > 0:
-        b = 0
-        for i in range(1, nc):
-            if above(H, H.e[cand[i]], H.e[cand[b]]):
-                b = i
-        p = cand[b]
-        out[got] = H.e[p].u
-        got += 1
-        cand[b] = cand[nc - 1]
-        nc -= 1
-        for i in range(ARITY * p + 1, ARITY * p + ARITY + 1):
-            if i < H.size:
-                cand[nc] = i
-                nc += 1
+cdef inline bint item_above(const int64_t* row, Item a, Item b) noexcept nogil:
+    return a.d > b.d or (a.d == b.d and row[a.p] < row[b.p])
+
+
+cdef void item_push(const int64_t* row, Item* q, intp_t* nq, float64_t d, intp_t u,
+                    intp_t p) noexcept nogil:
+    """Push (d, u, p) on the binary max-heap q[:nq]."""
+    cdef intp_t i = nq[0], up
+    cdef Item x
+    x.d, x.u, x.p = d, u, p
+    nq[0] += 1
+    while i > 0:
+        up = (i - 1) // 2
+        if not item_above(row, x, q[up]):
+            break
+        q[i] = q[up]
+        i = up
+    q[i] = x
+
+
+cdef Item item_pop(const int64_t* row, Item* q, intp_t* nq) noexcept nogil:
+    """Remove and return the top of q[:nq]."""
+    cdef Item first = q[0], x
+    cdef intp_t i = 0, c
+    nq[0] -= 1
+    x = q[nq[0]]
+    while True:
+        c = 2 * i + 1
+        if c >= nq[0]:
+            break
+        if c + 1 < nq[0] and item_above(row, q[c + 1], q[c]):
+            c += 1
+        if not item_above(row, q[c], x):
+            break
+        q[i] = q[c]
+        i = c
+    q[i] = x
+    return first
+
+
+cdef intp_t next_points(const Walk* W, intp_t* out, intp_t k, Item* q) noexcept nogil:
+    """The first k unchosen points at positive distance in farthest-first order as it stands
+    (the next centres, unless their searches lower some): best-first over the tree, a node
+    keyed by (sub, top), which no point below it exceeds."""
+    cdef const Tree* T = W.T
+    cdef intp_t nq = 0, got = 0, u, t
+    cdef Item it
+    if W.sub[0] > 0.0:
+        item_push(W.row, q, &nq, W.sub[0], 0, W.top[0])
+    while got < k and nq > 0:
+        it = item_pop(W.row, q, &nq)
+        if it.u < 0:
+            out[got] = it.p
+            got += 1
+            continue
+        u = it.u
+        if W.dmin[u] > 0.0:
+            item_push(W.row, q, &nq, W.dmin[u], -1, u)
+        for t in range(T.alias_ptr[u], T.alias_ptr[u + 1]):
+            if W.dmin[t] > 0.0:
+                item_push(W.row, q, &nq, W.dmin[t], -1, t)
+        for t in range(T.children_ptr[u], T.children_ptr[u + 1]):
+            if W.sub[t] > 0.0:
+                item_push(W.row, q, &nq, W.sub[t], t, W.top[t])
     return got
 
 
-cdef int64_t fill_ahead(const Data* D, Ahead* A, intp_t c, const Heap* H,
-                        const float64_t* sub, int num_threads) noexcept nogil:
-    """Rows for c and the next centres the heap predicts; returns the evaluations.
+cdef int64_t fill_ahead(const Walk* W, Ahead* A, intp_t c, int num_threads) noexcept nogil:
+    """Rows for c (chosen: its dmin is -1) and the next centres; returns the evaluations.
 
     Children with sub <= 0 (nothing below them can change, now or later: sub only goes
     down) are left out; the search skips them before it would read their entry.
@@ -437,12 +400,12 @@ cdef int64_t fill_ahead(const Data* D, Ahead* A, intp_t c, const Heap* H,
     for k in range(A.nrows):
         A.slot[A.owner[k]] = -1
     A.owner[0] = c
-    nb = 1 + top_of_heap(H, A.owner + 1, LOOKAHEAD - 1, A.cand)
+    nb = 1 + next_points(W, A.owner + 1, LOOKAHEAD - 1, A.queue)
     for k in range(nb):
         A.slot[A.owner[k]] = k
     A.nrows = nb
     for j in range(A.nn):
-        if sub[A.net0 + j] > 0.0:
+        if W.sub[A.net0 + j] > 0.0:
             A.live[nlive] = j
             nlive += 1
     # child by child: its row is read once for all nb centres
@@ -450,12 +413,12 @@ cdef int64_t fill_ahead(const Data* D, Ahead* A, intp_t c, const Heap* H,
         for jj in prange(nlive, num_threads=num_threads, schedule='static'):
             j = A.live[jj]
             for k in range(nb):
-                A.rows[k * A.nn + j] = dist(D, A.owner[k], A.net0 + j)
+                A.rows[k * A.nn + j] = dist(W.D, A.owner[k], A.net0 + j)
     else:
         for jj in range(nlive):
             j = A.live[jj]
             for k in range(nb):
-                A.rows[k * A.nn + j] = dist(D, A.owner[k], A.net0 + j)
+                A.rows[k * A.nn + j] = dist(W.D, A.owner[k], A.net0 + j)
     for k in range(nb):
         for jj in range(nlive):
             evals += A.owner[k] != A.net0 + A.live[jj]
@@ -485,11 +448,11 @@ cdef class Farthest:
     limits : tuple
         ``(parallel_min_evals, ahead_min_children, scan_min_evals)``: a step runs its search
         or scan on num_threads threads when the step before it reached at least
-        parallel_min_evals points (its evaluations, or for a scan the points within r of its centre: a cheap
-        predictor of this step's work); sequential steps evaluate the root's children ahead
-        for the next centres when the root has at least ahead_min_children children; a step
-        scans all points when the step before it reached at least scan_min_evals. The
-        answer depends on none of these.
+        parallel_min_evals points (its evaluations, or for a scan the points within r of its
+        centre: a cheap predictor of this step's work); sequential steps evaluate the root's
+        children ahead for the next centres when the root has at least ahead_min_children
+        children; a step scans all points when the step before it reached at least
+        scan_min_evals. The answer depends on none of these.
     """
     cdef Data D
     cdef Tree T
@@ -497,15 +460,13 @@ cdef class Farthest:
     cdef Work K
     cdef Work* par
     cdef Ahead A
-    cdef Heap H
     cdef bint ahead
     cdef int num_threads
-    cdef intp_t n, start, parallel_min, scan_min, nbottom
+    cdef intp_t n, start, parallel_min, scan_min, nbottom, next_row
     cdef readonly intp_t done
-    cdef int64_t evals, updates, parallel_steps, scan_steps, reach, fill
+    cdef int64_t evals, parallel_steps, scan_steps, reach, fill
     cdef const int64_t* bottom_up
-    cdef const int64_t* row
-    cdef float64_t* dmin
+    cdef intp_t* label           # row -> label
     cdef float64_t* buf
     cdef int64_t* order
     cdef float64_t* out_dist
@@ -523,7 +484,7 @@ cdef class Farthest:
         cdef const float64_t[::1] radius = radius_a
         cdef const float64_t[::1] pdist = pdist_a
         cdef const int64_t[::1] bottom_up = bottom_up_a
-        cdef intp_t n = row.shape[0], nn
+        cdef intp_t n = row.shape[0], nn, j
         fill_points(&self.D.P, residual, kind, variance, x, v, s)
         self.D.row = &row[0] if residual else NULL
         self.T.children_ptr = &children_ptr[0]
@@ -533,52 +494,51 @@ cdef class Farthest:
         self.T.slack = slack
         self.n, self.start, self.num_threads = n, start, num_threads
         self.parallel_min, ahead_min, self.scan_min = limits
-        self.row = &row[0]
         self.bottom_up = &bottom_up[0]
         self.nbottom = bottom_up.shape[0]
         self.order, self.out_dist, self.step_evals = &order[0], &out_dist[0], &step_evals[0]
         dmin_a = np.full(n, INFINITY)
         sub_a = np.full(n, INFINITY)       # nothing is known yet: no subtree may be skipped
-        entries_a = np.empty(n * sizeof(Entry), dtype=np.uint8)
-        pos_a = np.full(n, -1, dtype=np.intp)
-        # sequential changes, then one list per thread (each at most n + 1 long)
-        changed_a = np.empty((num_threads + 1) * (n + 1), dtype=np.intp)
+        top_a = np.zeros(n, dtype=np.intp)
+        label_a = np.empty(n, dtype=np.intp)
         work_i = np.empty((3, n), dtype=np.intp)
         work_d = np.empty((3, n))
         walks_a = np.empty(max(num_threads, 1) * sizeof(Walk), dtype=np.uint8)
         nn = children_ptr[1] - children_ptr[0]
         self.ahead = nn >= ahead_min and nn > 0      # only a wide root is worth it
         rows_a = np.empty(LOOKAHEAD * nn if self.ahead else 1)
-        ahead_a = np.full(n + (ARITY + 2) * LOOKAHEAD + 1 + nn, -1, dtype=np.intp)
-        self.keep = (metric, layout, order, out_dist, step_evals, dmin_a, sub_a, entries_a,
-                     pos_a, changed_a, work_i, work_d, walks_a, rows_a, ahead_a)
+        ahead_a = np.full(n + LOOKAHEAD + nn, -1, dtype=np.intp)       # slot, owner, live
+        queue_a = np.empty((2 * n + 1 if self.ahead else 1) * sizeof(Item), dtype=np.uint8)
+        self.keep = (metric, layout, order, out_dist, step_evals, dmin_a, sub_a, top_a,
+                     label_a, work_i, work_d, walks_a, rows_a, ahead_a, queue_a)
         cdef float64_t[::1] dmin = dmin_a
         cdef float64_t[::1] sub = sub_a
-        cdef unsigned char[::1] ent = entries_a
-        cdef intp_t[::1] pos = pos_a
-        cdef intp_t[::1] changed = changed_a
+        cdef intp_t[::1] top = top_a
+        cdef intp_t[::1] lab = label_a
         cdef intp_t[:, ::1] wi = work_i
         cdef float64_t[:, ::1] wd = work_d
         cdef unsigned char[::1] wk = walks_a
         cdef float64_t[::1] rows = rows_a
         cdef intp_t[::1] ai = ahead_a
-        self.dmin = &dmin[0]
+        cdef unsigned char[::1] qu = queue_a
+        for j in range(n):
+            lab[row[j]] = j
+        self.label = &lab[0]
+        self.next_row = 0
         self.buf = &wd[2, 0]
         self.W.D = &self.D
         self.W.T = &self.T
+        self.W.row = &row[0]
         self.W.dmin = &dmin[0]
         self.W.sub = &sub[0]
-        self.W.changed = &changed[0]
+        self.W.top = &top[0]
+        self.W.updates = 0
         self.W.netrow = NULL
-        self.H.e = <Entry*>&ent[0]
-        self.H.pos = &pos[0]
-        self.H.size = 0
-        self.H.row = &row[0]
         self.A.net0 = children_ptr[0]
         self.A.nn = nn
         self.A.rows = &rows[0]
-        self.A.slot, self.A.owner, self.A.cand = &ai[0], &ai[n], &ai[n + LOOKAHEAD]
-        self.A.live = &ai[n + (ARITY + 2) * LOOKAHEAD + 1]
+        self.A.slot, self.A.owner, self.A.live = &ai[0], &ai[n], &ai[n + LOOKAHEAD]
+        self.A.queue = <Item*>&qu[0]
         self.A.nrows = 0
         self.K.frontier, self.K.cand, self.K.top = &wi[0, 0], &wi[1, 0], &wi[2, 0]
         self.K.fdist, self.K.cdist = &wd[0, 0], &wd[1, 0]
@@ -604,7 +564,7 @@ cdef class Farthest:
         return self.done
 
     def counters(self):
-        return {"distance_evaluations": int(self.evals), "updates": int(self.updates),
+        return {"distance_evaluations": int(self.evals), "updates": int(self.W.updates),
                 "parallel_steps": int(self.parallel_steps),
                 "scan_steps": int(self.scan_steps)}
 
@@ -614,37 +574,33 @@ cdef class Farthest:
 
     cdef void first(self) noexcept nogil:
         """The first centre: every point is at distance inf, so the search reaches all."""
-        cdef intp_t x, p = 0
-        self.order[0] = self.row[self.start]
+        self.order[0] = self.W.row[self.start]
         self.out_dist[0] = INFINITY
-        self.dmin[self.start] = -1.0
+        self.W.dmin[self.start] = -1.0
         self.evals = scan(&self.W, self.start, INFINITY, self.buf, self.bottom_up,
                           self.nbottom, self.threads_for(self.n), &self.reach)
         self.step_evals[0] = self.evals
-        for x in range(self.n):                # the heap of the others
-            if x != self.start:
-                self.H.e[p].d = self.dmin[x]
-                self.H.e[p].u = x
-                self.H.pos[x] = p
-                p += 1
-        self.H.size = p
-        x = (p - 2) // ARITY + 1 if p > 1 else 0
-        while x > 0:
-            x -= 1
-            sift_down(&self.H, x)
         self.done = 1
 
     cdef void step(self) noexcept nogil:
         """Choose the next centre and lower the others' distances to the chosen set."""
         cdef Walk* W = &self.W
-        cdef intp_t t = self.done, c = heap_pop(&self.H)
-        cdef float64_t r = self.dmin[c]
+        cdef intp_t t = self.done, c
+        cdef float64_t r = W.sub[0]
         cdef int64_t last, inball = 0
-        self.order[t] = self.row[c]
+        if r <= 0.0:
+            # every point left is at distance 0 from a chosen one: they come by row index
+            while W.dmin[self.label[self.next_row]] < 0.0:
+                self.next_row += 1
+            c = self.label[self.next_row]
+            r = 0.0
+        else:
+            c = W.top[0]
+        self.order[t] = W.row[c]
         self.out_dist[t] = r
-        self.dmin[c] = -1.0
+        W.dmin[c] = -1.0
         self.done = t + 1
-        if r <= 0.0 or self.H.size == 0:
+        if r <= 0.0 or self.done == self.n:
             return                # nothing can get closer than 0, or nothing is left
         W.looked = 0
         if self.reach >= self.scan_min:
@@ -656,7 +612,7 @@ cdef class Farthest:
             last = search(W, c, self.par)
         elif self.ahead:
             if self.A.slot[c] < 0:
-                self.fill = fill_ahead(&self.D, &self.A, c, &self.H, W.sub, self.num_threads)
+                self.fill = fill_ahead(W, &self.A, c, self.num_threads)
             W.netrow = self.A.rows + self.A.slot[c] * self.A.nn
             last = search(W, c, NULL)
             W.netrow = NULL
@@ -672,8 +628,6 @@ cdef class Farthest:
         self.fill = 0
         self.evals += last
         self.step_evals[t] = last
-        self.updates += W.nchanged
-        reheap(&self.H, self.dmin, W.changed, W.nchanged)
 
 
 # -- a tree of its own for Euclidean points: a ball tree on k-d splits ---------------------------
