@@ -255,27 +255,32 @@ cdef inline void restore_sub(Walk* W, intp_t u) noexcept nogil:
     W.top[u] = at
 
 
-cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const int64_t* bottom_up,
-                  intp_t nnodes, int num_threads, int64_t* inball) noexcept nogil:
+cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const intp_t* by_row,
+                  const int64_t* bottom_up, intp_t nnodes, int num_threads,
+                  int64_t* inball) noexcept nogil:
     """One step by a plain scan of the points; returns the distance evaluations and, in
     inball, how many points lie within r of c (what a tree search must reach at least).
 
     For steps that reach most of the tree anyway (r near the diameter); on num_threads
-    threads, or on this one if num_threads is 1. The distances come
+    threads, or on this one if num_threads is 1. Points go in storage order (by_row: row ->
+    label where the rows are not stored in label order, else NULL), so the rows stream
+    from memory. The distances come
     from the same routine, so the updates are the tree search's. sub is then rebuilt for
     every node, children first (bottom_up: the nodes by ascending level; a child's level is
     below its parent's).
     """
-    cdef intp_t x, i
+    cdef intp_t x, i, q
     W.c = c
     W.evals = 0
     inball[0] = 0
     if num_threads > 1:
-        for x in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
+        for q in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
+            x = q if by_row == NULL else by_row[q]
             if W.dmin[x] > 0.0:             # chosen points (-1) and points at 0 cannot change
                 buf[x] = dist(W.D, c, x)
     else:
-        for x in range(W.D.P.n):
+        for q in range(W.D.P.n):
+            x = q if by_row == NULL else by_row[q]
             if W.dmin[x] > 0.0:
                 buf[x] = dist(W.D, c, x)
     for x in range(W.D.P.n):
@@ -467,6 +472,7 @@ cdef class Farthest:
     cdef int64_t evals, parallel_steps, scan_steps, reach, fill
     cdef const int64_t* bottom_up
     cdef intp_t* label           # row -> label
+    cdef const intp_t* by_row    # the same where rows are not stored in label order, or NULL
     cdef float64_t* buf
     cdef int64_t* order
     cdef float64_t* out_dist
@@ -524,6 +530,7 @@ cdef class Farthest:
         for j in range(n):
             lab[row[j]] = j
         self.label = &lab[0]
+        self.by_row = self.label if residual else NULL
         self.next_row = 0
         self.buf = &wd[2, 0]
         self.W.D = &self.D
@@ -577,8 +584,8 @@ cdef class Farthest:
         self.order[0] = self.W.row[self.start]
         self.out_dist[0] = INFINITY
         self.W.dmin[self.start] = -1.0
-        self.evals = scan(&self.W, self.start, INFINITY, self.buf, self.bottom_up,
-                          self.nbottom, self.threads_for(self.n), &self.reach)
+        self.evals = scan(&self.W, self.start, INFINITY, self.buf, self.by_row,
+                          self.bottom_up, self.nbottom, self.threads_for(self.n), &self.reach)
         self.step_evals[0] = self.evals
         self.done = 1
 
@@ -605,7 +612,7 @@ cdef class Farthest:
         W.looked = 0
         if self.reach >= self.scan_min:
             self.scan_steps += 1
-            last = scan(W, c, r, self.buf, self.bottom_up, self.nbottom,
+            last = scan(W, c, r, self.buf, self.by_row, self.bottom_up, self.nbottom,
                         self.threads_for(self.reach), &inball)
         elif self.par != NULL and self.reach >= self.parallel_min:
             self.parallel_steps += 1
