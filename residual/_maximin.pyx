@@ -647,39 +647,48 @@ cdef class Farthest:
 # the range's box becomes the node, and small ranges become leaves whose other points are
 # aliases (evaluated whenever the leaf is visited). Nodes are labelled breadth-first.
 
-cdef inline void swap(intp_t* a, intp_t i, intp_t j) noexcept nogil:
-    cdef intp_t t = a[i]
-    a[i] = a[j]
-    a[j] = t
+cdef inline void swap(intp_t* idx, float64_t* xs, intp_t dim, intp_t i,
+                      intp_t j) noexcept nogil:
+    """Swap entries i and j of idx and the coordinate rows of xs with them."""
+    cdef intp_t t = idx[i], a
+    cdef float64_t v
+    idx[i] = idx[j]
+    idx[j] = t
+    for a in range(dim):
+        v = xs[i * dim + a]
+        xs[i * dim + a] = xs[j * dim + a]
+        xs[j * dim + a] = v
 
 
-cdef void select_nth(intp_t* idx, intp_t lo, intp_t hi, intp_t nth, const float64_t* x,
-                     intp_t dim, intp_t axis) noexcept nogil:
-    """Partially sort idx[lo:hi] by coordinate `axis` so that idx[nth] is in its sorted
-    place, smaller-or-equal before it and greater-or-equal after (Hoare quickselect)."""
+cdef void select_nth(intp_t* idx, float64_t* xs, intp_t dim, intp_t lo, intp_t hi,
+                     intp_t nth, intp_t axis) noexcept nogil:
+    """Partially sort idx[lo:hi] (and xs, its rows' coordinates) by coordinate `axis` so
+    that entry nth is in its sorted place, smaller-or-equal before it and greater-or-equal
+    after (Hoare quickselect)."""
     cdef intp_t i, j, mid
     cdef float64_t p
+    cdef const float64_t* c = xs + axis
     while hi - lo > 1:
         mid = lo + (hi - lo) // 2                   # median of three as the pivot
-        if x[idx[mid] * dim + axis] < x[idx[lo] * dim + axis]:
-            swap(idx, mid, lo)
-        if x[idx[hi - 1] * dim + axis] < x[idx[lo] * dim + axis]:
-            swap(idx, hi - 1, lo)
-        if x[idx[hi - 1] * dim + axis] < x[idx[mid] * dim + axis]:
-            swap(idx, hi - 1, mid)
-        p = x[idx[mid] * dim + axis]
+        if c[mid * dim] < c[lo * dim]:
+            swap(idx, xs, dim, mid, lo)
+        if c[(hi - 1) * dim] < c[lo * dim]:
+            swap(idx, xs, dim, hi - 1, lo)
+        if c[(hi - 1) * dim] < c[mid * dim]:
+            swap(idx, xs, dim, hi - 1, mid)
+        p = c[mid * dim]
         i = lo
         j = hi - 1
         while i <= j:
-            while x[idx[i] * dim + axis] < p:
+            while c[i * dim] < p:
                 i += 1
-            while x[idx[j] * dim + axis] > p:
+            while c[j * dim] > p:
                 j -= 1
             if i <= j:
-                swap(idx, i, j)
+                swap(idx, xs, dim, i, j)
                 i += 1
                 j -= 1
-        # now idx[lo:j+1] <= p <= idx[i:hi], and idx[j+1:i] == p
+        # now [lo, j] <= p <= [i, hi), and (j, i) == p
         if nth <= j:
             hi = j + 1
         elif nth >= i:
@@ -696,8 +705,9 @@ def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
     cdef intp_t nnodes = 1, nal = 0
     cdef int64_t evals = 0
     cdef float64_t d, dbest, ext, wide
-    cdef const float64_t* px = &x[0, 0]
+    cdef float64_t* px
     idx_a = np.arange(n, dtype=np.intp)
+    xs_a = np.array(x)                 # the coordinates, moved along with idx
     # per node label: its range of idx (its subtree's points); at most n nodes
     lo_a = np.empty(n, dtype=np.intp)
     hi_a = np.empty(n, dtype=np.intp)
@@ -718,6 +728,8 @@ def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
     cdef float64_t[::1] radius = radius_a
     cdef float64_t[::1] pdist = pdist_a
     cdef float64_t[:, ::1] box = box_a
+    cdef float64_t[:, ::1] xs = xs_a
+    px = &xs[0, 0]
     with nogil:
         rlo[0] = 0
         rhi[0] = n
@@ -730,7 +742,7 @@ def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
                 box[1, a] = -INFINITY
             for t in range(lo, hi):
                 for a in range(dim):
-                    d = px[idx[t] * dim + a]
+                    d = px[t * dim + a]
                     box[0, a] = d if d < box[0, a] else box[0, a]
                     box[1, a] = d if d > box[1, a] else box[1, a]
             axis = 0
@@ -744,23 +756,23 @@ def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
             best = lo
             dbest = INFINITY
             for t in range(lo, hi):
-                d = sqdist(&box[0, 0], px + idx[t] * dim, dim)
+                d = sqdist(&box[0, 0], px + t * dim, dim)
                 if d < dbest:
                     dbest = d
                     best = t
-            swap(&idx[0], lo, best)
+            swap(&idx[0], px, dim, lo, best)
             row[j] = idx[lo]
-            if j > 0:
-                pdist[j] = sqrt(sqdist(px + row[par[j]] * dim, px + row[j] * dim, dim))
+            if j > 0:                        # a node's point stays first in its range
+                pdist[j] = sqrt(sqdist(px + rlo[par[j]] * dim, px + lo * dim, dim))
                 evals += 1
             for t in range(lo + 1, hi):      # the exact covering radius
-                d = sqrt(sqdist(px + idx[lo] * dim, px + idx[t] * dim, dim))
+                d = sqrt(sqdist(px + lo * dim, px + t * dim, dim))
                 radius[j] = d if d > radius[j] else radius[j]
             evals += hi - lo - 1
             cptr[j] = nnodes
             if hi - lo > leaf_size and hi - lo >= 3:     # two non-empty children
                 mid = (lo + 1 + hi) // 2
-                select_nth(&idx[0], lo + 1, hi, mid, px, dim, axis)
+                select_nth(&idx[0], px, dim, lo + 1, hi, mid, axis)
                 rlo[nnodes] = lo + 1
                 rhi[nnodes] = mid
                 rlo[nnodes + 1] = mid

@@ -36,7 +36,7 @@ AHEAD_MIN_CHILDREN = 64
 
 #: Most points in a leaf of the k-d ball tree that orders coordinates (a leaf's points are
 #: evaluated together whenever the search reaches it).
-LEAF_SIZE = 16
+LEAF_SIZE = 32
 
 #: The compiled loop runs in slices of about this many seconds; between slices ``progress`` is
 #: called and Ctrl-C is honoured.
