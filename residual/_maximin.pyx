@@ -1,4 +1,6 @@
-# Exact maximin ordering (farthest-first traversal) on the compressed cover tree.
+# Exact maximin ordering (farthest-first traversal) on a tree: the compressed cover tree (the
+# residual metric, or a tree the caller built), or for coordinates a k-d ball tree of this
+# module's own (kd_layout, at the end).
 #
 # State: dmin[x], the distance from x to the chosen set (-1 once x is chosen); per node u,
 # sub[u], the largest dmin in u's subtree, and top[u], the point holding it (ties by the
@@ -17,7 +19,8 @@
 # Layout: the loop works on labels, not rows. The tree's nodes are numbered breadth-first (the
 # root is 0), so the children of a node are consecutive labels, and each level's nodes lie in
 # the order of their ancestors: a search reads neighbouring memory, not n scattered rows. The
-# aliases (rows at distance 0 from a node) come after the nodes, each node's consecutively.
+# aliases (points evaluated whenever their node is visited: a cover tree's rows at distance 0
+# from a node, a k-d leaf's other points) come after the nodes, each node's consecutively.
 # Euclidean coordinates are copied in label order; residual rows are reached through the
 # label -> row map (V is too big to copy). Ties still go by row index (label -> row).
 #
@@ -29,16 +32,17 @@
 #
 # Cost: the residual metric is flat at the top (DESIGN.md section 4), so the root has
 # thousands of children, nearly all of which every step must evaluate; that is most of the
-# work. Sequential steps therefore evaluate the root's children for the next few centres the
-# heap predicts in one pass (fill_ahead), reading each child's V row once for all of them.
+# work. Sequential steps therefore evaluate the root's children for the next few centres
+# (predicted by next_points) in one pass (fill_ahead), reading each child's V row once for
+# all of them.
 #
 # Parallelism: a big step (the first ones, when r is near the diameter) expands the top of
 # the tree level by level, evaluating each level's children in a prange, then walks the live
 # subtrees on threads (their dmin entries are disjoint); sub and top of the expanded nodes
 # are recomputed afterwards. The root's top is the unique maximum of a strict total order on
 # (dmin, row index), so the order depends neither on the thread count nor on which thread
-# updated what. Small steps run on
-# the calling thread alone: a parallel region per step would cost more than the step.
+# updated what. Small steps run on the calling thread alone: a parallel region per step would
+# cost more than the step.
 #
 # Slices: the loop's state lives in a Farthest object; run() advances it for a given time and
 # returns, so the caller can report progress and honour Ctrl-C between slices. The state is
@@ -173,8 +177,8 @@ cdef int64_t search(Walk* W, intp_t c, Work* K) noexcept nogil:
 
     K NULL: a depth-first walk from the root on this thread. Otherwise the top of the tree is
     expanded level by level, each level's children evaluated in parallel, until nfront
-    subtrees are live; those are walked in parallel and sub of the expanded nodes is then
-    recomputed bottom-up.
+    subtrees are live; those are walked in parallel and sub and top of the expanded nodes
+    are then recomputed bottom-up.
     """
     cdef float64_t d0 = dist(W.D, c, 0)
     W.c = c
@@ -264,10 +268,9 @@ cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const intp_t* 
     For steps that reach most of the tree anyway (r near the diameter); on num_threads
     threads, or on this one if num_threads is 1. Points go in storage order (by_row: row ->
     label where the rows are not stored in label order, else NULL), so the rows stream
-    from memory. The distances come
-    from the same routine, so the updates are the tree search's. sub is then rebuilt for
-    every node, children first (bottom_up: the nodes by ascending level; a child's level is
-    below its parent's).
+    from memory. The distances come from the same routine, so the updates are the tree
+    search's. sub and top are then rebuilt for every node, children first (bottom_up: every
+    node, each after all of its children).
     """
     cdef intp_t x, i, q
     W.c = c
@@ -443,7 +446,7 @@ cdef class Farthest:
     layout : tuple
         ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label -> row
         index, the CSR ranges of children and aliases (labels), covering radii and parent
-        distances, the tree's slack, and the nodes by ascending level.
+        distances, the tree's slack, and every node, each after its children.
     start : int
         Label of the first point.
     order, out_dist, step_evals : ndarray

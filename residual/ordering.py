@@ -1,7 +1,8 @@
 """Orderings for Vecchia approximations: the exact maximin (farthest-first) ordering.
 
-The farthest-first loop runs in ``_maximin.pyx`` over a :class:`~residual.CoverTree`; see
-its opening comment for the range search and why the answer is exact.
+The farthest-first loop runs in ``_maximin.pyx`` over a tree (a :class:`~residual.CoverTree`
+for a model, a k-d ball tree of its own for coordinates); see its opening comment for the
+range search and why the answer is exact.
 """
 
 import time
@@ -188,10 +189,10 @@ def _layout(tree):
     """The cover tree's metric and the tree relabelled for the loop (see ``_maximin.pyx``,
     Layout), Euclidean rows copied in label order.
 
-    The layout is ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label ->
-    row, the children and aliases of label u as the label ranges ``ptr[u]:ptr[u + 1]``,
-    covering radii and parent distances by label, the tree's slack and the node labels by
-    ascending level (children before parents).
+    The layout is ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``:
+    label -> row, the children and aliases of label u as the label ranges
+    ``ptr[u]:ptr[u + 1]``, covering radii and parent distances by label, the tree's slack
+    and the node labels by ascending level (each node after its children).
     """
     ptr, kids, aptr = tree.children_ptr, tree.children, tree.aliases_ptr
     nodes = [np.array([tree.root], dtype=np.int64)]
