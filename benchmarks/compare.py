@@ -376,6 +376,86 @@ def case_issue5(args):
           f"predecessor kNN) {best['hand']:.2f} s: ratio {best['vecchia'] / best['hand']:.3f}")
 
 
+#: euclidean-pipeline: the sizes and dimensions it runs, and the rows checked per run.
+PIPELINE_SIZES = (10 ** 5, 10 ** 6)
+PIPELINE_DIMS = (2, 3)
+PIPELINE_SAMPLE = 1000
+
+
+def _predecessor_rows_ref(Xo, rows, k):
+    """Brute-force predecessor kNN of the given positions of Xo: (len(rows), k) indices
+    ascending by (distance, index), padded with -1."""
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for r, i in enumerate(rows):
+        d = ((Xo[:i] - Xo[i]) ** 2).sum(1)
+        keep = np.lexsort((np.arange(i), d))[:k]
+        out[r, :keep.size] = keep
+    return out
+
+
+def _filter_to_predecessors(nbrs, k):
+    """Rows of all-points neighbours (self included, ascending) cut to the earlier positions:
+    the first min(k, i) with j < i, padded with -1 (short where fewer were among them)."""
+    n = nbrs.shape[0]
+    out = np.full((n, k), -1, dtype=np.int64)
+    pred = nbrs < np.arange(n)[:, None]
+    rank = np.cumsum(pred, axis=1) - 1
+    r, c = np.nonzero(pred & (rank < k))
+    out[r, rank[r, c]] = nbrs[r, c]
+    return out
+
+
+def case_euclidean_pipeline(args):
+    """The Euclidean Vecchia pipeline at n = 1e5 and 1e6, D = 2 and 3, X uniform on the unit
+    square / cube, k = --euclid-k: ours (maximin_order, then vecchia_neighbors with that
+    ordering) against cKDTree and scikit-learn, which have no maximin ordering: they get ours
+    and find the sets by filtering to predecessors: query k + 1 neighbours of every point and
+    keep the earlier ones (inexact where fewer than min(k, i) predecessors are among them).
+    "rows exact": of PIPELINE_SAMPLE seeded rows, the percent equal to brute force."""
+    from scipy.spatial import cKDTree
+    from residual.ordering import maximin_order
+    nt = resolve_num_threads(args.threads)
+    k = args.euclid_k
+    print(f"\neuclidean-pipeline: k={k}, threads={nt}, one run each; ordering s is "
+          f"maximin_order's (ours) in every row")
+    print(f"{'n':>8s} {'D':>2s} {'contender':32s} {'ordering s':>10s} {'sets s':>8s} "
+          f"{'total s':>8s} {'rows exact':>10s}")
+    for n in PIPELINE_SIZES:
+        for dim in PIPELINE_DIMS:
+            X = np.random.default_rng(0).uniform(size=(n, dim))
+            t = time.perf_counter()
+            order = maximin_order(X, num_threads=nt)
+            t_order = time.perf_counter() - t
+            Xo = X[order]
+            rows = np.sort(np.random.default_rng(1).choice(n, min(PIPELINE_SAMPLE, n),
+                                                           replace=False))
+            ref = _predecessor_rows_ref(Xo, rows, k)
+
+            def report(who, t_sets, idx):
+                exact = 100.0 * np.mean((idx[rows] == ref).all(axis=1))
+                print(f"{n:8d} {dim:2d} {who:32s} {t_order:10.2f} {t_sets:8.2f} "
+                      f"{t_order + t_sets:8.2f} {exact:9.1f}%", flush=True)
+
+            t = time.perf_counter()
+            res = residual.vecchia_neighbors(X, k=k, metric="euclidean", ordering=order,
+                                             num_threads=nt)
+            report("ours (vecchia_neighbors)", time.perf_counter() - t, res.neighbors)
+            t = time.perf_counter()
+            nbrs = cKDTree(Xo).query(Xo, k + 1, workers=nt)[1]
+            report("cKDTree k+1, filtered", time.perf_counter() - t,
+                   _filter_to_predecessors(nbrs, k))
+            try:
+                from sklearn.neighbors import NearestNeighbors
+            except ImportError:
+                print("scikit-learn not installed: its row is skipped")
+                continue
+            t = time.perf_counter()
+            nn = NearestNeighbors(n_neighbors=k + 1, algorithm="kd_tree", n_jobs=nt).fit(Xo)
+            nbrs = nn.kneighbors(Xo, return_distance=False)
+            report("sklearn KDTree k+1, filtered", time.perf_counter() - t,
+                   _filter_to_predecessors(nbrs, k))
+
+
 CASES = {
     "bruteforce-vs-gemm": case_bruteforce_vs_gemm,
     "build": case_build,
@@ -383,6 +463,7 @@ CASES = {
     "query": case_query,
     "table": case_table,
     "euclidean": case_euclidean,
+    "euclidean-pipeline": case_euclidean_pipeline,
     "issue5": case_issue5,
 }
 

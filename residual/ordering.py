@@ -1,7 +1,8 @@
 """Orderings for Vecchia approximations: the exact maximin (farthest-first) ordering.
 
-The farthest-first loop runs in ``_maximin.pyx`` over a :class:`~residual.CoverTree`; see
-its opening comment for the range search and why the answer is exact.
+The farthest-first loop runs in ``_maximin.pyx`` over a tree (a :class:`~residual.CoverTree`
+for a model, a k-d ball tree of its own for coordinates); see its opening comment for the
+range search and why the answer is exact.
 """
 
 import time
@@ -11,16 +12,17 @@ import numpy as np
 from residual import _maximin
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.tree import CoverTree
+from residual.tree import CoverTree, _SLACK_EUCLIDEAN_REL
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import as_float_matrix, check_euclidean_range, check_int
 
-#: A step's range search runs on several threads when the step before it reached at least
-#: this many points (see SCAN_FRACTION). Below that, starting and joining the threads every
-#: step costs more than they save (on a busy machine a thread that is descheduled stalls
-#: every join); those steps run on one thread, with the wide root's children evaluated
-#: ahead in parallel batches.
-PARALLEL_MIN_EVALUATIONS = 8192
+#: A step (its range search or scan) runs on several threads when the step before it reached
+#: at least this much work: points reached times the numbers one distance reads
+#: (coordinates, plus the V row for the residual metric). Below that, starting and joining
+#: the threads costs more than they save (on a busy machine a thread that is descheduled
+#: stalls every join): 8192 residual points with m = 512, but Euclidean steps in 2-D or 3-D
+#: stay on one thread unless they reach over a million points.
+PARALLEL_MIN_WORK = 8192 * 512
 
 #: A step scans every point instead of searching the tree when the step before it reached
 #: at least this fraction of the points: its search evaluated them or, for a scan, they lay
@@ -33,9 +35,17 @@ SCAN_FRACTION = 0.5
 #: once for all of them (see ``_maximin.pyx``).
 AHEAD_MIN_CHILDREN = 64
 
+#: Most points in a leaf of the k-d ball tree that orders coordinates (a leaf's points are
+#: evaluated together whenever the search reaches it).
+LEAF_SIZE = 32
+
+#: The compiled loop runs in slices of about this many seconds; between slices ``progress`` is
+#: called and Ctrl-C is honoured.
+SLICE_SECONDS = 0.1
+
 
 def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
-                  return_distances=False, return_stats=False):
+                  return_distances=False, return_stats=False, progress=None):
     """Exact maximin ordering: each next point is the farthest from those already chosen.
 
     Parameters
@@ -51,11 +61,17 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
         does not depend on it.
     tree : CoverTree, default=None
         A tree already built over ``X_or_model`` (the same model object, or equal
-        coordinates); None builds one with ``CoverTree(X_or_model)``.
+        coordinates); None builds one: ``CoverTree(X_or_model)`` for a model, and for
+        coordinates a k-d ball tree of the loop's own (built in O(n log n), much faster
+        than a cover tree). The order does not depend on the tree.
     return_distances : bool, default=False
         Also return the maximin distances.
     return_stats : bool, default=False
         Also return a dict of counters and timings (see Notes).
+    progress : callable, default=None
+        ``progress(done, total)``, called about every 0.1 s while the points are placed, and
+        once at the end (``done == total``): ``done`` points are placed so far, increasing.
+        The order does not depend on it.
 
     Returns
     -------
@@ -70,14 +86,15 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
         ordering, not counting the tree build), ``n_squared_half`` (n(n-1)/2, what the
         O(n^2) loop evaluates), ``updates`` (distance-to-set decreases), ``scan_steps``
         (steps that scanned every point instead of searching the tree), ``parallel_steps``,
-        ``tree_distance_evaluations`` (0 when ``tree`` was given) and ``seconds`` with
+        ``tree_distance_evaluations`` (those of building the tree; 0 when ``tree`` was
+        given) and ``seconds`` with
         ``tree``, ``order`` and ``total``.
 
     Raises
     ------
     TypeError
-        If ``X_or_model`` is a kernel, ``start`` is not an integer or ``tree`` is not a
-        CoverTree.
+        If ``X_or_model`` is a kernel, ``start`` is not an integer, ``tree`` is not a
+        CoverTree or ``progress`` is not callable.
     ValueError
         On NaN/inf or mis-shaped coordinates, ``start`` out of range, or a ``tree`` built
         over other data.
@@ -89,7 +106,7 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     distance to the chosen set with a range search on the tree from the new point, pruned by
     covering radii and by the largest such distance in each subtree; every pair is evaluated
     in float64 by the same routine as the tree's, in a fixed argument order, so the result
-    equals the O(n^2) farthest-first loop run with those distances.
+    equals the O(n^2) farthest-first loop run with those distances, whatever the tree.
 
     Examples
     --------
@@ -107,43 +124,105 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     start = _nearest_mean(coords) if start is None else check_int(start, "start", minimum=0,
                                                                   maximum=n - 1)
     _check_tree(tree, X_or_model, coords)
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a callable, got {type(progress).__name__}")
     order = np.empty(n, dtype=np.int64)
     dist = np.empty(n)
     counters = {"distance_evaluations": 0, "updates": 0, "scan_steps": 0,
                 "parallel_steps": 0}
-    built = tree is None and n > 1
-    if built:
-        tree = CoverTree(X_or_model, num_threads=nt)
-    t1 = time.perf_counter()
+    tree_evals = 0
     if n == 1:
+        t1 = time.perf_counter()
         order[0], dist[0] = start, np.inf
+        if progress is not None:
+            progress(1, 1)
     else:
-        counters = _run(tree, start, order, dist, nt)
+        if tree is None and isinstance(X_or_model, ResidualCorrelation):
+            tree = CoverTree(X_or_model, num_threads=nt)
+            tree_evals = tree.stats["distance_evaluations"]
+        if tree is None:
+            metric, layout, tree_evals = _kd_layout(coords)
+        else:
+            metric, layout = _layout(tree)
+        t1 = time.perf_counter()
+        counters = _run(metric, layout, start, order, dist, nt, progress)
     t2 = time.perf_counter()
     stats = {**counters, "n_squared_half": n * (n - 1) // 2,
-             "tree_distance_evaluations": tree.stats["distance_evaluations"] if built else 0,
+             "tree_distance_evaluations": tree_evals,
              "seconds": {"tree": t1 - t0, "order": t2 - t1, "total": t2 - t0}}
     out = (order,) + ((dist,) if return_distances else ()) + ((stats,) if return_stats else ())
     return out[0] if len(out) == 1 else out
 
 
-def _run(tree, start, order, dist, nt):
-    """The compiled farthest-first loop over a built tree."""
-    residual, kind, variance, x, v, s = tree._metric
+def _run(metric, layout, start, order, dist, nt, progress):
+    """The compiled farthest-first loop over a relabelled tree, in slices of SLICE_SECONDS."""
+    row = layout[0]
+    label = np.empty_like(row)
+    label[row] = np.arange(row.size)
+    residual, _, _, x, v, _ = metric
+    width = x.shape[1] + (v.shape[1] if residual else 0)      # numbers read per distance
+    loop = _maximin.Farthest(metric, layout, int(label[start]), order, dist,
+                             np.zeros(order.size, dtype=np.int64), nt,
+                             (-(-PARALLEL_MIN_WORK // width), AHEAD_MIN_CHILDREN,
+                              max(1, int(SCAN_FRACTION * order.size))))
+    done = 0
     with single_threaded_blas():
-        return _maximin.maximin(residual, kind, variance, x, v, s, tree.root,
-                                tree.children_ptr, tree.children, tree.aliases_ptr,
-                                tree.aliases, tree.radii, tree.parent_distances, tree._slack,
-                                start, order, dist, nt, PARALLEL_MIN_EVALUATIONS,
-                                AHEAD_MIN_CHILDREN, max(1, int(SCAN_FRACTION * order.size)),
-                                _bottom_up(tree),
-                                np.zeros(order.size, dtype=np.int64))
+        while done < order.size:
+            done = loop.run(SLICE_SECONDS)      # raises KeyboardInterrupt on Ctrl-C
+            if progress is not None:
+                progress(done, order.size)
+    return loop.counters()
 
 
-def _bottom_up(tree):
-    """The tree's nodes (aliases left out) by ascending level: children before parents."""
-    nodes = np.nonzero(tree.alias_of < 0)[0]
-    return nodes[np.argsort(tree.levels[nodes], kind="stable")].astype(np.int64)
+def _kd_layout(coords):
+    """The metric, layout (see :func:`_layout`) and distance evaluations of the k-d ball
+    tree over coordinates (``_maximin.kd_layout``), the rows copied in label order."""
+    x = np.ascontiguousarray(coords, dtype=np.float64)
+    row, children_ptr, alias_ptr, radius, pdist, bottom_up, evals = _maximin.kd_layout(
+        x, LEAF_SIZE)
+    slack = _SLACK_EUCLIDEAN_REL * max(float(radius[0]), 1e-300)
+    metric = (False, 0, 1.0, np.ascontiguousarray(x[row]), None, None)
+    return metric, (row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up), evals
+
+
+def _layout(tree):
+    """The cover tree's metric and the tree relabelled for the loop (see ``_maximin.pyx``,
+    Layout), Euclidean rows copied in label order.
+
+    The layout is ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``:
+    label -> row, the children and aliases of label u as the label ranges
+    ``ptr[u]:ptr[u + 1]``, covering radii and parent distances by label, the tree's slack
+    and the node labels by ascending level (each node after its children).
+    """
+    ptr, kids, aptr = tree.children_ptr, tree.children, tree.aliases_ptr
+    nodes = [np.array([tree.root], dtype=np.int64)]
+    while True:                              # breadth-first, one depth at a time
+        f = nodes[-1]
+        counts = ptr[f + 1] - ptr[f]
+        if not counts.sum():
+            break
+        nodes.append(kids[_ranges(ptr[f], counts)])
+    nodes = np.concatenate(nodes)
+    acount = aptr[nodes + 1] - aptr[nodes]
+    row = np.concatenate([nodes, tree.aliases[_ranges(aptr[nodes], acount)]]).astype(np.int64)
+    n, nn = row.size, nodes.size
+    children_ptr = np.full(n + 1, nn, dtype=np.int64)
+    children_ptr[:nn] = 1 + np.cumsum(ptr[nodes + 1] - ptr[nodes]) - (ptr[nodes + 1] - ptr[nodes])
+    alias_ptr = np.full(n + 1, n, dtype=np.int64)
+    alias_ptr[:nn] = nn + np.cumsum(acount) - acount
+    bottom_up = np.argsort(tree.levels[nodes], kind="stable").astype(np.int64)
+    residual, kind, variance, x, v, s = tree._metric
+    if not residual:
+        x = np.ascontiguousarray(x[row])
+    return (residual, kind, variance, x, v, s), (
+        row, children_ptr, alias_ptr, np.ascontiguousarray(tree.radii[row]),
+        np.ascontiguousarray(tree.parent_distances[row]), tree._slack, bottom_up)
+
+
+def _ranges(starts, counts):
+    """Concatenated ``arange(starts[i], starts[i] + counts[i])``."""
+    total = int(counts.sum())
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
 
 
 def _check_data(X_or_model):

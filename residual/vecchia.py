@@ -444,10 +444,13 @@ def _prepare(args, report):
     base = _base_model(args)
     seconds["model"] = _stage_end(report, "model", 1, t)
 
-    t = _stage_start(report, "ordering", 1)
-    order = _resolve_order(args["ordering"], base, n, args["seed"], args["num_threads"])
+    # maximin reports the points it has placed; the other orderings are one step
+    ordering = args["ordering"]
+    total = n if isinstance(ordering, str) and ordering == "maximin" else 1
+    t = _stage_start(report, "ordering", total)
+    order = _resolve_order(ordering, base, n, args["seed"], args["num_threads"], report)
     ordered = _permute(base, order)
-    seconds["ordering"] = _stage_end(report, "ordering", 1, t)
+    seconds["ordering"] = _stage_end(report, "ordering", total, t)
 
     # rows have at most n - 1 predecessors; the library refuses k > n, so ask for what exists
     k_lib = min(args["k"], max(n - 1, 1))
@@ -592,14 +595,21 @@ def _residual_base_model(args):
                                            num_threads=args["num_threads"])
 
 
-def _resolve_order(ordering, base, n, seed, num_threads=None):
+def _resolve_order(ordering, base, n, seed, num_threads=None, report=None):
+    """The permutation for ``ordering``; maximin reports ``("ordering", done, n)`` while it
+    runs (the stage's end, ``done == n``, is reported by the caller)."""
     if not isinstance(ordering, str):
         return ordering
     if ordering == "random":
         return np.random.default_rng(seed).permutation(n).astype(np.int64)
     if ordering == "natural":
         return np.arange(n, dtype=np.int64)
-    return maximin_order(base, start=None, num_threads=num_threads)
+
+    def placed(done, total):
+        if report is not None and done < total:
+            report("ordering", done, total)
+
+    return maximin_order(base, start=None, num_threads=num_threads, progress=placed)
 
 
 def _permute(base, order):

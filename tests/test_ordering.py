@@ -1,5 +1,8 @@
 """maximin_order against an O(n^2) NumPy farthest-first reference on the float64 oracle."""
 
+import threading
+import _thread
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
@@ -138,6 +141,28 @@ def test_default_start_is_nearest_the_mean():
     assert maximin_order(m)[0] == mean_start(X)      # raw coordinates, also for a model
 
 
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_grid_ties_go_by_index(dim):
+    """On an integer grid every distance is exact, so the oracle's ties are exact: the order
+    must be the reference's, position for position, ties by the smallest index."""
+    side = {1: 40, 2: 13, 3: 7}[dim]
+    axes = np.meshgrid(*[np.arange(side, dtype=float)] * dim, indexing="ij")
+    X = np.stack([a.ravel() for a in axes], axis=1)
+    X = X[np.random.default_rng(dim).permutation(len(X))]      # ties not in storage order
+    for start in (None, 0, len(X) - 1):
+        order, dist = maximin_order(X, start=start, return_distances=True)
+        s = mean_start(X) if start is None else start
+        ref_order, ref_dist, near_tie = maximin_ref(dist_matrix(X), s)
+        assert not near_tie
+        np.testing.assert_array_equal(order, ref_order)
+        np.testing.assert_array_equal(dist, ref_dist)
+
+
+def test_residual_grid():
+    X = np.stack(np.meshgrid(np.arange(9.0), np.arange(9.0), indexing="ij"), -1).reshape(-1, 2)
+    check(model(X, residual.Matern(1.5, lengthscale=3.0)), start=40)
+
+
 # -- duplicates and degenerate rows --------------------------------------------------------------
 
 def test_euclidean_duplicates_come_last_in_index_order():
@@ -190,14 +215,66 @@ def test_threads_give_identical_orders(metric, monkeypatch):
     X = harness_like(500, 3, seed=10)
     data = X if metric == "euclidean" else model(X)
     one = maximin_order(data, num_threads=1, return_distances=True)
-    monkeypatch.setattr(ordering, "PARALLEL_MIN_EVALUATIONS", 0)   # every step in parallel
+    monkeypatch.setattr(ordering, "PARALLEL_MIN_WORK", 0)   # every step in parallel
     for nt in (2, 3):
         other = maximin_order(data, num_threads=nt, return_distances=True)
         np.testing.assert_array_equal(one[0], other[0])
         np.testing.assert_array_equal(one[1], other[1])
 
 
-KNOBS = [  # (SCAN_FRACTION, AHEAD_MIN_CHILDREN, PARALLEL_MIN_EVALUATIONS, threads)
+def test_threads_without_a_tree(monkeypatch):
+    """The k-d ball tree that orders coordinates, with every step in parallel."""
+    X = harness_like(2000, 2, seed=15)
+    one = maximin_order(X, num_threads=1, return_distances=True)
+    monkeypatch.setattr(ordering, "PARALLEL_MIN_WORK", 0)
+    for nt in (2, 3):
+        other = maximin_order(X, num_threads=nt, return_distances=True)
+        np.testing.assert_array_equal(one[0], other[0])
+        np.testing.assert_array_equal(one[1], other[1])
+
+
+@pytest.mark.parametrize("leaf", [1, 2, 3, 16, 100])
+def test_leaf_sizes(leaf, monkeypatch):
+    monkeypatch.setattr(ordering, "LEAF_SIZE", leaf)
+    X = harness_like(500, 3, seed=16)
+    X[::7] = X[3]                                   # duplicates across leaves
+    check(X)
+
+
+def test_kd_tree_covers_its_points():
+    """Every node's radius bounds the distance to each point below it; children and aliases
+    are label ranges that partition the points."""
+    X = harness_like(700, 2, seed=17)
+    metric, layout, evals = ordering._kd_layout(X)
+    row, cptr, aptr, radius, pdist, slack, bottom_up = layout
+    n = len(X)
+    np.testing.assert_array_equal(np.sort(row), np.arange(n))
+    xs = metric[3]
+    np.testing.assert_array_equal(xs, X[row])
+    seen = np.zeros(n, int)
+    nodes = bottom_up.size
+
+    def below(u):                                    # labels in u's subtree
+        out = [u] + list(range(aptr[u], aptr[u + 1]))
+        for w in range(cptr[u], cptr[u + 1]):
+            out += below(w)
+        return out
+
+    for u in range(nodes):
+        sub = below(u)
+        d = np.sqrt(((xs[sub] - xs[u]) ** 2).sum(1))
+        assert d.max() <= radius[u] + slack
+        for w in range(cptr[u], cptr[u + 1]):
+            assert w > u and abs(np.sqrt(((xs[w] - xs[u]) ** 2).sum()) - pdist[w]) <= slack
+        seen[u] += 1
+        seen[aptr[u]:aptr[u + 1]] += 1
+    assert (seen == 1).all() and evals > 0
+    assert sorted(bottom_up) == list(range(nodes))   # every node, children first
+    assert all(np.nonzero(bottom_up == w)[0][0] < np.nonzero(bottom_up == u)[0][0]
+               for u in range(nodes) for w in range(cptr[u], cptr[u + 1]))
+
+
+KNOBS = [  # (SCAN_FRACTION, AHEAD_MIN_CHILDREN, PARALLEL_MIN_WORK, threads)
     (1e9, 10 ** 9, 10 ** 9, 1),     # the tree search alone
     (0.0, 10 ** 9, 10 ** 9, 1),     # every step a scan
     (1e9, 1, 10 ** 9, 1),           # root children always evaluated ahead
@@ -216,7 +293,7 @@ def test_strategies_do_not_change_the_order(metric, monkeypatch):
     for scan, ahead, par, nt in KNOBS:
         monkeypatch.setattr(ordering, "SCAN_FRACTION", scan)
         monkeypatch.setattr(ordering, "AHEAD_MIN_CHILDREN", ahead)
-        monkeypatch.setattr(ordering, "PARALLEL_MIN_EVALUATIONS", par)
+        monkeypatch.setattr(ordering, "PARALLEL_MIN_WORK", par)
         runs.append(maximin_order(data, tree=tree, num_threads=nt, return_distances=True))
     for order, dist in runs[1:]:
         np.testing.assert_array_equal(order, runs[0][0])
@@ -249,6 +326,47 @@ def test_stats_and_fewer_evaluations_than_brute_force():
     assert set(stats["seconds"]) == {"tree", "order", "total"}
 
 
+# -- progress and interrupts ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["euclidean", "residual"])
+def test_progress_and_slicing(metric, monkeypatch):
+    """progress gets increasing counts ending at n; the slicing does not change the order."""
+    X = harness_like(400, 2, seed=18)
+    data = X if metric == "euclidean" else model(X)
+    whole = maximin_order(data, return_distances=True)
+    monkeypatch.setattr(ordering, "SLICE_SECONDS", 0.0)         # one step per slice
+    calls = []
+    order, dist = maximin_order(data, return_distances=True,
+                                progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(order, whole[0])
+    np.testing.assert_array_equal(dist, whole[1])
+    done = [d for d, _ in calls]
+    assert {t for _, t in calls} == {400}
+    assert done[-1] == 400 and len(done) > 10 and (np.diff(done) > 0).all()
+
+
+def test_progress_single_point():
+    calls = []
+    maximin_order(np.zeros((1, 2)), progress=lambda *a: calls.append(a))
+    assert calls == [(1, 1)]
+
+
+def test_keyboard_interrupt_stops_the_loop(monkeypatch):
+    """Ctrl-C (a SIGINT, here from another thread) stops the ordering between slices."""
+    monkeypatch.setattr(ordering, "SLICE_SECONDS", 0.01)
+    X = harness_like(200_000, 2, seed=19)
+    calls = []
+
+    def progress(done, total):
+        if not calls:           # the loop is running: interrupt it from outside
+            threading.Timer(0.05, _thread.interrupt_main).start()
+        calls.append(done)
+
+    with pytest.raises(KeyboardInterrupt):
+        maximin_order(X, progress=progress)
+    assert calls and calls[-1] < len(X)
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 def test_bad_input():
@@ -273,6 +391,8 @@ def test_bad_input():
         maximin_order(X, num_threads=0)
     with pytest.raises(TypeError, match="tree must be"):
         maximin_order(X, tree="tree")
+    with pytest.raises(TypeError, match="progress must be None or a callable"):
+        maximin_order(X, progress="yes")
     with pytest.raises(ValueError, match="tree was built over other data"):
         maximin_order(X, tree=residual.CoverTree(X + 1))
     with pytest.raises(ValueError, match="tree was built over other data"):
