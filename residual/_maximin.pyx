@@ -30,7 +30,7 @@
 # The slack (the tree's) absorbs rounding in the triangle-inequality bounds; it can only
 # widen a search.
 #
-# Cost: the residual metric is flat at the top (DESIGN.md section 4), so the root has
+# Cost: the residual metric is flat at the top (its pairs are 0.6-1 apart), so the root has
 # thousands of children, nearly all of which every step must evaluate; that is most of the
 # work. Sequential steps therefore evaluate the root's children for the next few centres
 # (predicted by next_points) in one pass (fill_ahead), reading each child's V row once for
