@@ -4,6 +4,8 @@ Two metrics: Euclidean, and the residual-correlation distance used to pick Vecch
 sets in Gaussian-process approximations (Vecchia + inducing points).
 """
 
+# first: it sets OpenMP's wait policy, which libgomp reads when a compiled module loads it
+from residual import _parallel  # noqa: F401
 from residual.kernels import RBF, Matern
 from residual.model import ResidualCorrelation, DEGENERATE_P_RTOL
 from residual.bruteforce import brute_force_knn

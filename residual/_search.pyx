@@ -336,6 +336,10 @@ cdef enum:
     GROUP = 64          # queries per shared traversal (<= 64: one bit each in a mask)
     POOL_START = 64     # frontier entries a thread's pool holds at first (it doubles as needed)
 
+#: Queries per shared traversal of the residual search (callers that answer the visit order in
+#: blocks start each at a multiple of it, so that the groups are the whole query's).
+QUERY_GROUP = GROUP
+
 
 cdef struct Query:
     const float64_t* x      # coordinates, V row, 1/sqrt(p)
@@ -581,19 +585,20 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
 def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
         const float64_t[:, ::1] xq, vq, sq, bint in_sample, bint predecessors,
         intp_t row_offset, intp_t k,
-        float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
+        float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx, int64_t[::1] evals,
         int num_threads, intp_t chunk, const int64_t[::1] visit_order):
-    """Exact kNN for every query row; returns the distance evaluations per query.
+    """Exact kNN for the query rows listed in visit_order, in that order: their rows of
+    out_dist, out_idx and evals (distance evaluations per query) are written.
 
     In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows, in row
     order, from row row_offset on): query q is point i = row_offset + q, which excludes itself
-    and, with predecessors, considers only j < i. Queries are
-    answered in visit_order (a permutation of the rows): neighbouring queries in that order
-    share the tree nodes they touch, so they find them in cache.
+    and, with predecessors, considers only j < i. Neighbouring queries in the visit order
+    share the tree nodes they touch, so they find them in cache. visit_order may be any
+    block of distinct rows: a query's answer does not depend on the others.
     """
     cdef Points P
     cdef Tree T
-    cdef intp_t nq = xq.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos
+    cdef intp_t nq = visit_order.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos
     cdef const float64_t[:, ::1] vqq
     cdef const float64_t[::1] sqq
     cdef const int64_t[::1] al = layout.aliases
@@ -605,7 +610,6 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     cdef float64_t* fl
     cdef float64_t* fd
     cdef intp_t* fn
-    evals = np.zeros(nq, dtype=np.int64)
     cdef int64_t[::1] ev = evals
     fill_points(&P, residual, kind, variance, layout.x, layout.v, layout.s)
     if residual:
@@ -615,9 +619,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     T.node_of = &node_of[0]
     T.slack = slack
     if nq == 0:
-        return evals
-    if visit_order.shape[0] != nq:
-        raise ValueError("visit_order must be a permutation of the query rows")
+        return
     if residual:
         _knn_groups(&P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
                     row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order)
@@ -651,9 +653,9 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
             free(fl)
             free(fd)
             free(fn)
-    if evals.min() < 0:
-        raise MemoryError("could not allocate the search workspaces")
-    return evals
+    for pos in range(nq):
+        if ev[visit_order[pos]] < 0:
+            raise MemoryError("could not allocate the search workspaces")
 
 
 cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
@@ -664,7 +666,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                       intp_t chunk, const int64_t[::1] visit_order) noexcept:
     """knn() for the residual metric: GROUP consecutive queries of the visit order per
     traversal; a failed workspace allocation marks its queries' evaluations -1."""
-    cdef intp_t nq = xq.shape[0], n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, j, j0, q, p0
+    cdef intp_t nq = visit_order.shape[0], n_groups = (nq + GROUP - 1) // GROUP
+    cdef intp_t gi, g, r, j, j0, q, p0
     cdef Query* Q
     cdef float64_t* hd
     cdef intp_t* hi

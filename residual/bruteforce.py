@@ -5,7 +5,7 @@ import numpy as np
 from residual import _bruteforce
 from residual.model import ResidualCorrelation
 from residual.kernels import Kernel
-from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._parallel import in_blocks, resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
 
@@ -41,7 +41,8 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
         e.g. for progress reports or to spread it over workers). The result equals the
         corresponding rows of the full query, bit for bit.
     num_threads : int, default=None
-        OpenMP threads (None = all usable cores, negative counts back from them).
+        OpenMP threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative
+        counts back from the usable cores).
     chunk_size : int, default=None
         Queries per parallel work item (None = ``DEFAULT_CHUNK_SIZE``), rounded up to a
         multiple of ``CHUNK_ALIGN``. Results do not depend on it, nor on ``num_threads``.
@@ -105,18 +106,23 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
     if residual:
         m = X_or_model
         if in_sample:
-            q = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
-        else:
-            q = m._new_points(Y, nt)
-        with single_threaded_blas():
+            rows = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
+
+        def block(a, b):        # query rows a..b-1 of this call
+            q = tuple(r[a:b] for r in rows) if in_sample else m._new_points(Y[a:b], nt)
             _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
-                                     m._xs_t, m.V, m._inv_sqrt_p,
-                                     k, in_sample, bool(predecessors), lo, dist, idx, chunk,
-                                     nt)
+                                     m._xs_t, m.V, m._inv_sqrt_p, k, in_sample,
+                                     bool(predecessors), lo + a, dist[a:b], idx[a:b], chunk, nt)
     else:
-        xct = np.ascontiguousarray(X.T)
-        _bruteforce.euclidean_knn(X[lo:hi] if in_sample else Y, xct, k, in_sample,
-                                  bool(predecessors), lo, dist, idx, chunk, nt)
+        xq, xct = X[lo:hi] if in_sample else Y, np.ascontiguousarray(X.T)
+
+        def block(a, b):
+            _bruteforce.euclidean_knn(xq[a:b], xct, k, in_sample, bool(predecessors), lo + a,
+                                      dist[a:b], idx[a:b], chunk, nt)
+    # whole chunks per block, so that Ctrl-C is handled between two: a block starts at a
+    # multiple of CHUNK_ALIGN, so its rows' answers are those of the whole query, bit for bit
+    with single_threaded_blas():
+        in_blocks(n_queries, chunk * nt, block)
     if (lo, hi) != (start, stop) and in_sample:
         return dist[start - lo:stop - lo].copy(), idx[start - lo:stop - lo].copy()
     return dist, idx
