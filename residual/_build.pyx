@@ -33,6 +33,7 @@ import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
+from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 from residual._tiles cimport (Points, fill_points, pair_key, sqdist, residual_cov_tile,
                               sqdist_direct_tile)
 
@@ -338,8 +339,10 @@ cdef class TreeBuilder:
         cdef intp_t* fn
         cdef int64_t[::1] evals = np.zeros(nb, dtype=np.int64)
         cdef intp_t[::1] n_enter = np.zeros(nb, dtype=np.intp)
+        cdef Interrupt stop             # the descents are checked for Ctrl-C
         if nb == 0:
             return
+        interrupt_init(&stop)
         self._gather_batch(batch)
         # a point scores the net and makes about as many descent evaluations as the points
         # before it did
@@ -363,6 +366,8 @@ cdef class TreeBuilder:
                 fd = self.front_d + threadid() * n
                 fn = self.front_n + threadid() * n
                 for c in prange(n_items, schedule='dynamic'):
+                    if interrupted(&stop):
+                        continue
                     r0 = c * chunk
                     nr = min(chunk, nb - r0)
                     self._distance_rows(&self.gx[r0, 0], NULL, NULL, nr, &self.net_xt[0, 0],
@@ -375,6 +380,7 @@ cdef class TreeBuilder:
                                                  &enter[b, 0], &tile[b, 0], NULL, NULL, NULL,
                                                  NULL, &best_d[b], &best_q[b])
                 # end: prange
+            reraise(&stop)
             self.traversal_evals += int(np.sum(evals)) + nb * nc
             return
         # A. each block of rows: its tile against the net, then each point's best cover so far
@@ -442,10 +448,13 @@ cdef class TreeBuilder:
             fd = self.front_d + threadid() * n
             fn = self.front_n + threadid() * n
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
+                if interrupted(&stop):
+                    continue
                 evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
                                          &enter[b, 0], &tile[b, 0], &row_of[b, 0],
                                          &kids_ptr[0], &tile2_off[0], &tile2[0],
                                          &best_d[b], &best_q[b])
+        reraise(&stop)
         self.traversal_evals += int(np.sum(evals)) + nb * nc + tile2_off[nc]
 
     cdef int _children_tiles(self, intp_t nc, const intp_t* members_ptr,

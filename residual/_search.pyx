@@ -31,6 +31,7 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Points, fill_points, query_key, sqdist, kernel_of_sqdist
 from residual._heap cimport frontier_push, frontier_pop, prefetch
+from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
 
 cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
@@ -336,10 +337,6 @@ cdef enum:
     GROUP = 64          # queries per shared traversal (<= 64: one bit each in a mask)
     POOL_START = 64     # frontier entries a thread's pool holds at first (it doubles as needed)
 
-#: Queries per shared traversal of the residual search (callers that answer the visit order in
-#: blocks start each at a multiple of it, so that the groups are the whole query's).
-QUERY_GROUP = GROUP
-
 
 cdef struct Query:
     const float64_t* x      # coordinates, V row, 1/sqrt(p)
@@ -585,20 +582,19 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
 def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
         const float64_t[:, ::1] xq, vq, sq, bint in_sample, bint predecessors,
         intp_t row_offset, intp_t k,
-        float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx, int64_t[::1] evals,
+        float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
         int num_threads, intp_t chunk, const int64_t[::1] visit_order):
-    """Exact kNN for the query rows listed in visit_order, in that order: their rows of
-    out_dist, out_idx and evals (distance evaluations per query) are written.
+    """Exact kNN for every query row; returns the distance evaluations per query.
 
     In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows, in row
     order, from row row_offset on): query q is point i = row_offset + q, which excludes itself
-    and, with predecessors, considers only j < i. Neighbouring queries in the visit order
-    share the tree nodes they touch, so they find them in cache. visit_order may be any
-    block of distinct rows: a query's answer does not depend on the others.
+    and, with predecessors, considers only j < i. Queries are
+    answered in visit_order (a permutation of the rows): neighbouring queries in that order
+    share the tree nodes they touch, so they find them in cache.
     """
     cdef Points P
     cdef Tree T
-    cdef intp_t nq = visit_order.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos
+    cdef intp_t nq = xq.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos
     cdef const float64_t[:, ::1] vqq
     cdef const float64_t[::1] sqq
     cdef const int64_t[::1] al = layout.aliases
@@ -610,7 +606,10 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     cdef float64_t* fl
     cdef float64_t* fd
     cdef intp_t* fn
+    evals = np.zeros(nq, dtype=np.int64)
     cdef int64_t[::1] ev = evals
+    cdef Interrupt stop
+    interrupt_init(&stop)
     fill_points(&P, residual, kind, variance, layout.x, layout.v, layout.s)
     if residual:
         vqq, sqq = vq, sq
@@ -619,10 +618,13 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     T.node_of = &node_of[0]
     T.slack = slack
     if nq == 0:
-        return
+        return evals
+    if visit_order.shape[0] != nq:
+        raise ValueError("visit_order must be a permutation of the query rows")
     if residual:
         _knn_groups(&P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
-                    row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order)
+                    row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order,
+                    &stop)
     else:                               # Euclidean: one query at a time (see _search_group)
         with nogil, parallel(num_threads=num_threads):
             hd = <float64_t*>malloc(k * sizeof(float64_t))
@@ -640,7 +642,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
                 if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL or \
                         seeds == NULL:
                     ev[q] = -1
-                else:
+                elif not interrupted(&stop):
                     ev[q] = _search(&P, &T, &xq[q, 0], NULL, 0.0,
                                     row_offset + q if in_sample else -1,
                                     row_offset + q if predecessors else n, k, seeds, k + 1,
@@ -653,9 +655,10 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
             free(fl)
             free(fd)
             free(fn)
-    for pos in range(nq):
-        if ev[visit_order[pos]] < 0:
-            raise MemoryError("could not allocate the search workspaces")
+    reraise(&stop)
+    if evals.min() < 0:
+        raise MemoryError("could not allocate the search workspaces")
+    return evals
 
 
 cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
@@ -663,11 +666,11 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                       const float64_t[::1] sq, bint in_sample, bint predecessors,
                       intp_t row_offset, intp_t k, intp_t n, float64_t[:, ::1] out_dist,
                       int64_t[:, ::1] out_idx, int64_t[::1] ev, int num_threads,
-                      intp_t chunk, const int64_t[::1] visit_order) noexcept:
+                      intp_t chunk, const int64_t[::1] visit_order,
+                      Interrupt* stop) noexcept:
     """knn() for the residual metric: GROUP consecutive queries of the visit order per
     traversal; a failed workspace allocation marks its queries' evaluations -1."""
-    cdef intp_t nq = visit_order.shape[0], n_groups = (nq + GROUP - 1) // GROUP
-    cdef intp_t gi, g, r, j, j0, q, p0
+    cdef intp_t nq = xq.shape[0], n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, j, j0, q, p0
     cdef Query* Q
     cdef float64_t* hd
     cdef intp_t* hi
@@ -694,6 +697,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
         for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, chunk // GROUP)):
             p0 = gi * GROUP
             g = min(<intp_t>GROUP, nq - p0)
+            if interrupted(stop):
+                continue
             if Q == NULL or hd == NULL or hi == NULL or fl == NULL or fd == NULL or \
                     fn == NULL or not pool_ok or seeds == NULL:
                 for r in range(g):

@@ -106,26 +106,31 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
     if residual:
         m = X_or_model
         if in_sample:
-            rows = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
-
-        def block(a, b):        # query rows a..b-1 of this call
-            q = tuple(r[a:b] for r in rows) if in_sample else m._new_points(Y[a:b], nt)
+            q = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
+        else:
+            q = new_points(m, Y, nt)
+        with single_threaded_blas():
             _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
-                                     m._xs_t, m.V, m._inv_sqrt_p, k, in_sample,
-                                     bool(predecessors), lo + a, dist[a:b], idx[a:b], chunk, nt)
+                                     m._xs_t, m.V, m._inv_sqrt_p,
+                                     k, in_sample, bool(predecessors), lo, dist, idx, chunk,
+                                     nt)
     else:
-        xq, xct = X[lo:hi] if in_sample else Y, np.ascontiguousarray(X.T)
-
-        def block(a, b):
-            _bruteforce.euclidean_knn(xq[a:b], xct, k, in_sample, bool(predecessors), lo + a,
-                                      dist[a:b], idx[a:b], chunk, nt)
-    # whole chunks per block, so that Ctrl-C is handled between two: a block starts at a
-    # multiple of CHUNK_ALIGN, so its rows' answers are those of the whole query, bit for bit
-    with single_threaded_blas():
-        in_blocks(n_queries, chunk * nt, block)
+        xct = np.ascontiguousarray(X.T)
+        _bruteforce.euclidean_knn(X[lo:hi] if in_sample else Y, xct, k, in_sample,
+                                  bool(predecessors), lo, dist, idx, chunk, nt)
     if (lo, hi) != (start, stop) and in_sample:
         return dist[start - lo:stop - lo].copy(), idx[start - lo:stop - lo].copy()
     return dist, idx
+
+
+def new_points(model, Y, nt):
+    """``model._new_points(Y)`` (V and p of new points) in row blocks, so that Ctrl-C is
+    handled between two: a point's V and p do not depend on the other points."""
+    if Y.shape[0] == 0:
+        return model._new_points(Y, nt)
+    parts = []
+    in_blocks(Y.shape[0], 256 * nt, lambda a, b: parts.append(model._new_points(Y[a:b], nt)))
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
 
 def check_rows(rows, n, in_sample):

@@ -15,8 +15,8 @@ import numpy as np
 from residual import _build, _persist, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.bruteforce import check_query, check_rows
-from residual._parallel import in_blocks, resolve_num_threads, single_threaded_blas
+from residual.bruteforce import check_query, check_rows, new_points
+from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
 
@@ -211,8 +211,7 @@ class CoverTree:
         rows : (start, stop) or range, default=None
             In-sample only: answer only rows ``start..stop-1``, as the full query would.
         num_threads : int, default=None
-            As for the build. The query is answered in blocks of about 0.1 s each, so that
-            Ctrl-C stops it quickly.
+            As for the build.
         chunk_size : int, default=None
             Queries per parallel work item (None = 16). Results do not depend on it.
 
@@ -242,13 +241,12 @@ class CoverTree:
         if in_sample:
             xq, vq, sq = (a if a is None else a[start:stop] for a in (x, v, s))
         elif residual:
-            xq, vq, sq = _new_points(self.model, Y, nt)
+            xq, vq, sq = new_points(self.model, Y, nt)
         else:
             xq, vq, sq = Y, None, None
         nq = xq.shape[0]
         dist = np.empty((nq, k))
         idx = np.empty((nq, k), dtype=np.int64)
-        evals = np.zeros(nq, dtype=np.int64)
         if in_sample:   # the tree's depth-first order: neighbouring queries share cache lines
             visit = self._depth_first_order()
             if (start, stop) != (0, n):
@@ -257,16 +255,10 @@ class CoverTree:
             visit = _spatial_order(xq)
             visit = np.arange(nq) if visit is None else visit
             visit = visit.astype(np.int64)
-        layout = self._layout()
-
-        def block(a, b):
-            _search.knn(layout, residual, kind, variance, self._slack, xq, vq, sq, in_sample,
-                        bool(predecessors), start, k, dist, idx, evals, nt, chunk, visit[a:b])
-        # the visit order in blocks of whole work items (and of the residual search's groups),
-        # so that Ctrl-C is handled between two; a query's answer does not depend on its block
-        item = max(chunk // _search.QUERY_GROUP, 1) * _search.QUERY_GROUP if residual else chunk
         with single_threaded_blas():
-            in_blocks(nq, item * nt, block)
+            evals = _search.knn(self._layout(), residual, kind, variance, self._slack, xq, vq,
+                                sq, in_sample, bool(predecessors), start, k, dist, idx, nt,
+                                chunk, visit)
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
                                    float(evals.mean()) if nq else 0.0}
@@ -600,16 +592,6 @@ def _metric(model, x):
     if model is None:
         return False, 0, 1.0, x, None, None
     return True, model.kernel._code, model.kernel.variance, model._xs, model.V, model._inv_sqrt_p
-
-
-def _new_points(model, Y, nt):
-    """``model._new_points(Y)`` in blocks of rows, so that Ctrl-C is handled between two (a
-    point's V and p do not depend on the other points)."""
-    if Y.shape[0] == 0:
-        return model._new_points(Y, nt)
-    parts = []
-    in_blocks(Y.shape[0], 256 * nt, lambda a, b: parts.append(model._new_points(Y[a:b], nt)))
-    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
 
 def _check_links(root, level, parent, alias_of):

@@ -90,19 +90,14 @@ def test_blocks_cover_the_range_in_multiples_of_the_step(monkeypatch):
     assert seen == [(0, 24), (24, 48), (48, 72), (72, 96), (96, 100)]
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "residual"])
-def test_queries_in_small_blocks_equal_one_block(metric, monkeypatch):
+def test_new_points_in_blocks_equal_one_block(monkeypatch):
     X = harness_like(1500, seed=3)
-    obj = X if metric == "euclidean" else residual.ResidualCorrelation.from_kernel(
-        X, residual.RBF(0.8), n_inducing=60)
-    tree = residual.CoverTree(obj)
-    Y = harness_like(700, seed=4)
-    calls = [lambda: tree.query(k=6, predecessors=True), lambda: tree.query(Y, k=4),
-             lambda: residual.brute_force_knn(obj, 6, predecessors=True),
-             lambda: residual.brute_force_knn(obj, 4, Y)]
+    model = residual.ResidualCorrelation.from_kernel(X, residual.RBF(0.8), n_inducing=60)
+    tree = residual.CoverTree(model)
+    Y = harness_like(1300, seed=4)
+    calls = [lambda: tree.query(Y, k=4), lambda: residual.brute_force_knn(model, 4, Y)]
     with monkeypatch.context() as one_block:
-        for module in (residual.tree, residual.bruteforce):
-            one_block.setattr(module, "in_blocks", lambda n, step, work: work(0, n))
+        one_block.setattr(residual.bruteforce, "in_blocks", lambda n, step, work: work(0, n))
         whole = [call() for call in calls]
     monkeypatch.setattr(_parallel, "BLOCK_SECONDS", 0.0)     # every block one step long
     for call, (d, i) in zip(calls, whole):
@@ -114,8 +109,10 @@ def test_queries_in_small_blocks_equal_one_block(metric, monkeypatch):
 # Long work in a fresh interpreter, sent SIGINT half a second after it starts: it must stop
 # within seconds with KeyboardInterrupt. Uninterrupted, each takes 20 s or more on 2 cores.
 _LONG_WORK = {
-    "brute force": "X = rng.standard_normal((300_000, 3))\n"
-                   "go = lambda: residual.brute_force_knn(X, 1)\n",
+    # a chunk of 4096 queries is seconds of work: Ctrl-C must reach inside it
+    "brute force": "X = rng.standard_normal((200_000, 3))\n"
+                   "m = residual.ResidualCorrelation.from_kernel(X, residual.RBF(), 64)\n"
+                   "go = lambda: residual.brute_force_knn(m, 1, chunk_size=4096)\n",
     "tree query": "tree = residual.CoverTree(rng.standard_normal((8000, 32)))\n"
                   "Y = rng.standard_normal((200_000, 32))\n"
                   "go = lambda: tree.query(Y, k=5)\n",
