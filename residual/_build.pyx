@@ -333,7 +333,7 @@ cdef class TreeBuilder:
         the two steps, so three.
         """
         cdef intp_t nb = batch.shape[0], nc = self.net_count, b, c, k, t, j, kk, r0, nr
-        cdef intp_t rows, n_items, n = self.n
+        cdef intp_t n_items, n = self.n
         cdef float64_t* fl
         cdef float64_t* fd
         cdef intp_t* fn
