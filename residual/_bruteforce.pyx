@@ -10,7 +10,8 @@
 # Keys are monotone in the distance, so the square root is taken only for the final k:
 #   residual:  key = 1 - min(1, |C_ij| s_i s_j),  s = 1/sqrt(p) (0 for a degenerate p)
 #   euclidean: key = r^2 by the exact direct sum
-# Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs.
+# Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs. Ctrl-C is
+# checked before every tile (_interrupt.pxd): a chunk can be seconds of work at large n.
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY

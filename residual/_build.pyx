@@ -22,6 +22,11 @@
 # > 2^i apart, so none covers another: the rounds replay a sequential insertion, the tree is
 # valid, and since batches and priorities come from the seed it is the same for any thread
 # count. Step (3) gets the block by pointer and nothing else of the metric.
+#
+# Threads: a step runs on one thread when its estimated work is too small to pay for waking the
+# others (threads_for): next to another busy process a parallel region can cost a time slice.
+# Ctrl-C: Python handles it between batches (the caller's loop), and the traversal, a batch's
+# longest step, checks for it between points (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt, fabs, ldexp, frexp

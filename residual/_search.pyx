@@ -19,7 +19,8 @@
 # Queries are independent and read-only: prange over queries (Euclidean) or over groups of
 # consecutive queries that share one traversal (residual, see _search_group), one workspace
 # per thread. Distances are float64, one pair at a time, on a breadth-first copy of the tree
-# (SearchLayout) so that a node's children and their rows are adjacent in memory.
+# (SearchLayout) so that a node's children and their rows are adjacent in memory. Ctrl-C is
+# checked before every query or group (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
