@@ -5,10 +5,11 @@ held to one thread for the duration (threadpoolctl), so the two never oversubscr
 
 This module is imported before any compiled module (residual/__init__.py), because libgomp
 reads its wait policy once, when it is loaded. By default a waiting OpenMP thread (at a
-barrier, or between parallel regions) spins for 300000 pauses, milliseconds on recent x86,
-before it sleeps; next to another busy process that spinning takes the core our working thread
-needs, and the build ran 10-100x slower (issue 13). Unless the user chose a policy
-(``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``), libgomp is loaded with a short spin instead.
+barrier, or between parallel regions) spins for 300000 pauses (14 ms on the 2-core test
+machine) before it sleeps; next to another busy process that spinning takes the core our
+working thread needs, and the build ran 10-100x slower (issue 13). Unless the user chose a
+policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``), libgomp is loaded with a short spin
+instead. (If another library loaded libgomp first, its settings stand.)
 """
 
 import contextlib
