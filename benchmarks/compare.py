@@ -456,6 +456,83 @@ def case_euclidean_pipeline(args):
                    _filter_to_predecessors(nbrs, k))
 
 
+# competitors for --case busy: each prints "ready" once it is in its loop
+_COMPETITORS = {
+    "BLAS job": ("import numpy as np\n"
+                 "a = np.random.default_rng(0).standard_normal((1500, 1500))\n"
+                 "a @ a\nprint('ready', flush=True)\n"
+                 "while True:\n    a @ a\n"),
+    "1-core loop": "print('ready', flush=True)\nwhile True:\n    pass\n",
+}
+
+
+def _busy_stages(args):
+    """(name, fn(num_threads)) for every stage of case_busy, on the standard harness."""
+    from residual.ordering import maximin_order
+    n, k = args.n, args.k
+    X, model, _ = harness(n, args.dim, args.m)
+    tree_e = residual.CoverTree(X, num_threads=1)
+    tree_r = residual.CoverTree(model, num_threads=1)
+    kern = residual.RBF(1.0)
+    return [
+        ("residual model", lambda nt: residual.ResidualCorrelation.from_kernel(
+            X, kern, n_inducing=args.m, seed=0, num_threads=nt)),
+        ("Euclidean build", lambda nt: residual.CoverTree(X, num_threads=nt)),
+        ("residual build", lambda nt: residual.CoverTree(model, num_threads=nt)),
+        ("Euclidean tree query, all", lambda nt: tree_e.query(k=k, num_threads=nt)),
+        ("residual tree query, pred.", lambda nt: tree_r.query(k=k, predecessors=True,
+                                                               num_threads=nt)),
+        ("Euclidean brute force, all", lambda nt: residual.brute_force_knn(
+            X, k, num_threads=nt)),
+        ("residual brute force, pred.", lambda nt: residual.brute_force_knn(
+            model, k, predecessors=True, num_threads=nt)),
+        ("maximin_order, Euclidean", lambda nt: maximin_order(X, num_threads=nt)),
+        ("maximin_order, residual", lambda nt: maximin_order(model, num_threads=nt)),
+        ("vecchia_neighbors", lambda nt: residual.vecchia_neighbors(
+            X, kern, k, n_inducing=args.m, num_threads=nt)),
+    ]
+
+
+def case_busy(args):
+    """Each stage with default threads vs ``num_threads=1``, idle and next to a competitor.
+
+    Competitors, each in its own process for the whole scenario: a NumPy loop of 1500 x 1500
+    matrix products on its default BLAS threads, and a plain one-core Python loop. Target: with
+    a competitor, no stage more than 2x slower with default threads than with one thread.
+    Use ``--n 8192`` (the issue's size). "idle" means no competitor of ours: other load on the
+    machine (see the load average printed) still counts, so repeat the run.
+    """
+    stages = _busy_stages(args)
+    print(f"\nbusy: n={args.n}, D={args.dim}, m={args.m}, k={args.k}, default threads "
+          f"{resolve_num_threads(None)}, best of {args.repeat}; load average before "
+          f"{os.getloadavg()[0]:.2f}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+    columns = {}
+    for scenario in ("idle",) + tuple(_COMPETITORS):
+        job = None
+        if scenario != "idle":
+            job = subprocess.Popen([sys.executable, "-c", _COMPETITORS[scenario]],
+                                   stdout=subprocess.PIPE, text=True)
+            job.stdout.readline()
+        try:
+            columns[scenario] = [best_of([("default", lambda: fn(None)), ("one", lambda: fn(1))],
+                                         args.repeat) for _, fn in stages]
+        finally:
+            if job is not None:
+                job.kill()
+                job.wait()
+    head = f"{'stage':28s}" + "".join(f" | {s + ': default':>20s} {'1 thread':>8s} {'ratio':>6s}"
+                                      for s in columns)
+    print(head)
+    for r, (name, _) in enumerate(stages):
+        line = f"{name:28s}"
+        for scenario in columns:
+            t = columns[scenario][r]
+            line += f" | {t['default']:20.3f} {t['one']:8.3f} {t['default'] / t['one']:6.2f}"
+        print(line)
+    return columns
+
+
 CASES = {
     "bruteforce-vs-gemm": case_bruteforce_vs_gemm,
     "build": case_build,
@@ -465,6 +542,7 @@ CASES = {
     "euclidean": case_euclidean,
     "euclidean-pipeline": case_euclidean_pipeline,
     "issue5": case_issue5,
+    "busy": case_busy,
 }
 
 

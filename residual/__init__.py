@@ -17,6 +17,8 @@ if _importlib_util.find_spec("residual._openmp") is None:
         "folder to use the installed package, or build in place for development with "
         "`python -m pip install --no-build-isolation -e .` (see README, Development)")
 
+# the first compiled import: it sets OpenMP's wait policy, which libgomp reads when it loads
+from residual import _parallel  # noqa: F401
 from residual.kernels import RBF, Matern
 from residual.model import ResidualCorrelation, DEGENERATE_P_RTOL
 from residual.bruteforce import brute_force_knn

@@ -10,7 +10,8 @@
 # Keys are monotone in the distance, so the square root is taken only for the final k:
 #   residual:  key = 1 - min(1, |C_ij| s_i s_j),  s = 1/sqrt(p) (0 for a degenerate p)
 #   euclidean: key = r^2 by the exact direct sum
-# Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs.
+# Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs. Ctrl-C is
+# checked before every tile (_interrupt.pxd): a chunk can be seconds of work at large n.
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
@@ -20,6 +21,7 @@ from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
 from residual._tiles cimport KernelSpec, residual_cov_tile, sqdist_direct_tile
+from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
 cdef enum:
     # Candidate columns per tile. Tiles start at multiples of TILE and are cut short only at
@@ -55,6 +57,7 @@ cdef struct Problem:
     # outputs
     float64_t* out_dist
     int64_t* out_idx
+    Interrupt* stop         # Ctrl-C: checked after every tile
 
 
 cdef void _fill_tile(const Problem* P, intp_t q0, intp_t nrows, intp_t t0, intp_t ncols,
@@ -115,6 +118,8 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
     while t0 < col_end:
         ncols = min(<intp_t>TILE, P.n_cand - t0)
         ncols = min(ncols, (col_end - t0 + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN)
+        if interrupted(P.stop):
+            return
         _fill_tile(P, q0, nrows, t0, ncols, tile)
         for r in range(nrows):
             i = P.row_offset + q0 + r           # the query's point index
@@ -164,7 +169,7 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
             failed_flag[0] = 1
         # dynamic: predecessor chunks grow with their index, so static slices would be uneven.
         for c in prange(n_chunks, schedule='dynamic'):
-            if tile != NULL and tops != NULL and cands != NULL:
+            if tile != NULL and tops != NULL and cands != NULL and not interrupted(P.stop):
                 q0 = c * chunk
                 q1 = min(q0 + chunk, P.n_queries)
                 _chunk(P, q0, q1, tile, tops, cands, cap)
@@ -200,8 +205,12 @@ cdef void _setup(Problem* P, int metric, intp_t k, bint in_sample, bint predeces
 
 cdef _solve(Problem* P, intp_t chunk, int num_threads):
     cdef int status
+    cdef Interrupt stop
+    interrupt_init(&stop)
+    P.stop = &stop
     with nogil:
         status = _run(P, chunk, num_threads)
+    reraise(&stop)
     if status != 0:
         raise MemoryError("could not allocate the per-thread workspaces")
 

@@ -22,6 +22,11 @@
 # > 2^i apart, so none covers another: the rounds replay a sequential insertion, the tree is
 # valid, and since batches and priorities come from the seed it is the same for any thread
 # count. Step (3) gets the block by pointer and nothing else of the metric.
+#
+# Threads: a step runs on one thread when its estimated work is too small to pay for waking the
+# others (threads_for): next to another busy process a parallel region can cost a time slice.
+# Ctrl-C: Python handles it between batches (the caller's loop), and the traversal, a batch's
+# longest step, checks for it between points (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt, fabs, ldexp, frexp
@@ -33,6 +38,7 @@ import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
+from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 from residual._tiles cimport (Points, fill_points, pair_key, sqdist, residual_cov_tile,
                               sqdist_direct_tile)
 
@@ -41,8 +47,9 @@ cdef enum:
                              # 32 (see _bruteforce.pyx on BLAS blocking and determinism), and
                              # tall enough that BLAS packs each column panel for many rows
     MIRROR_TILE = 32         # rows and columns per tile of the block's mirror copy
-    RECHECK_PARALLEL_MIN = 16384   # pending x new pairs below which a round's re-check stays
-                                   # on one thread (a parallel region costs a few us)
+    PARALLEL_MIN_WORK = 65536  # estimated operations below which a step runs on one thread:
+                               # a parallel region wakes the other threads (microseconds idle,
+                               # up to a time slice next to another busy process)
     NO_NODE = -1
     INSERTED = -2147483647   # a batch point's pending level once it has joined the tree
 
@@ -58,6 +65,12 @@ cdef inline int level_below(float64_t d) noexcept nogil:
     cdef int e
     cdef float64_t f = frexp(d, &e)
     return e - 2 if f == 0.5 else e - 1
+
+
+cdef inline int threads_for(int num_threads, float64_t work) noexcept nogil:
+    """num_threads for a step of about `work` operations, 1 if too small to pay for a
+    parallel region. Only speed depends on it: every step's result is thread-independent."""
+    return num_threads if work >= PARALLEL_MIN_WORK else 1
 
 
 cdef inline bint closer(float64_t d, intp_t q, float64_t best_d, intp_t best_q) noexcept nogil:
@@ -162,6 +175,8 @@ cdef class TreeBuilder:
     cdef public int64_t traversal_evals, block_evals, radius_evals, conflict_edges, rounds
     cdef public int64_t kernel_tiles, kernel_elements
     cdef public float64_t t_conflict, t_mis, t_attach, t_net, t_kids
+    cdef int64_t traversed           # batch points traversed so far
+    cdef float64_t pair_cost         # rough operations per distance, for threads_for
     cdef object arrays
 
     def __init__(self, bint residual, int kind, float64_t variance,
@@ -190,6 +205,9 @@ cdef class TreeBuilder:
             self.P.v = &vv[0, 0]
             self.P.s = &ss[0]
         self.arrays = (x, v, s)          # keep the metric data alive
+        # the coordinate sum (and for the residual metric the dot product and the kernel),
+        # plus the bookkeeping around a pair
+        self.pair_cost = self.P.dim + 8 + (self.P.m + 16 if residual else 0)
         self.level = np.zeros(n, dtype=np.int32)
         self.parent = np.full(n, NO_NODE, dtype=np.intp)
         self.kid_start = np.zeros(n, dtype=np.int64)
@@ -313,54 +331,88 @@ cdef class TreeBuilder:
         """(q*, d*) for every batch point against the current tree (read-only, parallel).
 
         The root's children (the top net: in the residual metric hundreds to thousands of
-        nodes that nearly every point must score) are scored for the whole batch in one tile
-        with BLAS; each point then descends on its own below them.
+        nodes that nearly every point must score) are scored in tiles, a block of batch rows
+        at a time (BLAS for the residual metric); each point then descends on its own below
+        them. Euclidean: one parallel loop, each work item scoring its rows and descending
+        them. Residual: the children of the entered net nodes get tiles of their own between
+        the two steps, so three.
         """
-        cdef intp_t nb = batch.shape[0], b, c, nc = 0, k, n_chunks, r0, nr, j
+        cdef intp_t nb = batch.shape[0], nc = self.net_count, b, c, k, t, j, kk, r0, nr
+        cdef intp_t n_items, n = self.n
         cdef float64_t* fl
         cdef float64_t* fd
         cdef intp_t* fn
         cdef int64_t[::1] evals = np.zeros(nb, dtype=np.int64)
+        cdef intp_t[::1] n_enter = np.zeros(nb, dtype=np.intp)
+        cdef Interrupt stop             # the descents are checked for Ctrl-C
         if nb == 0:
             return
+        interrupt_init(&stop)
         self._gather_batch(batch)
-        nc = self.net_count
+        # a point scores the net and makes about as many descent evaluations as the points
+        # before it did
+        cdef int threads = threads_for(num_threads, nb * self.pair_cost * (
+            nc + self.traversal_evals / <float64_t>max(self.traversed, 1)))
+        self.traversed += nb
+        self._reserve_frontiers(threads)
         cdef float64_t[:, ::1] tile = self.net_tile
+        cdef intp_t[::1] net = self.net
+        cdef int32_t[:, ::1] enter = self.net_enter
+        cdef int32_t[:, ::1] row_of = self.net_row
         cdef float64_t t0 = _now()
-        if nc > 0:
-            n_chunks = (nb + BLOCK_ROWS - 1) // BLOCK_ROWS
-            with nogil:
-                for k in prange(n_chunks, num_threads=num_threads, schedule='static'):
-                    r0 = k * BLOCK_ROWS
-                    nr = min(<intp_t>BLOCK_ROWS, nb - r0)
+        if not self.P.residual:
+            # a Euclidean distance costs less than a tile's bookkeeping, and the descent's
+            # parent-distance test skips most of the net nodes' children unevaluated: no
+            # children tiles, so each work item goes from the net to the answers of its rows
+            n_items = (nb + chunk - 1) // chunk
+            with nogil, parallel(num_threads=threads):
+                # this thread's frontier (one entry per node at most), allocated once per build
+                fl = self.front_l + threadid() * n
+                fd = self.front_d + threadid() * n
+                fn = self.front_n + threadid() * n
+                for c in prange(n_items, schedule='dynamic'):
+                    if interrupted(&stop):
+                        continue
+                    r0 = c * chunk
+                    nr = min(chunk, nb - r0)
+                    self._distance_rows(&self.gx[r0, 0], NULL, NULL, nr, &self.net_xt[0, 0],
+                                        self.net_xt.shape[1], NULL, NULL, nc, &tile[r0, 0],
+                                        tile.shape[1])
+                    for b in range(r0, r0 + nr):
+                        n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc,
+                                                    &enter[b, 0], &best_d[b], &best_q[b])
+                        evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
+                                                 &enter[b, 0], &tile[b, 0], NULL, NULL, NULL,
+                                                 NULL, &best_d[b], &best_q[b])
+                # end: prange
+            reraise(&stop)
+            self.traversal_evals += int(np.sum(evals)) + nb * nc
+            return
+        # A. each block of rows: its tile against the net, then each point's best cover so far
+        #    and the list of net nodes it must enter
+        n_items = (nb + BLOCK_ROWS - 1) // BLOCK_ROWS
+        with nogil:
+            for c in prange(n_items, num_threads=threads, schedule='dynamic'):
+                r0 = c * BLOCK_ROWS
+                nr = min(<intp_t>BLOCK_ROWS, nb - r0)
+                if nc > 0:
                     self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
                                         &self.net_xt[0, 0], self.net_xt.shape[1],
                                         &self.net_v[0, 0], &self.net_s[0], nc,
                                         &tile[r0, 0], tile.shape[1])
-            self.kernel_tiles += n_chunks if self.P.residual else 0
-            self.kernel_elements += nb * nc if self.P.residual else 0
+                for b in range(r0, r0 + nr):
+                    n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc,
+                                                &enter[b, 0], &best_d[b], &best_q[b])
         self.t_net += _now() - t0
-        cdef intp_t[::1] net = self.net
-        cdef int32_t[:, ::1] enter = self.net_enter
-        cdef int32_t[:, ::1] row_of = self.net_row
-        cdef intp_t[::1] n_enter = np.zeros(nb, dtype=np.intp)
-        cdef intp_t t
-        # A. each point scores the net from the tile: its best cover so far, and the list of
-        #    net nodes it must enter
-        with nogil:
-            for b in prange(nb, num_threads=num_threads, schedule='dynamic', chunksize=chunk):
-                n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc, &enter[b, 0],
-                                            &best_d[b], &best_q[b])
-        # B. group by net node: who enters it (its rows in the second tile), and its children.
-        #    Residual only: a Euclidean distance costs less than a tile's bookkeeping, and the
-        #    descent's parent-distance test skips most of these children unevaluated.
-        cdef bint kid_tiles = self.P.residual
+        self.kernel_tiles += n_items if nc > 0 else 0
+        self.kernel_elements += nb * nc
+        # B. group by net node: who enters it (its rows in the second tile), and its children
         cdef intp_t[::1] members_ptr = np.zeros(nc + 1, dtype=np.intp)
         cdef intp_t[::1] kids_ptr = np.zeros(nc + 1, dtype=np.intp)
         cdef intp_t[::1] tile2_off = np.zeros(nc + 1, dtype=np.intp)
-        cdef intp_t total_members = 0, max_kids = 0, kk
+        cdef intp_t total_members = 0, max_kids = 0
         with nogil:
-            for b in range(nb if kid_tiles else 0):
+            for b in range(nb):
                 for t in range(n_enter[b]):
                     k = enter[b, t]
                     row_of[b, t] = <int32_t>members_ptr[k + 1]
@@ -378,7 +430,7 @@ cdef class TreeBuilder:
         cdef intp_t[::1] kids = np.empty(max(kids_ptr[nc], 1), dtype=np.intp)
         cdef float64_t[::1] tile2 = np.empty(max(tile2_off[nc], 1))
         with nogil:
-            for b in range(nb if kid_tiles else 0):
+            for b in range(nb):
                 for t in range(n_enter[b]):
                     k = enter[b, t]
                     members[members_ptr[k] + row_of[b, t]] = b
@@ -390,24 +442,24 @@ cdef class TreeBuilder:
         cdef float64_t t1 = _now()
         if tile2_off[nc] > 0:
             if self._children_tiles(nc, &members_ptr[0], &members[0], &kids_ptr[0], &kids[0],
-                                    &tile2_off[0], &tile2[0], nb, max_kids, num_threads):
+                                    &tile2_off[0], &tile2[0], nb, max_kids,
+                                    threads_for(num_threads, tile2_off[nc] * self.pair_cost)):
                 raise MemoryError("could not allocate the children-tile workspaces")
         self.t_kids += _now() - t1
-        self.kernel_elements += tile2_off[nc] if self.P.residual else 0
+        self.kernel_elements += tile2_off[nc]
         # D. each point descends on its own below that, one pair at a time
-        self._reserve_frontiers(num_threads)
-        cdef intp_t n = self.n
-        with nogil, parallel(num_threads=num_threads):
-            # this thread's frontier (one entry per node at most), allocated once per build
+        with nogil, parallel(num_threads=threads):
             fl = self.front_l + threadid() * n
             fd = self.front_d + threadid() * n
             fn = self.front_n + threadid() * n
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
+                if interrupted(&stop):
+                    continue
                 evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
                                          &enter[b, 0], &tile[b, 0], &row_of[b, 0],
-                                         &kids_ptr[0], &tile2_off[0],
-                                         &tile2[0] if kid_tiles else NULL,
+                                         &kids_ptr[0], &tile2_off[0], &tile2[0],
                                          &best_d[b], &best_q[b])
+        reraise(&stop)
         self.traversal_evals += int(np.sum(evals)) + nb * nc + tile2_off[nc]
 
     cdef int _children_tiles(self, intp_t nc, const intp_t* members_ptr,
@@ -663,15 +715,17 @@ cdef class TreeBuilder:
 
         The batch rows were gathered by traverse() and are still in the workspaces.
         """
-        cdef intp_t nb = batch.shape[0], a, c, r0, nr, n_chunks
+        cdef intp_t nb = batch.shape[0], a, c, r0, nr, n_chunks, tr, tc, a1, c1
         if nb == 0:
             return
         n_chunks = (nb + BLOCK_ROWS - 1) // BLOCK_ROWS
+        cdef intp_t nt = (nb + MIRROR_TILE - 1) // MIRROR_TILE
         cdef const float64_t[:, ::1] xct = self.gxt
         cdef const float64_t[:, ::1] vc = self.gv
         cdef const float64_t[::1] sc = self.gs
-        with nogil:
-            for c in prange(n_chunks, num_threads=num_threads, schedule='dynamic'):
+        cdef int threads = threads_for(num_threads, 0.5 * nb * nb * self.pair_cost)
+        with nogil, parallel(num_threads=threads):
+            for c in prange(n_chunks, schedule='dynamic'):
                 r0 = c * BLOCK_ROWS
                 nr = min(<intp_t>BLOCK_ROWS, nb - r0)
                 # only columns >= r0: the rest is mirrored below
@@ -680,18 +734,18 @@ cdef class TreeBuilder:
                                     &block[r0, r0], nb)
                 for a in range(r0, r0 + nr):
                     block[a, a] = 0.0          # a point is at distance 0 from itself
-        # one value per pair: the upper triangle, mirrored (BLAS may round (a, b) and (b, a)
-        # differently, and the conflict graph must be symmetric), in parallel and in square
-        # tiles so that the column reads stay in cache (a plain loop was most of this stage)
-        cdef intp_t nt = (nb + MIRROR_TILE - 1) // MIRROR_TILE, tr, tc, a1, c1
-        with nogil:
-            for tr in prange(nt, num_threads=num_threads, schedule='dynamic'):
+            # end: prange (its barrier: the upper triangle is complete)
+            # one value per pair: the upper triangle, mirrored (BLAS may round (a, b) and
+            # (b, a) differently, and the conflict graph must be symmetric), in square tiles
+            # so that the column reads stay in cache (a plain loop was most of this stage)
+            for tr in prange(nt, schedule='dynamic'):
                 c1 = min(nb, (tr + 1) * MIRROR_TILE)
                 for tc in range(tr + 1):
                     a1 = min(nb, (tc + 1) * MIRROR_TILE)
                     for c in range(tr * MIRROR_TILE, c1):
                         for a in range(tc * MIRROR_TILE, min(a1, c)):
                             block[c, a] = block[a, c]
+            # end: prange
         self.block_evals += nb * (nb - 1) // 2
         self.kernel_tiles += n_chunks if self.P.residual else 0
         self.kernel_elements += nb * (nb + BLOCK_ROWS) // 2 if self.P.residual else 0
@@ -744,7 +798,7 @@ cdef class TreeBuilder:
             # conflict graph on the round, then a greedy MIS by priority; both see the block
             # and the round's members, nothing of the metric
             self.conflict_edges += conflict_graph(block, nb, in_round, nl, radius, adj_ptr, adj,
-                                                  num_threads)
+                                                  threads_for(num_threads, nl * nl))
             self.t_conflict += _now() - t0
             t0 = _now()
             greedy_mis(nl, adj_ptr, adj, chosen)
@@ -770,7 +824,7 @@ cdef class TreeBuilder:
             # each pending point reads its own block row and writes only its own entries, so
             # the re-check runs in parallel (serially when too small to pay for the threads);
             # the pending list is then compacted in order
-            threads = num_threads if n_pending * n_new >= RECHECK_PARALLEL_MIN else 1
+            threads = threads_for(num_threads, n_pending * n_new)
             for j in prange(n_pending, num_threads=threads, schedule='static'):
                 b = pending[j]
                 keep[j] = 0
@@ -808,7 +862,7 @@ cdef class TreeBuilder:
         computed in parallel, then folded into the radii in batch order.
         """
         cdef intp_t nb = batch.shape[0], b, a, t, h, p
-        cdef intp_t[::1] depth = np.zeros(nb, dtype=np.intp)
+        cdef int64_t total = 0
         if nb == 0:
             return
         h = 0
@@ -818,11 +872,12 @@ cdef class TreeBuilder:
             while a != NO_NODE:
                 t += 1
                 a = self.parent[a]
-            depth[b] = t
+            total += t
             h = max(h, t)
         cdef float64_t[:, ::1] dist = np.zeros((nb, max(h, 1)))
+        cdef int threads = threads_for(num_threads, total * self.pair_cost)
         with nogil:
-            for b in prange(nb, num_threads=num_threads, schedule='dynamic', chunksize=8):
+            for b in prange(nb, num_threads=threads, schedule='dynamic', chunksize=8):
                 p = batch[b]
                 a = self._first_above(p)
                 t = 0
@@ -840,8 +895,7 @@ cdef class TreeBuilder:
                             self.kids[self.kid_slot[a]].radius = dist[b, t]
                     t = t + 1
                     a = self.parent[a]
-        for b in range(nb):
-            self.radius_evals += depth[b]
+        self.radius_evals += total
 
     cdef inline intp_t _first_above(self, intp_t p) noexcept nogil:
         """The first node whose subtree holds p: its node for an alias, else its parent."""

@@ -19,7 +19,8 @@
 # Queries are independent and read-only: prange over queries (Euclidean) or over groups of
 # consecutive queries that share one traversal (residual, see _search_group), one workspace
 # per thread. Distances are float64, one pair at a time, on a breadth-first copy of the tree
-# (SearchLayout) so that a node's children and their rows are adjacent in memory.
+# (SearchLayout) so that a node's children and their rows are adjacent in memory. Ctrl-C is
+# checked before every query or group (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
@@ -31,6 +32,7 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Points, fill_points, query_key, sqdist, kernel_of_sqdist
 from residual._heap cimport frontier_push, frontier_pop, prefetch
+from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
 
 cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
@@ -607,6 +609,8 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     cdef intp_t* fn
     evals = np.zeros(nq, dtype=np.int64)
     cdef int64_t[::1] ev = evals
+    cdef Interrupt stop
+    interrupt_init(&stop)
     fill_points(&P, residual, kind, variance, layout.x, layout.v, layout.s)
     if residual:
         vqq, sqq = vq, sq
@@ -620,7 +624,8 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
         raise ValueError("visit_order must be a permutation of the query rows")
     if residual:
         _knn_groups(&P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
-                    row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order)
+                    row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order,
+                    &stop)
     else:                               # Euclidean: one query at a time (see _search_group)
         with nogil, parallel(num_threads=num_threads):
             hd = <float64_t*>malloc(k * sizeof(float64_t))
@@ -638,7 +643,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
                 if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL or \
                         seeds == NULL:
                     ev[q] = -1
-                else:
+                elif not interrupted(&stop):
                     ev[q] = _search(&P, &T, &xq[q, 0], NULL, 0.0,
                                     row_offset + q if in_sample else -1,
                                     row_offset + q if predecessors else n, k, seeds, k + 1,
@@ -651,6 +656,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
             free(fl)
             free(fd)
             free(fn)
+    reraise(&stop)
     if evals.min() < 0:
         raise MemoryError("could not allocate the search workspaces")
     return evals
@@ -661,7 +667,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                       const float64_t[::1] sq, bint in_sample, bint predecessors,
                       intp_t row_offset, intp_t k, intp_t n, float64_t[:, ::1] out_dist,
                       int64_t[:, ::1] out_idx, int64_t[::1] ev, int num_threads,
-                      intp_t chunk, const int64_t[::1] visit_order) noexcept:
+                      intp_t chunk, const int64_t[::1] visit_order,
+                      Interrupt* stop) noexcept:
     """knn() for the residual metric: GROUP consecutive queries of the visit order per
     traversal; a failed workspace allocation marks its queries' evaluations -1."""
     cdef intp_t nq = xq.shape[0], n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, j, j0, q, p0
@@ -691,6 +698,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
         for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, chunk // GROUP)):
             p0 = gi * GROUP
             g = min(<intp_t>GROUP, nq - p0)
+            if interrupted(stop):
+                continue
             if Q == NULL or hd == NULL or hi == NULL or fl == NULL or fd == NULL or \
                     fn == NULL or not pool_ok or seeds == NULL:
                 for r in range(g):

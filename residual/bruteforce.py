@@ -5,7 +5,7 @@ import numpy as np
 from residual import _bruteforce
 from residual.model import ResidualCorrelation
 from residual.kernels import Kernel
-from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._parallel import in_blocks, resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
 
@@ -41,7 +41,8 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
         e.g. for progress reports or to spread it over workers). The result equals the
         corresponding rows of the full query, bit for bit.
     num_threads : int, default=None
-        OpenMP threads (None = all usable cores, negative counts back from them).
+        OpenMP threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative
+        counts back from the usable cores).
     chunk_size : int, default=None
         Queries per parallel work item (None = ``DEFAULT_CHUNK_SIZE``), rounded up to a
         multiple of ``CHUNK_ALIGN``. Results do not depend on it, nor on ``num_threads``.
@@ -107,7 +108,7 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
         if in_sample:
             q = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
         else:
-            q = m._new_points(Y, nt)
+            q = new_points(m, Y, nt)
         with single_threaded_blas():
             _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
                                      m._xs_t, m.V, m._inv_sqrt_p,
@@ -120,6 +121,16 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
     if (lo, hi) != (start, stop) and in_sample:
         return dist[start - lo:stop - lo].copy(), idx[start - lo:stop - lo].copy()
     return dist, idx
+
+
+def new_points(model, Y, nt):
+    """``model._new_points(Y)`` (V and p of new points) in row blocks, so that Ctrl-C is
+    handled between two: a point's V and p do not depend on the other points."""
+    if Y.shape[0] == 0:
+        return model._new_points(Y, nt)
+    parts = []
+    in_blocks(Y.shape[0], 256 * nt, lambda a, b: parts.append(model._new_points(Y[a:b], nt)))
+    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
 
 def check_rows(rows, n, in_sample):

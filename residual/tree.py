@@ -15,7 +15,7 @@ import numpy as np
 from residual import _build, _persist, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.bruteforce import check_query, check_rows
+from residual.bruteforce import check_query, check_rows, new_points
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size, resolve_seed)
@@ -41,7 +41,8 @@ class CoverTree:
     X_or_model : array-like of shape (n_samples, n_features) or ResidualCorrelation
         Coordinates (Euclidean distance) or a residual-correlation model.
     num_threads : int, default=None
-        OpenMP threads (None = all usable cores; negative counts back from them).
+        OpenMP threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative
+        counts back from the usable cores). The tree does not depend on it.
     chunk_size : int, default=None
         Batch points per traversal work item (None = ``DEFAULT_TRAVERSAL_CHUNK``).
     batch_size : int, default=None
@@ -77,8 +78,9 @@ class CoverTree:
     Notes
     -----
     ``stats["seconds"]`` has ``model`` (the model's own build, 0 for Euclidean),
-    ``traversal`` (of which ``traversal_net``: the batch x net tiles, and
-    ``traversal_children``: the tiles of the entered net nodes' children), ``pairwise``,
+    ``traversal`` (of which, residual only, ``traversal_net``: the batch x net tiles, and
+    ``traversal_children``: the tiles of the entered net nodes' children; 0 for Euclidean,
+    where each work item scores the net and descends in one loop), ``pairwise``,
     ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
     covering radii exact), ``finalise`` and ``total``; the counters are
     ``distance_evaluations`` (and its parts ``traversal_evaluations``,
@@ -211,6 +213,7 @@ class CoverTree:
         rows : (start, stop) or range, default=None
             In-sample only: answer only rows ``start..stop-1``, as the full query would.
         num_threads : int, default=None
+            As for the build.
         chunk_size : int, default=None
             Queries per parallel work item (None = 16). Results do not depend on it.
 
@@ -240,7 +243,7 @@ class CoverTree:
         if in_sample:
             xq, vq, sq = (a if a is None else a[start:stop] for a in (x, v, s))
         elif residual:
-            xq, vq, sq = self.model._new_points(Y, nt)
+            xq, vq, sq = new_points(self.model, Y, nt)
         else:
             xq, vq, sq = Y, None, None
         nq = xq.shape[0]
