@@ -93,8 +93,8 @@ def build_parser():
     search.add_argument("--seed", type=int, default=0,
                         help="seeds the inducing points and the random ordering (default 0)")
     search.add_argument("--threads", type=int, default=None,
-                        help="threads (default: all usable cores; negative counts back "
-                             "from them)")
+                        help="threads (default: OMP_NUM_THREADS if set, else all usable "
+                             "cores; negative counts back from them)")
     out = p.add_argument_group("output")
     out.add_argument("--output", metavar="PATH",
                      help="write order, neighbors, distances and metadata to this .npz")

@@ -62,7 +62,7 @@ class Kernel:
         X : array-like of shape (n_samples_X, n_features)
         Y : array-like of shape (n_samples_Y, n_features), default=None
         num_threads : int, default=None
-            Threads to use (None = all usable cores).
+            Threads to use (None = ``OMP_NUM_THREADS`` if set, else all usable cores).
 
         Returns
         -------

@@ -99,7 +99,8 @@ class ResidualCorrelation:
         jitter : float, default=1e-6
             Added to the diagonal of ``k(U, U)`` as ``jitter * variance``.
         num_threads : int, default=None
-            Threads for the kernel tiles (None = all usable cores).
+            Threads for the kernel tiles (None = ``OMP_NUM_THREADS`` if set, else all
+            usable cores).
 
         Returns
         -------

@@ -57,8 +57,8 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
         The first row. None: the row nearest the mean of the coordinates (Euclidean distance
         in the raw coordinates ``X``, also for a model; ties go to the smallest index).
     num_threads : int, default=None
-        OpenMP threads (None = all usable cores; negative counts back from them). The order
-        does not depend on it.
+        OpenMP threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative
+        counts back from them). The order does not depend on it.
     tree : CoverTree, default=None
         A tree already built over ``X_or_model`` (the same model object, or equal
         coordinates); None builds one: ``CoverTree(X_or_model)`` for a model, and for

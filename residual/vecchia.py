@@ -168,7 +168,8 @@ class VecchiaNeighbors:
         nugget : float, default=0.0
             Noise variance added to the diagonal, >= 0.
         num_threads : int, default=None
-            Threads (None = all usable cores; negative counts back from them).
+            Threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative
+            counts back from them).
 
         Returns
         -------
@@ -222,7 +223,7 @@ class VecchiaNeighbors:
             ``"kernel"``: plain Vecchia, ``(A^T A)^-1`` with A the factor of
             ``k + nugget * I``.
         num_threads : int, default=None
-            Threads for the factor (None = all usable cores).
+            Threads for the factor (None = ``OMP_NUM_THREADS`` if set, else all usable cores).
 
         Returns
         -------
@@ -369,7 +370,8 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, ordering="random
         then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path today:
         brute force for the residual metric, the tree for Euclidean.
     num_threads : int, default=None
-        Threads (None = all usable cores; negative counts back from them).
+        Threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative counts
+        back from them).
     progress : callable, default=None
         ``progress(stage, done, total)``, called at the start (``done=0``) and end
         (``done=total``) of each stage ``"model"``, ``"ordering"``, ``"build"``, ``"query"``.
