@@ -373,8 +373,9 @@ class ResidualCorrelation:
                     jitter=jitter, L=L, centre=centre)
 
     def __repr__(self):
+        nugget = f", nugget={self.nugget!r}" if self.nugget else ""
         return (f"ResidualCorrelation(n_samples={self.n_samples}, n_features={self.n_features}, "
-                f"n_inducing={self.n_inducing}, kernel={self.kernel!r})")
+                f"n_inducing={self.n_inducing}, kernel={self.kernel!r}{nugget})")
 
 
 def _inv_sqrt_p(p, nugget, variance):

@@ -204,6 +204,7 @@ def test_nugget_rescues_degenerate_rows():
     plain = residual.ResidualCorrelation.from_kernel(X, residual.RBF(), **kw)
     noisy = residual.ResidualCorrelation.from_kernel(X, residual.RBF(), nugget=1e-3, **kw)
     assert plain.degenerate[rows].all() and not noisy.degenerate.any()
+    assert repr(noisy).endswith("nugget=0.001)") and "nugget" not in repr(plain)
     assert noisy.p_diag.tobytes() == plain.p_diag.tobytes()      # p excludes the nugget
     D = nugget_dist_ref(noisy, 1e-3)
     _check_knn(residual.brute_force_knn(noisy, 5), D, 5, in_sample=True)
