@@ -16,8 +16,9 @@ import os
 
 import numpy as np
 
-#: Version written by this code; readers accept 1 .. FORMAT_VERSION.
-FORMAT_VERSION = 1
+#: Version written by this code; readers accept 1 .. FORMAT_VERSION. Version 2 added the
+#: model's nugget and inducing points as coordinates (``Reader.version`` tells them apart).
+FORMAT_VERSION = 2
 
 TREE_FORMAT = "residual.CoverTree"
 MODEL_FORMAT = "residual.ResidualCorrelation"
@@ -117,16 +118,22 @@ class Reader:
         The ``format_name`` the dict must carry (checked with the version on construction).
     prefix : str, default=""
         Prepended to every key (a tree stores its model's entries under ``model_``).
+    version : int, default=None
+        The format version, known to a prefixed reader; None reads and checks the header.
+
+    Attributes
+    ----------
+    version : int
+        The ``format_version`` of the dict (for entries that differ between versions).
     """
 
-    def __init__(self, arrays, format_name, prefix=""):
+    def __init__(self, arrays, format_name, prefix="", version=None):
         self._arrays, self._prefix = arrays, prefix
-        if not prefix:
-            self._check_header(format_name)
+        self.version = self._check_header(format_name) if version is None else version
 
     def prefixed(self, prefix):
         """A reader over the entries whose keys start with ``prefix``."""
-        return Reader(self._arrays, None, self._prefix + prefix)
+        return Reader(self._arrays, None, self._prefix + prefix, self.version)
 
     def has(self, key):
         return self._prefix + key in self._arrays
@@ -207,3 +214,4 @@ class Reader:
                              f"residual reads (up to {FORMAT_VERSION}): upgrade residual")
         if version < 1:
             raise ValueError(f"unknown format version {version}")
+        return version

@@ -155,7 +155,8 @@ def vecchia_neighbors(X, kernel=None, k=30, *, client=None, n_blocks=None, **kwa
         ``residual.vecchia.QUERY_BLOCK_MIN_ROWS`` rows.
     **kwargs
         The other keywords of :func:`residual.vecchia_neighbors`: ``n_inducing``,
-        ``ordering``, ``seed``, ``metric``, ``method``, ``num_threads`` and ``progress``.
+        ``inducing``, ``nugget``, ``ordering``, ``seed``, ``metric``, ``method``,
+        ``num_threads`` and ``progress``.
         ``num_threads`` sets the threads of the stages run here (model, ordering, build);
         each worker task uses the host's usable cores shared evenly among the worker
         threads on that host. ``progress("query", done, n)`` is reported as blocks finish.
@@ -353,7 +354,7 @@ def _vecchia_args(X, kernel, k, kwargs):
     a = bound.arguments
     args = _vecchia._validate(a["X"], a["kernel"], a["k"], a["n_inducing"], a["ordering"],
                               a["seed"], a["metric"], a["method"], a["num_threads"],
-                              a["progress"])
+                              a["progress"], inducing=a["inducing"], nugget=a["nugget"])
     args["progress"] = a["progress"]
     return args
 

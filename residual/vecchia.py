@@ -19,7 +19,8 @@ import scipy.sparse
 from residual import _factor
 from residual.bruteforce import brute_force_knn
 from residual.kernels import Kernel
-from residual.model import DEGENERATE_P_RTOL, ResidualCorrelation
+from residual.model import (DEGENERATE_P_RTOL, ResidualCorrelation, check_inducing,
+                            check_nugget)
 from residual.ordering import maximin_order
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, single_threaded_blas
@@ -333,8 +334,9 @@ class VecchiaNeighbors:
                 f"seconds={s.get('total', float('nan')):.3g})")
 
 
-def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, ordering="random", seed=0,
-                      metric="residual", method="auto", num_threads=None, progress=None):
+def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random", nugget=0.0,
+                      ordering="random", seed=0, metric="residual", method="auto",
+                      num_threads=None, progress=None):
     """Order the points and find each one's k nearest predecessors (Vecchia conditioning sets).
 
     Parameters
@@ -352,10 +354,18 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, ordering="random
         Conditioning-set size, ``1 <= k <= n_samples``. Row i gets ``min(k, i)`` neighbours,
         then padding.
     n_inducing : int, default=None
-        Inducing points of the residual model, drawn from the rows as given by
-        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed)``; at most
-        n_samples. None: ``default_n_inducing(n_samples)``, i.e. ``min(200, n_samples - 1)``
-        (at least 1), so small data works without setting it.
+        Number of inducing points of the residual model, chosen on the rows as given by
+        ``ResidualCorrelation.from_kernel(X, kernel, n_inducing, seed=seed,
+        inducing=inducing)``; at most n_samples. None: ``default_n_inducing(n_samples)``,
+        i.e. ``min(200, n_samples - 1)`` (at least 1), so small data works without setting it.
+    inducing : {"random", "kmeans++"} or array-like, default="random"
+        How the residual model chooses its inducing points: passed to
+        ``ResidualCorrelation.from_kernel`` (ignored for a prebuilt model; with
+        ``metric="euclidean"`` used only by the model the factor builds).
+    nugget : float, default=0.0
+        Noise variance in the residual correlation, ``rho_ij = C_ij / sqrt((p_i + nugget)
+        (p_j + nugget))``: passed to ``ResidualCorrelation.from_kernel``. Ignored for
+        ``metric="euclidean"``; a prebuilt model carries its own, so it must stay 0 then.
     ordering : {"random", "natural", "maximin"} or array-like of int, default="random"
         ``"random"``: ``numpy.random.default_rng(seed).permutation(n_samples)``;
         ``"natural"``: the input order; ``"maximin"``:
@@ -406,7 +416,7 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, ordering="random
     """
     t_start = time.perf_counter()
     args = _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_threads,
-                     progress)
+                     progress, inducing=inducing, nugget=nugget)
     n, nt = args["n"], args["num_threads"]
     report = progress if progress is not None else _no_progress
     prep = _prepare(args, report)
@@ -510,7 +520,8 @@ def _assemble(args, prep, parts, t_start):
 
 # -- validation -----------------------------------------------------------------------------------
 
-def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_threads, progress):
+def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_threads, progress,
+              *, inducing="random", nugget=0.0):
     """Check every argument before any work; return them normalised in a dict."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -541,6 +552,11 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         kernel.lengthscales(coords.shape[1])             # ARD length vs D, before any work
         n_inducing = (default_n_inducing(n) if n_inducing is None
                       else check_int(n_inducing, "n_inducing", minimum=1, maximum=n))
+        inducing = check_inducing(inducing, n, coords.shape[1])
+    nugget = check_nugget(nugget)
+    if is_model and nugget != 0:
+        raise ValueError("nugget must be 0 when X is a prebuilt ResidualCorrelation (build "
+                         "the model with from_kernel(..., nugget=...))")
     # as brute_force_knn(predecessors=True): rows are padded, but never past n columns
     k = check_int(k, "k", minimum=1)
     if k > n:
@@ -559,7 +575,7 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         method = "brute" if metric == "residual" else "tree"
     return {"X": X, "coords": coords, "is_model": is_model, "kernel": kernel, "n": n, "k": k,
             "n_inducing": n_inducing, "ordering": ordering, "seed": seed, "metric": metric,
-            "method": method, "num_threads": nt}
+            "method": method, "num_threads": nt, "inducing": inducing, "nugget": nugget}
 
 
 def _check_permutation(ordering, n):
@@ -594,6 +610,7 @@ def _residual_base_model(args):
         return args["X"]
     return ResidualCorrelation.from_kernel(args["coords"], args["kernel"],
                                            n_inducing=args["n_inducing"], seed=args["seed"],
+                                           inducing=args["inducing"], nugget=args["nugget"],
                                            num_threads=args["num_threads"])
 
 
@@ -626,7 +643,8 @@ def _permute(base, order):
 # give silently wrong neighbours.
 _ROW_ATTRS = ("X", "V", "p_diag", "degenerate", "_inv_sqrt_p", "_xs")
 _COLUMN_ATTRS = ("_xs_t",)
-_FIXED_ATTRS = ("kernel", "jitter", "L", "_centre", "_scale_inv", "build_seconds")
+_FIXED_ATTRS = ("kernel", "jitter", "L", "_centre", "_scale_inv", "build_seconds", "nugget",
+                "inducing_points", "_us")
 
 
 def _permute_model(model, order):

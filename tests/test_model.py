@@ -12,6 +12,7 @@ def test_from_kernel_matches_reference(any_kernel):
     model = residual.ResidualCorrelation.from_kernel(X, any_kernel, n_inducing=40, seed=3)
     expected = np.random.default_rng(3).choice(300, 40, replace=False)
     np.testing.assert_array_equal(model.inducing, expected)
+    np.testing.assert_array_equal(model.inducing_points, X[expected])
     L, V, p = model_ref(X, any_kernel, expected, 1e-6)
     np.testing.assert_allclose(model.L, L, rtol=1e-10, atol=1e-12)
     # V enters only through V V^T; compare it, and p, at the accuracy float64 allows
@@ -37,7 +38,8 @@ def test_user_supplied_factors_are_kept():
     model = residual.ResidualCorrelation(X, residual.RBF(), V=V, p_diag=p)
     np.testing.assert_array_equal(model.V, V)
     np.testing.assert_array_equal(model.p_diag, p)
-    assert model.inducing is None and model.L is None
+    assert model.inducing is None and model.inducing_points is None and model.L is None
+    assert model.nugget == 0.0
 
 
 def test_tiny_p_regime_and_degenerate_points():

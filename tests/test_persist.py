@@ -36,7 +36,15 @@ def _matern():
     return residual.CoverTree(model)
 
 
-_TREES = {"euclidean": _euclidean, "rbf_ard": _rbf_ard, "matern": _matern}
+def _kmeans_nugget():
+    model = residual.ResidualCorrelation.from_kernel(
+        _with_duplicates(400, seed=12), residual.Matern(1.5, lengthscale=[0.7, 1.0, 1.3]),
+        n_inducing=40, inducing="kmeans++", nugget=1e-2)
+    return residual.CoverTree(model)
+
+
+_TREES = {"euclidean": _euclidean, "rbf_ard": _rbf_ard, "matern": _matern,
+          "kmeans_nugget": _kmeans_nugget}
 
 
 @pytest.fixture(scope="module", params=list(_TREES))
@@ -83,11 +91,15 @@ def _assert_same_model(a, b):
     for key in ("X", "V", "p_diag", "_xs", "_inv_sqrt_p", "_centre", "degenerate"):
         assert getattr(a, key).tobytes() == getattr(b, key).tobytes(), key
     assert a.kernel == b.kernel and repr(a.kernel) == repr(b.kernel)
-    assert a.jitter == b.jitter
+    assert a.jitter == b.jitter and a.nugget == b.nugget
     if a.L is None:
-        assert b.L is None and b.inducing is None
+        assert b.L is None and b.inducing is None and b.inducing_points is None
     else:
-        assert a.L.tobytes() == b.L.tobytes() and np.array_equal(a.inducing, b.inducing)
+        assert a.L.tobytes() == b.L.tobytes()
+        assert (a.inducing is None) == (b.inducing is None)
+        assert a.inducing is None or a.inducing.tobytes() == b.inducing.tobytes()
+        for key in ("inducing_points", "_us"):
+            assert getattr(a, key).tobytes() == getattr(b, key).tobytes(), key
 
 
 # -- round trips ----------------------------------------------------------------------------------
@@ -131,9 +143,13 @@ def test_npz_suffix_and_pathlike(tmp_path):
 @pytest.mark.parametrize("kernel", [residual.RBF(0.7, variance=2.0),
                                     residual.Matern(0.5, lengthscale=[0.5, 2.0, 1.0]),
                                     residual.Matern(1.5, lengthscale=1.2)])
-def test_model_save_load_and_pickle(kernel, tmp_path):
+@pytest.mark.parametrize("how", [{}, {"inducing": "kmeans++"}, {"nugget": 0.3},
+                                 {"inducing": "coordinates", "nugget": 1e-4}], ids=repr)
+def test_model_save_load_and_pickle(kernel, how, tmp_path):
+    if how.get("inducing") == "coordinates":
+        how = {**how, "inducing": np.random.default_rng(0).uniform(-2, 2, size=(30, 3))}
     model = residual.ResidualCorrelation.from_kernel(_with_duplicates(300, seed=8), kernel,
-                                                     n_inducing=30, jitter=1e-5)
+                                                     n_inducing=30, jitter=1e-5, **how)
     Y = harness_like(20, seed=10)
     for loaded in (residual.ResidualCorrelation.load(model.save(tmp_path / "m")),
                    pickle.loads(pickle.dumps(model))):
@@ -145,10 +161,12 @@ def test_model_save_load_and_pickle(kernel, tmp_path):
         assert d.tobytes() == dw.tobytes() and i.tobytes() == iw.tobytes()
 
 
-def test_user_supplied_factors(tmp_path):
+@pytest.mark.parametrize("nugget", [0.0, 0.02])
+def test_user_supplied_factors(nugget, tmp_path):
     base = residual.ResidualCorrelation.from_kernel(harness_like(250, seed=11),
                                                     residual.Matern(2.5), n_inducing=25)
-    model = residual.ResidualCorrelation(base.X, base.kernel, V=base.V, p_diag=base.p_diag)
+    model = residual.ResidualCorrelation(base.X, base.kernel, V=base.V, p_diag=base.p_diag,
+                                         nugget=nugget)
     tree = residual.CoverTree(model)
     loaded = residual.CoverTree.load(tree.save(tmp_path / "user"))
     _assert_same_model(model, loaded.model)
@@ -156,6 +174,52 @@ def test_user_supplied_factors(tmp_path):
     with pytest.raises(ValueError, match="from_kernel"):        # as the original: no L
         loaded.query(harness_like(3), k=2)
     _assert_same_model(model, pickle.loads(pickle.dumps(model)))
+
+
+def _as_version_1(path, tmp_path, prefix=""):
+    """The file version 1 wrote for the same object: no nugget, no inducing coordinates."""
+    return _edit(path, tmp_path, format_version=np.int64(1), **{prefix + "nugget": None,
+                                                                 prefix + "inducing_points": None})
+
+
+def test_version_1_files_still_load(tmp_path):
+    X = _with_duplicates(300, seed=13)
+    model = residual.ResidualCorrelation.from_kernel(X, residual.RBF(0.8), n_inducing=30)
+    old = residual.ResidualCorrelation.load(_as_version_1(model.save(tmp_path / "m"), tmp_path))
+    _assert_same_model(model, old)
+    np.testing.assert_array_equal(old.inducing_points, X[model.inducing])
+    tree = residual.CoverTree(model)
+    old_tree = residual.CoverTree.load(_as_version_1(tree.save(tmp_path / "t"), tmp_path,
+                                                     "model_"))
+    _assert_same_model(model, old_tree.model)
+    _assert_same_answers(tree, old_tree)
+    # version 1 had no nugget: a file that claims version 1 is read without one
+    noisy = residual.ResidualCorrelation.from_kernel(X, residual.RBF(0.8), n_inducing=30,
+                                                     nugget=0.1)
+    assert residual.ResidualCorrelation.load(
+        _as_version_1(noisy.save(tmp_path / "n"), tmp_path)).nugget == 0.0
+
+
+def test_version_2_entries_are_checked(tmp_path):
+    X = harness_like(200, seed=14)
+    rows = residual.ResidualCorrelation.from_kernel(X, residual.RBF(), n_inducing=20)
+    path = rows.save(tmp_path / "rows")
+    pts = np.load(path)["inducing_points"]
+    for changes, match in [
+        ({"nugget": None}, "'nugget' is missing"),
+        ({"nugget": np.float64(-1.0)}, "'nugget' must be a finite number >= 0"),
+        ({"inducing_points": None}, "'inducing_points' is missing"),
+        ({"inducing_points": pts[:, :2]}, r"'inducing_points' has shape \(20, 2\)"),
+        ({"inducing_points": pts + 1.0}, "'inducing_points' does not match the rows"),
+        ({"inducing": None, "inducing_points": pts[:-1]}, "'inducing_points' has shape"),
+    ]:
+        _refused(_edit(path, tmp_path, **changes), match, residual.ResidualCorrelation)
+    # a version-1 file needs its inducing rows
+    _refused(_edit(_as_version_1(path, tmp_path), tmp_path, inducing=None), "'inducing' is "
+             "missing", residual.ResidualCorrelation)
+    # coordinates alone (no rows) are a complete version-2 model
+    coords = residual.ResidualCorrelation.load(_edit(path, tmp_path, inducing=None))
+    assert coords.inducing is None and coords._us.tobytes() == rows._us.tobytes()
 
 
 def test_single_point_tree(tmp_path):
