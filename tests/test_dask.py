@@ -192,6 +192,17 @@ def test_vecchia_local_scheduler_and_padding():
     assert res.stats["seconds"]["scatter"] >= 0 and res.stats["dask"]["n_workers"] == 1
 
 
+def test_vecchia_inducing_and_nugget_reach_the_model():
+    # dask binds the keywords itself: the model's options must not be dropped on the way
+    X = _data(400, 9)
+    kw = dict(n_inducing=M, inducing="kmeans++", nugget=1e-2, n_blocks=3, num_threads=1)
+    res = rdask.vecchia_neighbors(X, KERN, 6, **kw)
+    kw.pop("n_blocks")
+    _assert_identical(res, residual.vecchia_neighbors(X, KERN, 6, **kw))
+    plain = residual.vecchia_neighbors(X, KERN, 6, n_inducing=M)
+    assert not np.array_equal(res.distances, plain.distances)
+
+
 def test_vecchia_bad_arguments(client, monkeypatch):
     def no_work(*a, **kw):
         raise AssertionError("work started before the arguments were checked")
