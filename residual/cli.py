@@ -19,6 +19,7 @@ import numpy as np
 
 from residual import __version__
 from residual.kernels import RBF, Matern
+from residual.model import INDUCING_CHOICES
 from residual.vecchia import (DEFAULT_N_INDUCING, ORDERINGS, STAGES, default_n_inducing,
                               vecchia_neighbors)
 from residual._parallel import usable_cores
@@ -29,7 +30,7 @@ KERNELS = {"rbf": None, "matern12": 0.5, "matern32": 1.5, "matern52": 2.5}
 HARNESS_N, HARNESS_DIM = 32768, 3
 
 #: Options of the residual model only; given with --metric euclidean they are an error.
-RESIDUAL_OPTIONS = ("kernel", "lengthscale", "variance", "n_inducing")
+RESIDUAL_OPTIONS = ("kernel", "lengthscale", "variance", "n_inducing", "inducing", "nugget")
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -86,6 +87,12 @@ def build_parser():
                        help="inducing points, a seeded random subset of the rows (default "
                             "200, or n - 1 for fewer than 201 points; the benchmarks' "
                             "standard harness uses 512)")
+    model.add_argument("--inducing", choices=INDUCING_CHOICES, default=None,
+                       help="how the inducing points are chosen: a seeded random subset of "
+                            "the rows, or k-means++ centres (default random)")
+    model.add_argument("--nugget", type=float, default=None,
+                       help="noise variance s2 added to the residual variances in the "
+                            "correlation, for noisy data (default 0)")
     search = p.add_argument_group("search")
     search.add_argument("--k", type=int, default=30, help="neighbours per point (default 30)")
     search.add_argument("--ordering", choices=ORDERINGS, default="random",
@@ -147,6 +154,7 @@ def _run(args):
     bar = None if args.quiet else ProgressBar(sys.stderr, force=args.progress)
     try:
         res = vecchia_neighbors(X, kernel, args.k, n_inducing=n_inducing,
+                                inducing=args.inducing or "random", nugget=args.nugget or 0.0,
                                 ordering=args.ordering, seed=args.seed, metric=args.metric,
                                 num_threads=args.threads, progress=bar)
     finally:
@@ -187,6 +195,8 @@ def _check_options(args):
     if args.threads == 0:
         raise CLIError("--threads must be a non-zero integer (leave it out to use every "
                        "usable core; -1 = all, -2 = all but one)")
+    if args.nugget is not None and not (math.isfinite(args.nugget) and args.nugget >= 0):
+        raise CLIError(f"--nugget must be a finite number >= 0, got {args.nugget}")
     if args.variance is not None and not (math.isfinite(args.variance) and args.variance > 0):
         raise CLIError(f"--variance must be a finite number > 0, got {args.variance}")
     if args.lengthscale is not None:
@@ -448,6 +458,7 @@ def _save(path, res, args, kernel, n_inducing, shape):
              n=shape[0], dim=shape[1], k=res.k, metric=res.metric, method=res.method,
              kernel=repr(kernel) if kernel is not None else "",
              n_inducing=n_inducing if res.metric == "residual" else 0,
+             inducing=args.inducing or "random", nugget=args.nugget or 0.0,
              ordering=args.ordering, seed=args.seed,
              seconds=np.array([s[name] for name in STAGES + ("total",)]),
              seconds_stages=np.array(STAGES + ("total",)),
@@ -457,10 +468,12 @@ def _save(path, res, args, kernel, n_inducing, shape):
 def _summary(out, res, args, kernel, n_inducing, shape, source, output):
     s = res.stats["seconds"]
     if res.metric == "residual":
-        model = f"{kernel!r}, {n_inducing} inducing points"
+        model = f"{kernel!r}, {n_inducing} {args.inducing or 'random'} inducing points"
         if args.n_inducing is None and n_inducing < DEFAULT_N_INDUCING:
             model += (f" (the default {DEFAULT_N_INDUCING}, reduced to n - 1 for "
                       f"n = {shape[0]})")
+        if args.nugget:
+            model += f", nugget {args.nugget:g}"
     else:
         model = "coordinates"
     lines = [f"residual: Vecchia neighbours of {source}",

@@ -52,6 +52,18 @@ def test_harness(tmp_path, capsys):
         assert word in out
 
 
+def test_inducing_and_nugget_options(tmp_path, capsys):
+    out_path = tmp_path / "h.npz"
+    out, _ = _run_ok(["--n", "300", "--dim", "2", "--k", "5", "--n-inducing", "20",
+                      "--inducing", "kmeans++", "--nugget", "0.01", "--output", str(out_path),
+                      "--quiet"], capsys)
+    X = np.random.default_rng(0).standard_normal((300, 2))
+    meta = _check_npz(out_path, X, kernel=residual.RBF(lengthscale=1.0), k=5, n_inducing=20,
+                      inducing="kmeans++", nugget=0.01)
+    assert str(meta["inducing"]) == "kmeans++" and float(meta["nugget"]) == 0.01
+    assert "20 kmeans++ inducing points" in out and "nugget 0.01" in out
+
+
 def test_npy_input_euclidean(tmp_path, capsys):
     X = harness_like(400, dim=3, seed=1)
     np.save(tmp_path / "x.npy", X)
@@ -155,6 +167,9 @@ def _pandas_csv(tmp_path, index_name=None):
     (lambda t: ["--n", "100", "--metric", "euclidean", "--lengthscale", "2", "--variance", "2",
                 "--n-inducing", "5"],
      "--lengthscale, --variance, --n-inducing apply only to --metric residual"),
+    (lambda t: ["--n", "100", "--metric", "euclidean", "--nugget", "0.1"],
+     "--nugget applies only to --metric residual"),
+    (lambda t: ["--n", "100", "--nugget", "-1"], "--nugget must be a finite number >= 0"),
     (lambda t: ["--input", _nan_npy(t), "--n", "10"], "cannot be used with --input"),
     (lambda t: ["--n", "100", "--output", str(t / "nodir" / "o.npz")], "does not exist"),
 ])
@@ -170,7 +185,7 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys, make_argv, match):
         assert word not in err
 
 
-@pytest.mark.parametrize("argv", [["--k", "x"], ["--metric", "cosine"],
+@pytest.mark.parametrize("argv", [["--k", "x"], ["--metric", "cosine"], ["--inducing", "grid"],
                                   ["--lengthscale", "a,b"], ["--bogus"]])
 def test_argparse_errors_are_one_line(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -201,7 +216,7 @@ def test_threads_beyond_cores_warn(monkeypatch, capsys):
 def test_small_data_reduces_the_default_inducing_points(tmp_path, capsys):
     out, _ = _run_ok(["--n", "20", "--k", "20", "--quiet", "--output", str(tmp_path / "o")],
                      capsys)
-    assert "19 inducing points (the default 200, reduced to n - 1 for n = 20)" in out
+    assert "19 random inducing points (the default 200, reduced to n - 1 for n = 20)" in out
     X = np.random.default_rng(0).standard_normal((20, 3))
     meta = _check_npz(tmp_path / "o.npz", X, kernel=residual.RBF(), k=20, n_inducing=19)
     assert int(meta["n_inducing"]) == 19
