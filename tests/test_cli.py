@@ -221,7 +221,7 @@ def test_small_data_reduces_the_default_inducing_points(tmp_path, capsys):
     meta = _check_npz(tmp_path / "o.npz", X, kernel=residual.RBF(), k=20, n_inducing=19)
     assert int(meta["n_inducing"]) == 19
     out, _ = _run_ok(["--n", "300", "--k", "3", "--quiet"], capsys)
-    assert "200 inducing points)" in out and "reduced" not in out
+    assert "200 random inducing points)" in out and "reduced" not in out
 
 
 def test_one_dimensional_npy_is_d_1(tmp_path, capsys):
