@@ -491,8 +491,9 @@ class CoverTree:
             Absolute tolerance on squared distances (None: 1e-12, times the squared root
             radius for Euclidean). For the residual metric each pair also gets the float64
             resolution of d^2 = 1 - |C| s_i s_j: two evaluations of C = k - V_i . V_j can
-            differ by 2 m u variance (u the unit roundoff), scaled by s_i s_j = 1/sqrt(p_i p_j),
-            which is ~1e-7 when p ~ 1e-6.
+            differ by 2 m u variance (u the unit roundoff), scaled by s_i s_j =
+            1/sqrt((p_i + s2)(p_j + s2)) (s2 the model's nugget), which is ~1e-7 when
+            p ~ 1e-6 and s2 = 0.
 
         Raises
         ------

@@ -651,8 +651,9 @@ def _permute_model(model, order):
     """A copy of ``model`` whose row ``pos`` is the original row ``order[pos]``.
 
     Every per-row array is gathered (bitwise the same values, so distances are unchanged);
-    the inducing indices are mapped to their new positions, so new-point queries still use
-    the same inducing rows. The centre and scale stay those of the original data.
+    the inducing row indices (if any) are mapped to their new positions, so they keep naming
+    the same rows of the permuted X; new-point queries use the model's fixed inducing
+    coordinates. The centre and scale stay those of the original data.
     """
     state = dict(vars(model))
     known = set(_ROW_ATTRS + _COLUMN_ATTRS + _FIXED_ATTRS + ("inducing",))
