@@ -24,7 +24,7 @@ from residual._parallel import resolve_num_threads
 
 
 def harness(n, dim=3, m=512, kernel=None):
-    """The standard harness of DESIGN.md section 6 (n, D, m adjustable)."""
+    """The standard harness: X ~ N(0, I_D) (seed 0), RBF with lengthscale 1, m inducing rows."""
     X = np.random.default_rng(0).standard_normal((n, dim))
     t = time.perf_counter()
     model = residual.ResidualCorrelation.from_kernel(X, kernel or residual.RBF(1.0),
@@ -335,14 +335,15 @@ def case_euclidean(args):
                 print("scikit-learn not installed: its row is skipped")
 
 
-def case_issue5(args):
-    """Issue 5's targets, one run: maximin_order (both metrics) vs one all-points predecessor
-    query on the same data, and vecchia_neighbors end to end vs the same steps by hand."""
+def case_overheads(args):
+    """End-to-end overheads, one run: maximin_order (both metrics) vs one all-points
+    predecessor query on the same data, and vecchia_neighbors end to end vs the same steps by
+    hand."""
     from residual.ordering import maximin_order
     nt = resolve_num_threads(args.threads)
     n, k = args.n, args.k
     X, model, t_model = harness(n, args.dim, args.m)
-    print(f"\nissue5: n={n}, D={args.dim}, m={args.m}, k={k}, threads={nt}, "
+    print(f"\noverheads: n={n}, D={args.dim}, m={args.m}, k={k}, threads={nt}, "
           f"model {t_model:.2f} s")
     print(f"{'metric':10s} {'maximin s':>10s} {'pred. query s':>14s} {'ratio':>7s} "
           f"{'evals/point':>12s}   (query: brute force for residual, tree build + query "
@@ -499,7 +500,7 @@ def case_busy(args):
     Competitors, each in its own process for the whole scenario: a NumPy loop of 1500 x 1500
     matrix products on its default BLAS threads, and a plain one-core Python loop. Target: with
     a competitor, no stage more than 2x slower with default threads than with one thread.
-    Use ``--n 8192`` (the issue's size). "idle" means no competitor of ours: other load on the
+    ``--n 8192`` is the size of the table in docs/benchmarks.md. "idle" means no competitor of ours: other load on the
     machine (see the load average printed) still counts, so repeat the run.
     """
     stages = _busy_stages(args)
@@ -541,7 +542,7 @@ CASES = {
     "table": case_table,
     "euclidean": case_euclidean,
     "euclidean-pipeline": case_euclidean_pipeline,
-    "issue5": case_issue5,
+    "overheads": case_overheads,
     "busy": case_busy,
 }
 

@@ -84,7 +84,7 @@ def build_parser():
     model.add_argument("--variance", type=float, default=None,
                        help="kernel variance (default 1)")
     model.add_argument("--n-inducing", type=int, default=None,
-                       help="inducing points, a seeded random subset of the rows (default "
+                       help="number of inducing points (default "
                             "200, or n - 1 for fewer than 201 points; the benchmarks' "
                             "standard harness uses 512)")
     model.add_argument("--inducing", choices=INDUCING_CHOICES, default=None,

@@ -125,6 +125,8 @@ _LONG_WORK = {
                   "go = lambda: tree.query(Y, k=5)\n",
     "build": "X = rng.standard_normal((90_000, 32))\n"
              "go = lambda: residual.CoverTree(X)\n",
+    "maximin": "X = rng.uniform(size=(3_000_000, 3))\n"
+               "go = lambda: residual.maximin_order(X)\n",
 }
 
 
