@@ -1,8 +1,9 @@
 """CoverTree: a compressed cover tree built by parallel batch insertion.
 
-The public layer: validation, the batch schedule, timing, the finalise step (covering radii,
-subtree minimum index, CSR children) and the invariant checker. The build itself is in
-``_build.pyx``; see its opening comment for the insertion rule and why batches are exact.
+The public layer: validation, the batch schedule, timing and the finalise step (covering
+radii, subtree minimum index, CSR children). The build itself is in ``_build.pyx``; see its
+opening comment for the insertion rule and why batches are exact. The invariant checker is in
+``_invariants.py``.
 """
 
 import json
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 
-from residual import _build, _persist, _search
+from residual import _build, _invariants, _persist, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
 from residual.bruteforce import check_query, check_rows, new_points
@@ -500,94 +501,7 @@ class CoverTree:
         AssertionError
             Naming the broken rule and the nodes that break it.
         """
-        n = self.n_samples
-        lev, par, alias = self.levels, self.parents, self.alias_of
-        is_node = alias < 0
-        nodes = np.nonzero(is_node)[0]
-        if tol is None:
-            tol = 1e-12 if self.residual else 1e-12 * 4.0 ** lev[self.root]
-        self._tol = tol
-        _check(is_node[self.root] and par[self.root] == -1, "I0",
-               f"root {self.root} is not a parentless node")
-        roots = nodes[par[nodes] < 0]
-        _check(roots.tolist() == [self.root], "I0", f"nodes without a parent: {roots[:10]}")
-        _check(((alias < 0) | (par < 0)).all(), "I0", "an alias also has a parent")
-        bad = np.nonzero(~is_node & ~np.isin(alias, nodes))[0]
-        _check(bad.size == 0, "I0", f"aliases of non-nodes: {bad[:10]}")
-        depth_ok = np.zeros(n, bool)
-        depth_ok[self.root] = True
-        for p in self.insertion_order:          # parents are always inserted first
-            if p != self.root:
-                depth_ok[p] = depth_ok[par[p]]
-        _check(depth_ok[nodes].all(), "I0", "nodes not connected to the root (a cycle?)")
-        _check(len(set(self.insertion_order.tolist())) == nodes.size, "I0",
-               "a node was inserted twice or never")
-        child = nodes[nodes != self.root]
-        if child.size:
-            top = lev[child].max()
-            _check(lev[self.root] >= 1 + top, "I1",
-                   f"root level {lev[self.root]} < 1 + max other level {top}")
-            bad = child[lev[par[child]] <= lev[child]]
-            _check(bad.size == 0, "I2", f"nodes not below their parent's level: {bad[:10]}")
-            d = self._distances(child, par[child])
-            t = self._pair_tol(child, par[child])
-            bad = child[d ** 2 > 4.0 ** (lev[child] + 1) + t]
-            _check(bad.size == 0, "I3", f"nodes farther than 2^(level+1) from their parent: "
-                   f"{bad[:10]}")
-            bad = child[np.abs(d ** 2 - self.parent_distances[child] ** 2) > t]
-            _check(bad.size == 0, "I6", f"stored parent distance is wrong for {bad[:10]}")
-        if alias.max(initial=-1) >= 0:
-            al = np.nonzero(~is_node)[0]
-            d = self._distances(al, alias[al])
-            bad = al[d ** 2 > self._pair_tol(al, alias[al])]
-            _check(bad.size == 0, "I0", f"aliases not at distance 0 from their node: {bad[:10]}")
-        if pairwise or (pairwise is None and n <= 4000):
-            self._check_separation(nodes)
-        self._check_subtrees(nodes)
-
-    def _check_separation(self, nodes):
-        lev = self.levels
-        for lo in range(0, nodes.size, 256):
-            a = nodes[lo:lo + 256]
-            ai, bi = np.meshgrid(a, nodes, indexing="ij")
-            keep = ai < bi
-            ai, bi = ai[keep], bi[keep]
-            if ai.size == 0:
-                continue
-            d = self._distances(ai, bi)
-            bad = d ** 2 <= 4.0 ** np.minimum(lev[ai], lev[bi]) - self._pair_tol(ai, bi)
-            _check(not bad.any(), "I4", "nodes closer than 2^min(levels): "
-                   f"{list(zip(ai[bad][:5].tolist(), bi[bad][:5].tolist()))}")
-
-    def _pair_tol(self, a, b):
-        """Tolerance on d(a, b)^2: absolute, plus float64's resolution of the residual d^2."""
-        if not self.residual:
-            return np.full(np.shape(a), self._tol)
-        m = self.model
-        eps = 2 * m.n_inducing * np.finfo(float).eps / 2 * m.kernel.variance
-        s = m._inv_sqrt_p
-        # a degenerate point (s = 0) is at distance exactly 1: no rounding to allow for
-        return self._tol + eps * s[a] * s[b]
-
-    def _check_subtrees(self, nodes):
-        """I5 (exact covering radius, <= 2^(level+1)) and I7 (subtree minimum index)."""
-        n = self.n_samples
-        members = [[] for _ in range(n)]         # every point under each node
-        for w in range(n):
-            u = self.alias_of[w] if self.alias_of[w] >= 0 else self.parents[w]
-            while u >= 0:
-                members[u].append(w)
-                u = self.parents[u]
-        for u in nodes:
-            sub = np.array(members[u] + [u])
-            r = self._distances(np.full(sub.size, u), sub).max() if len(members[u]) else 0.0
-            t = self._pair_tol(np.full(sub.size, u), sub).max()
-            _check(abs(r ** 2 - self.radii[u] ** 2) <= t, "I5",
-                   f"node {u}: stored radius {self.radii[u]!r}, true {r!r}")
-            _check(self.radii[u] ** 2 <= 4.0 ** (self.levels[u] + 1) + t, "I5",
-                   f"node {u}: radius {self.radii[u]!r} > 2^(level+1)")
-            _check(self.min_index[u] == sub.min(), "I7",
-                   f"node {u}: stored min index {self.min_index[u]}, true {sub.min()}")
+        _invariants.check_invariants(self, pairwise, tol)
 
 
 # the tree arrays as saved (residual/_persist.py); levels ... min_index have one entry per point
@@ -646,11 +560,6 @@ def _csr(level, parent, alias_of):
     children_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[kids], minlength=n))])
     return (aliases_ptr.astype(np.int64), al.astype(np.int64),
             children_ptr.astype(np.int64), kids.astype(np.int64))
-
-
-def _check(ok, rule, message):
-    if not ok:
-        raise AssertionError(f"{rule}: {message}")
 
 
 def _spatial_order(x, max_dim=16):
