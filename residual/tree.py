@@ -34,7 +34,7 @@ _SLACK_RESIDUAL = 1e-4
 _SLACK_EUCLIDEAN_REL = 1e-10
 
 
-class CoverTree:
+class CoverTree(_persist.Persistent):
     """Compressed cover tree (Elkin & Kurlin) over the rows of X or of a residual model.
 
     Parameters
@@ -88,6 +88,14 @@ class CoverTree:
     ``pairwise_evaluations``, ``radius_evaluations``), ``kernel_tiles``,
     ``kernel_elements``, ``float64_recomputations`` (0: every decision is made in float64),
     ``conflict_edges``, ``rounds``, ``batches``, ``height`` and ``aliases``.
+
+    :meth:`save` writes the tree arrays (root, levels, parents, parent_distances, alias_of,
+    radii, min_index, CSR children and aliases, insertion_order, height), the metric's inputs
+    (X for Euclidean; the model's entries under ``model_`` for the residual metric), the
+    pruning slack, the build parameters and the numeric ``stats``; pickles carry the same
+    entries. :meth:`load` gives the tree its own (new) model, and checks the structure enough
+    that no file can make the compiled search read out of bounds (indices in range, children
+    lists that match the parents); :meth:`check_invariants` checks the cover-tree rules.
     """
 
     def __init__(self, X_or_model, *, num_threads=None, chunk_size=None, batch_size=None,
@@ -343,79 +351,9 @@ class CoverTree:
         return (f"CoverTree(metric={'residual' if self.residual else 'euclidean'!r}, {data}, "
                 f"height={self.height}, seed={self.seed})")
 
-    # -- persistence ----------------------------------------------------------------------------
+    # -- persistence (save, load and pickling: residual/_persist.py) -------------------------------
 
-    def save(self, path):
-        """Write the tree, and its residual model if any, to one ``.npz`` file (no pickle).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Destination. As with ``numpy.savez``, ``.npz`` is appended when the name lacks it.
-
-        Returns
-        -------
-        path : str
-            The file written.
-
-        Notes
-        -----
-        The file holds the tree arrays (root, levels, parents, parent_distances, alias_of,
-        radii, min_index, CSR children and aliases, insertion_order, height), the metric's
-        inputs (X for Euclidean; the model's entries under ``model_`` for the residual
-        metric, see :meth:`ResidualCorrelation.save`), the pruning slack, the build
-        parameters and the numeric ``stats``. The format is versioned
-        (``residual/_persist.py``); a loaded tree answers every query bitwise identically.
-
-        Examples
-        --------
-        >>> import numpy as np, residual, tempfile, os
-        >>> tree = residual.CoverTree(np.random.default_rng(0).standard_normal((100, 3)))
-        >>> path = tree.save(os.path.join(tempfile.mkdtemp(), "tree"))
-        >>> path.endswith("tree.npz")
-        True
-        >>> np.array_equal(residual.CoverTree.load(path).query(k=3)[1], tree.query(k=3)[1])
-        True
-        """
-        return _persist.save(path, self._state(), _persist.TREE_FORMAT)
-
-    @classmethod
-    def load(cls, path):
-        """Read a tree written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file; when it does not exist, ``path + ".npz"`` is tried (as saved).
-
-        Returns
-        -------
-        tree : CoverTree
-            With its own residual model (a new object) if the saved tree had one.
-
-        Raises
-        ------
-        ValueError
-            Naming the path and the problem: the file is missing, unreadable, truncated or
-            corrupted, not a residual tree file, from a newer format version, or has missing
-            or inconsistent entries (wrong dtype or shape, indices out of range, children
-            lists that do not match the parents).
-
-        Notes
-        -----
-        The structure is checked enough that no file can make the compiled search read out
-        of bounds; :meth:`check_invariants` checks the cover-tree rules themselves.
-        """
-        self = cls.__new__(cls)
-        _persist.load(path, _persist.TREE_FORMAT, self._restore)
-        return self
-
-    def __getstate__(self):
-        # the pickle is the saved file's dict: one description of a tree, checked on the way in
-        return _persist.pack(self._state(), _persist.TREE_FORMAT)
-
-    def __setstate__(self, state):
-        _persist.unpickle(state, _persist.TREE_FORMAT, self._restore)
+    _FORMAT = _persist.TREE_FORMAT
 
     def _state(self):
         """The entries describing this tree (residual/_persist.py adds the header)."""
