@@ -78,16 +78,15 @@ class CoverTree(_persist.Persistent):
 
     Notes
     -----
-    ``stats["seconds"]`` has ``model`` (the model's own build, 0 for Euclidean),
-    ``traversal`` (of which, residual only, ``traversal_net``: the batch x net tiles, and
-    ``traversal_children``: the tiles of the entered net nodes' children; 0 for Euclidean,
-    where each work item scores the net and descends in one loop), ``pairwise``,
-    ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
-    covering radii exact), ``finalise`` and ``total``; the counters are
-    ``distance_evaluations`` (and its parts ``traversal_evaluations``,
-    ``pairwise_evaluations``, ``radius_evaluations``), ``kernel_tiles``,
-    ``kernel_elements``, ``float64_recomputations`` (0: every decision is made in float64),
-    ``conflict_edges``, ``rounds``, ``batches``, ``height`` and ``aliases``.
+    ``stats`` holds only measured values. ``stats["seconds"]`` has ``traversal`` (of which,
+    residual only, ``traversal_net``: the batch x net tiles, and ``traversal_children``: the
+    tiles of the entered net nodes' children; 0 for Euclidean, where each work item scores
+    the net and descends in one loop), ``pairwise``, ``conflict``, ``mis``, ``attach``,
+    ``radii`` (keeping the covering radii exact), ``finalise`` and ``total`` (this build,
+    not the model's); the counters are ``distance_evaluations`` (and its parts
+    ``traversal_evaluations``, ``pairwise_evaluations``, ``radius_evaluations``),
+    ``kernel_tiles``, ``kernel_elements``, ``conflict_edges``, ``rounds``, ``batches``,
+    ``height`` and ``aliases``.
 
     :meth:`save` writes the tree arrays (root, levels, parents, parent_distances, alias_of,
     radii, min_index, CSR children and aliases, insertion_order, height), the metric's inputs
@@ -181,15 +180,13 @@ class CoverTree(_persist.Persistent):
         t = time.perf_counter()
         self._finalise(builder, root, nt, spatial)
         seconds["finalise"] = time.perf_counter() - t
-        seconds["model"] = getattr(self.model, "build_seconds", 0.0)
-        seconds["total"] = time.perf_counter() - t_start + seconds["model"]
+        seconds["total"] = time.perf_counter() - t_start
         counters = {
             "traversal_evaluations": builder.traversal_evals,
             "pairwise_evaluations": builder.block_evals,
             "radius_evaluations": builder.radius_evals,
             "kernel_tiles": builder.kernel_tiles,
             "kernel_elements": builder.kernel_elements,
-            "float64_recomputations": 0,
             "conflict_edges": builder.conflict_edges // 2,
             "rounds": builder.rounds,
             "batches": len(batches),
