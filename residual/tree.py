@@ -29,7 +29,8 @@ DEFAULT_TRAVERSAL_CHUNK = 8
 
 # Extra room in the pruning tests of the build and the search, in distance units. It absorbs
 # rounding in the triangle inequality; it can only make a search wider, never wrong. For the
-# residual metric it grows with 1/min(p) (see CoverTree.__init__); 1e-4 is the floor.
+# residual metric it grows with 1/sqrt(min(p + nugget)) (see CoverTree.__init__), from a floor
+# of 1e-4 up to 1.
 _SLACK_RESIDUAL = 1e-4
 _SLACK_EUCLIDEAN_REL = 1e-10
 
@@ -221,7 +222,10 @@ class CoverTree(_persist.Persistent):
         num_threads : int, default=None
             As for the build.
         chunk_size : int, default=None
-            Queries per parallel work item (None = 16). Results do not depend on it.
+            Queries per parallel work item (None = 16). The residual search answers 64
+            consecutive queries in one shared traversal and hands out ``chunk_size // 64``
+            such groups per work item (at least one, so one with the default). Results do not
+            depend on it.
 
         Returns
         -------
