@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from residual._validate import check_int
+
 #: Version written by this code; readers accept 1 .. FORMAT_VERSION. Version 2 added the
 #: model's nugget and inducing points as coordinates (``Reader.version`` tells them apart).
 FORMAT_VERSION = 2
@@ -227,12 +229,8 @@ class Reader:
         return arr
 
     def integer(self, key, minimum=None, maximum=None):
-        value = int(self.array(key, np.int64, ()))
-        if minimum is not None and value < minimum:
-            raise ValueError(f"entry {self.name(key)} is {value}, must be >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"entry {self.name(key)} is {value}, must be <= {maximum}")
-        return value
+        return check_int(int(self.array(key, np.int64, ())), f"entry {self.name(key)}",
+                         minimum=minimum, maximum=maximum)
 
     def number(self, key):
         return float(self.array(key, np.float64, ()))

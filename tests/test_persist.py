@@ -355,7 +355,7 @@ def _bad_values(arrays):
         ({"model_X": arrays["model_X"].astype(np.int32)}, "'model_X' has dtype int32"),
         ({"parents": np.where(arrays["parents"] >= 0, n, -1)}, "'parents' has values outside"),
         ({"min_index": -arrays["min_index"] - 1}, "'min_index' has values outside"),
-        ({"root": np.int64(n)}, "'root' is 200, must be <= 199"),
+        ({"root": np.int64(n)}, "'root' must be <= 199, got 200"),
         ({"children": np.concatenate([kids[:1], kids[:-1]])}, "'children' does not match"),
         ({"children_ptr": arrays["children_ptr"][:-1]}, "'children_ptr' does not match"),
         ({"parents": cycle}, "level is not below its parent"),
