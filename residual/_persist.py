@@ -6,15 +6,19 @@ object in exactly the same terms. Every dict carries ``format_name`` (which clas
 ``format_version`` (an integer, bumped whenever the meaning of an entry changes, so that an old
 reader refuses a newer file instead of misreading it).
 
-This module knows the container, not the objects: :class:`Reader` hands out entries checked for
-presence, dtype and shape; the classes check what their entries mean (index ranges, structure).
-Every problem surfaces as a ``ValueError`` naming the source (the path, or "pickled ...").
+This module knows the container, not the objects: :class:`Persistent` gives a class save, load
+and pickling from two methods of its own, ``_state`` (the entries) and ``_restore`` (fill a new
+object from a :class:`Reader`); :class:`Reader` hands out entries checked for presence, dtype and
+shape; the classes check what their entries mean (index ranges, structure). Every problem
+surfaces as a ``ValueError`` naming the source (the path, or "pickled ...").
 """
 
 import contextlib
 import os
 
 import numpy as np
+
+from residual._validate import check_int
 
 #: Version written by this code; readers accept 1 .. FORMAT_VERSION. Version 2 added the
 #: model's nugget and inducing points as coordinates (``Reader.version`` tells them apart).
@@ -23,6 +27,70 @@ FORMAT_VERSION = 2
 TREE_FORMAT = "residual.CoverTree"
 MODEL_FORMAT = "residual.ResidualCorrelation"
 _KNOWN_FORMATS = (TREE_FORMAT, MODEL_FORMAT)
+
+
+class Persistent:
+    """Mixin: ``save``/``load`` to a versioned ``.npz`` file, and pickling through the same dict.
+
+    A subclass sets ``_FORMAT`` (its ``format_name``) and defines ``_state()``, the dict of its
+    entries (header excluded), and ``_restore(reader)``, which fills a new, uninitialised object
+    from a :class:`Reader` and raises TypeError/ValueError on anything it cannot trust.
+    """
+
+    _FORMAT = None
+
+    def save(self, path):
+        """Write this object to one ``.npz`` file of plain NumPy arrays (no pickle inside).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination. As with ``numpy.savez``, ``.npz`` is appended when the name lacks it.
+
+        Returns
+        -------
+        path : str
+            The file written.
+
+        Notes
+        -----
+        The class's Notes list what the file holds. The format is versioned
+        (``residual/_persist.py``); what :meth:`load` reads back gives bitwise identical
+        distances and neighbours.
+        """
+        return save(path, self._state(), self._FORMAT)
+
+    @classmethod
+    def load(cls, path):
+        """Read an object of this class written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file; when it does not exist, ``path + ".npz"`` is tried (as saved).
+
+        Returns
+        -------
+        obj : instance of this class
+            A new object, with new objects for everything it holds (a tree's model).
+
+        Raises
+        ------
+        ValueError
+            Naming the path and the problem: the file is missing, unreadable, truncated or
+            corrupted, holds another class or a newer format version, or has missing or
+            inconsistent entries (wrong dtype or shape, or what the class's Notes list).
+        """
+        self = cls.__new__(cls)
+        load(path, cls._FORMAT, self._restore)
+        return self
+
+    def __getstate__(self):
+        # the pickle is the saved file's dict: one description of an object, checked on the way in
+        return pack(self._state(), self._FORMAT)
+
+    def __setstate__(self, state):
+        unpickle(state, self._FORMAT, self._restore)
 
 
 def pack(body, format_name):
@@ -161,12 +229,8 @@ class Reader:
         return arr
 
     def integer(self, key, minimum=None, maximum=None):
-        value = int(self.array(key, np.int64, ()))
-        if minimum is not None and value < minimum:
-            raise ValueError(f"entry {self.name(key)} is {value}, must be >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"entry {self.name(key)} is {value}, must be <= {maximum}")
-        return value
+        return check_int(int(self.array(key, np.int64, ())), f"entry {self.name(key)}",
+                         minimum=minimum, maximum=maximum)
 
     def number(self, key):
         return float(self.array(key, np.float64, ()))

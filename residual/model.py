@@ -43,7 +43,7 @@ INDUCING_CHOICES = ("random", "kmeans++")
 KMEANS_LLOYD_STEPS = 5
 
 
-class ResidualCorrelation:
+class ResidualCorrelation(_persist.Persistent):
     """Residual-correlation distance over the rows of X.
 
     Build it from a kernel with :meth:`from_kernel` (inducing points, Cholesky factor, V and p
@@ -90,6 +90,15 @@ class ResidualCorrelation:
     TypeError, ValueError
         On non-numeric, non-finite or mis-shaped arrays, negative ``p_diag`` or a negative or
         non-finite ``nugget``.
+
+    Notes
+    -----
+    :meth:`save` writes X, the kernel (name, nu, lengthscale, variance), V, p_diag, the
+    nugget and, for a model from :meth:`from_kernel`, the inducing points (coordinates, and
+    the row indices when they are rows), jitter and L, plus the centre of X; pickles carry
+    the same entries. The scaled coordinates and 1/sqrt(p + nugget) are recomputed on
+    :meth:`load` by the same elementwise float64 operations, so distances are bitwise
+    identical. Files of format version 1 (no nugget, inducing rows only) load with nugget 0.
     """
 
     def __init__(self, X, kernel, *, V, p_diag, nugget=0.0):
@@ -267,63 +276,9 @@ class ResidualCorrelation:
         # a new point carries its own noise: the nugget enters as for the rows
         return ys, v_new, _inv_sqrt_p(p_new, self.nugget, self.kernel.variance)[1]
 
-    # -- persistence ----------------------------------------------------------------------------
+    # -- persistence (save, load and pickling: residual/_persist.py) -------------------------------
 
-    def save(self, path):
-        """Write the model to a ``.npz`` file (NumPy arrays only, no pickle).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Destination. As with ``numpy.savez``, ``.npz`` is appended when the name lacks it.
-
-        Returns
-        -------
-        path : str
-            The file written.
-
-        Notes
-        -----
-        The file holds X, the kernel (name, nu, lengthscale, variance), V, p_diag, the nugget
-        and, for a model from :meth:`from_kernel`, the inducing points (coordinates, and the
-        row indices when they are rows), jitter and L, plus the centre of X; the scaled
-        coordinates and 1/sqrt(p + nugget) are recomputed on load by the same elementwise
-        float64 operations, so distances are bitwise identical. The format is versioned (see
-        ``residual/_persist.py``); files of version 1 (no nugget, inducing rows only) load
-        with nugget 0.
-        """
-        return _persist.save(path, self._state(), _persist.MODEL_FORMAT)
-
-    @classmethod
-    def load(cls, path):
-        """Read a model written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file; when it does not exist, ``path + ".npz"`` is tried (as saved).
-
-        Returns
-        -------
-        model : ResidualCorrelation
-
-        Raises
-        ------
-        ValueError
-            Naming the path and the problem: the file is missing, unreadable, truncated or
-            corrupted, not a residual model file, from a newer format version, or has missing
-            or inconsistent entries.
-        """
-        self = cls.__new__(cls)
-        _persist.load(path, _persist.MODEL_FORMAT, self._restore)
-        return self
-
-    def __getstate__(self):
-        # the pickle is the saved file's dict: one description of a model, checked on the way in
-        return _persist.pack(self._state(), _persist.MODEL_FORMAT)
-
-    def __setstate__(self, state):
-        _persist.unpickle(state, _persist.MODEL_FORMAT, self._restore)
+    _FORMAT = _persist.MODEL_FORMAT
 
     def _state(self):
         """The entries describing this model (residual/_persist.py adds the header)."""

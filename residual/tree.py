@@ -1,8 +1,9 @@
 """CoverTree: a compressed cover tree built by parallel batch insertion.
 
-The public layer: validation, the batch schedule, timing, the finalise step (covering radii,
-subtree minimum index, CSR children) and the invariant checker. The build itself is in
-``_build.pyx``; see its opening comment for the insertion rule and why batches are exact.
+The public layer: validation, the batch schedule, timing and the finalise step (covering
+radii, subtree minimum index, CSR children). The build itself is in ``_build.pyx``; see its
+opening comment for the insertion rule and why batches are exact. The invariant checker is in
+``_invariants.py``.
 """
 
 import json
@@ -12,7 +13,7 @@ import time
 
 import numpy as np
 
-from residual import _build, _persist, _search
+from residual import _build, _invariants, _persist, _search
 from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
 from residual.bruteforce import check_query, check_rows, new_points
@@ -28,12 +29,13 @@ DEFAULT_TRAVERSAL_CHUNK = 8
 
 # Extra room in the pruning tests of the build and the search, in distance units. It absorbs
 # rounding in the triangle inequality; it can only make a search wider, never wrong. For the
-# residual metric it grows with 1/min(p) (see CoverTree.__init__); 1e-4 is the floor.
+# residual metric it grows with 1/sqrt(min(p + nugget)) (see CoverTree.__init__), from a floor
+# of 1e-4 up to 1.
 _SLACK_RESIDUAL = 1e-4
 _SLACK_EUCLIDEAN_REL = 1e-10
 
 
-class CoverTree:
+class CoverTree(_persist.Persistent):
     """Compressed cover tree (Elkin & Kurlin) over the rows of X or of a residual model.
 
     Parameters
@@ -77,16 +79,23 @@ class CoverTree:
 
     Notes
     -----
-    ``stats["seconds"]`` has ``model`` (the model's own build, 0 for Euclidean),
-    ``traversal`` (of which, residual only, ``traversal_net``: the batch x net tiles, and
-    ``traversal_children``: the tiles of the entered net nodes' children; 0 for Euclidean,
-    where each work item scores the net and descends in one loop), ``pairwise``,
-    ``conflict``, ``mis``, ``attach``, ``radii`` (keeping the
-    covering radii exact), ``finalise`` and ``total``; the counters are
-    ``distance_evaluations`` (and its parts ``traversal_evaluations``,
-    ``pairwise_evaluations``, ``radius_evaluations``), ``kernel_tiles``,
-    ``kernel_elements``, ``float64_recomputations`` (0: every decision is made in float64),
-    ``conflict_edges``, ``rounds``, ``batches``, ``height`` and ``aliases``.
+    ``stats`` holds only measured values. ``stats["seconds"]`` has ``traversal`` (of which,
+    residual only, ``traversal_net``: the batch x net tiles, and ``traversal_children``: the
+    tiles of the entered net nodes' children; 0 for Euclidean, where each work item scores
+    the net and descends in one loop), ``pairwise``, ``conflict``, ``mis``, ``attach``,
+    ``radii`` (keeping the covering radii exact), ``finalise`` and ``total`` (this build,
+    not the model's); the counters are ``distance_evaluations`` (and its parts
+    ``traversal_evaluations``, ``pairwise_evaluations``, ``radius_evaluations``),
+    ``kernel_tiles``, ``kernel_elements``, ``conflict_edges``, ``rounds``, ``batches``,
+    ``height`` and ``aliases``.
+
+    :meth:`save` writes the tree arrays (root, levels, parents, parent_distances, alias_of,
+    radii, min_index, CSR children and aliases, insertion_order, height), the metric's inputs
+    (X for Euclidean; the model's entries under ``model_`` for the residual metric), the
+    pruning slack, the build parameters and the numeric ``stats``; pickles carry the same
+    entries. :meth:`load` gives the tree its own (new) model, and checks the structure enough
+    that no file can make the compiled search read out of bounds (indices in range, children
+    lists that match the parents); :meth:`check_invariants` checks the cover-tree rules.
     """
 
     def __init__(self, X_or_model, *, num_threads=None, chunk_size=None, batch_size=None,
@@ -172,15 +181,13 @@ class CoverTree:
         t = time.perf_counter()
         self._finalise(builder, root, nt, spatial)
         seconds["finalise"] = time.perf_counter() - t
-        seconds["model"] = getattr(self.model, "build_seconds", 0.0)
-        seconds["total"] = time.perf_counter() - t_start + seconds["model"]
+        seconds["total"] = time.perf_counter() - t_start
         counters = {
             "traversal_evaluations": builder.traversal_evals,
             "pairwise_evaluations": builder.block_evals,
             "radius_evaluations": builder.radius_evals,
             "kernel_tiles": builder.kernel_tiles,
             "kernel_elements": builder.kernel_elements,
-            "float64_recomputations": 0,
             "conflict_edges": builder.conflict_edges // 2,
             "rounds": builder.rounds,
             "batches": len(batches),
@@ -215,7 +222,10 @@ class CoverTree:
         num_threads : int, default=None
             As for the build.
         chunk_size : int, default=None
-            Queries per parallel work item (None = 16). Results do not depend on it.
+            Queries per parallel work item (None = 16). The residual search answers 64
+            consecutive queries in one shared traversal and hands out ``chunk_size // 64``
+            such groups per work item (at least one, so one with the default). Results do not
+            depend on it.
 
         Returns
         -------
@@ -342,79 +352,9 @@ class CoverTree:
         return (f"CoverTree(metric={'residual' if self.residual else 'euclidean'!r}, {data}, "
                 f"height={self.height}, seed={self.seed})")
 
-    # -- persistence ----------------------------------------------------------------------------
+    # -- persistence (save, load and pickling: residual/_persist.py) -------------------------------
 
-    def save(self, path):
-        """Write the tree, and its residual model if any, to one ``.npz`` file (no pickle).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Destination. As with ``numpy.savez``, ``.npz`` is appended when the name lacks it.
-
-        Returns
-        -------
-        path : str
-            The file written.
-
-        Notes
-        -----
-        The file holds the tree arrays (root, levels, parents, parent_distances, alias_of,
-        radii, min_index, CSR children and aliases, insertion_order, height), the metric's
-        inputs (X for Euclidean; the model's entries under ``model_`` for the residual
-        metric, see :meth:`ResidualCorrelation.save`), the pruning slack, the build
-        parameters and the numeric ``stats``. The format is versioned
-        (``residual/_persist.py``); a loaded tree answers every query bitwise identically.
-
-        Examples
-        --------
-        >>> import numpy as np, residual, tempfile, os
-        >>> tree = residual.CoverTree(np.random.default_rng(0).standard_normal((100, 3)))
-        >>> path = tree.save(os.path.join(tempfile.mkdtemp(), "tree"))
-        >>> path.endswith("tree.npz")
-        True
-        >>> np.array_equal(residual.CoverTree.load(path).query(k=3)[1], tree.query(k=3)[1])
-        True
-        """
-        return _persist.save(path, self._state(), _persist.TREE_FORMAT)
-
-    @classmethod
-    def load(cls, path):
-        """Read a tree written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            The file; when it does not exist, ``path + ".npz"`` is tried (as saved).
-
-        Returns
-        -------
-        tree : CoverTree
-            With its own residual model (a new object) if the saved tree had one.
-
-        Raises
-        ------
-        ValueError
-            Naming the path and the problem: the file is missing, unreadable, truncated or
-            corrupted, not a residual tree file, from a newer format version, or has missing
-            or inconsistent entries (wrong dtype or shape, indices out of range, children
-            lists that do not match the parents).
-
-        Notes
-        -----
-        The structure is checked enough that no file can make the compiled search read out
-        of bounds; :meth:`check_invariants` checks the cover-tree rules themselves.
-        """
-        self = cls.__new__(cls)
-        _persist.load(path, _persist.TREE_FORMAT, self._restore)
-        return self
-
-    def __getstate__(self):
-        # the pickle is the saved file's dict: one description of a tree, checked on the way in
-        return _persist.pack(self._state(), _persist.TREE_FORMAT)
-
-    def __setstate__(self, state):
-        _persist.unpickle(state, _persist.TREE_FORMAT, self._restore)
+    _FORMAT = _persist.TREE_FORMAT
 
     def _state(self):
         """The entries describing this tree (residual/_persist.py adds the header)."""
@@ -500,94 +440,7 @@ class CoverTree:
         AssertionError
             Naming the broken rule and the nodes that break it.
         """
-        n = self.n_samples
-        lev, par, alias = self.levels, self.parents, self.alias_of
-        is_node = alias < 0
-        nodes = np.nonzero(is_node)[0]
-        if tol is None:
-            tol = 1e-12 if self.residual else 1e-12 * 4.0 ** lev[self.root]
-        self._tol = tol
-        _check(is_node[self.root] and par[self.root] == -1, "I0",
-               f"root {self.root} is not a parentless node")
-        roots = nodes[par[nodes] < 0]
-        _check(roots.tolist() == [self.root], "I0", f"nodes without a parent: {roots[:10]}")
-        _check(((alias < 0) | (par < 0)).all(), "I0", "an alias also has a parent")
-        bad = np.nonzero(~is_node & ~np.isin(alias, nodes))[0]
-        _check(bad.size == 0, "I0", f"aliases of non-nodes: {bad[:10]}")
-        depth_ok = np.zeros(n, bool)
-        depth_ok[self.root] = True
-        for p in self.insertion_order:          # parents are always inserted first
-            if p != self.root:
-                depth_ok[p] = depth_ok[par[p]]
-        _check(depth_ok[nodes].all(), "I0", "nodes not connected to the root (a cycle?)")
-        _check(len(set(self.insertion_order.tolist())) == nodes.size, "I0",
-               "a node was inserted twice or never")
-        child = nodes[nodes != self.root]
-        if child.size:
-            top = lev[child].max()
-            _check(lev[self.root] >= 1 + top, "I1",
-                   f"root level {lev[self.root]} < 1 + max other level {top}")
-            bad = child[lev[par[child]] <= lev[child]]
-            _check(bad.size == 0, "I2", f"nodes not below their parent's level: {bad[:10]}")
-            d = self._distances(child, par[child])
-            t = self._pair_tol(child, par[child])
-            bad = child[d ** 2 > 4.0 ** (lev[child] + 1) + t]
-            _check(bad.size == 0, "I3", f"nodes farther than 2^(level+1) from their parent: "
-                   f"{bad[:10]}")
-            bad = child[np.abs(d ** 2 - self.parent_distances[child] ** 2) > t]
-            _check(bad.size == 0, "I6", f"stored parent distance is wrong for {bad[:10]}")
-        if alias.max(initial=-1) >= 0:
-            al = np.nonzero(~is_node)[0]
-            d = self._distances(al, alias[al])
-            bad = al[d ** 2 > self._pair_tol(al, alias[al])]
-            _check(bad.size == 0, "I0", f"aliases not at distance 0 from their node: {bad[:10]}")
-        if pairwise or (pairwise is None and n <= 4000):
-            self._check_separation(nodes)
-        self._check_subtrees(nodes)
-
-    def _check_separation(self, nodes):
-        lev = self.levels
-        for lo in range(0, nodes.size, 256):
-            a = nodes[lo:lo + 256]
-            ai, bi = np.meshgrid(a, nodes, indexing="ij")
-            keep = ai < bi
-            ai, bi = ai[keep], bi[keep]
-            if ai.size == 0:
-                continue
-            d = self._distances(ai, bi)
-            bad = d ** 2 <= 4.0 ** np.minimum(lev[ai], lev[bi]) - self._pair_tol(ai, bi)
-            _check(not bad.any(), "I4", "nodes closer than 2^min(levels): "
-                   f"{list(zip(ai[bad][:5].tolist(), bi[bad][:5].tolist()))}")
-
-    def _pair_tol(self, a, b):
-        """Tolerance on d(a, b)^2: absolute, plus float64's resolution of the residual d^2."""
-        if not self.residual:
-            return np.full(np.shape(a), self._tol)
-        m = self.model
-        eps = 2 * m.n_inducing * np.finfo(float).eps / 2 * m.kernel.variance
-        s = m._inv_sqrt_p
-        # a degenerate point (s = 0) is at distance exactly 1: no rounding to allow for
-        return self._tol + eps * s[a] * s[b]
-
-    def _check_subtrees(self, nodes):
-        """I5 (exact covering radius, <= 2^(level+1)) and I7 (subtree minimum index)."""
-        n = self.n_samples
-        members = [[] for _ in range(n)]         # every point under each node
-        for w in range(n):
-            u = self.alias_of[w] if self.alias_of[w] >= 0 else self.parents[w]
-            while u >= 0:
-                members[u].append(w)
-                u = self.parents[u]
-        for u in nodes:
-            sub = np.array(members[u] + [u])
-            r = self._distances(np.full(sub.size, u), sub).max() if len(members[u]) else 0.0
-            t = self._pair_tol(np.full(sub.size, u), sub).max()
-            _check(abs(r ** 2 - self.radii[u] ** 2) <= t, "I5",
-                   f"node {u}: stored radius {self.radii[u]!r}, true {r!r}")
-            _check(self.radii[u] ** 2 <= 4.0 ** (self.levels[u] + 1) + t, "I5",
-                   f"node {u}: radius {self.radii[u]!r} > 2^(level+1)")
-            _check(self.min_index[u] == sub.min(), "I7",
-                   f"node {u}: stored min index {self.min_index[u]}, true {sub.min()}")
+        _invariants.check_invariants(self, pairwise, tol)
 
 
 # the tree arrays as saved (residual/_persist.py); levels ... min_index have one entry per point
@@ -646,11 +499,6 @@ def _csr(level, parent, alias_of):
     children_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[kids], minlength=n))])
     return (aliases_ptr.astype(np.int64), al.astype(np.int64),
             children_ptr.astype(np.int64), kids.astype(np.int64))
-
-
-def _check(ok, rule, message):
-    if not ok:
-        raise AssertionError(f"{rule}: {message}")
 
 
 def _spatial_order(x, max_dim=16):

@@ -123,6 +123,19 @@ def test_tree_pickle(tree):
     _assert_same_answers(tree, loaded)
 
 
+@pytest.mark.parametrize("kind", ["euclidean", "residual", "model"])
+def test_pickle_state_is_the_file(small_files, kind):
+    """A pickle and a saved file describe an object by the same entries, header included."""
+    path = small_files[kind]
+    cls = residual.ResidualCorrelation if kind == "model" else residual.CoverTree
+    state = cls.load(path).__getstate__()
+    with np.load(path) as saved:
+        assert sorted(state) == sorted(saved.files)
+        for key in saved.files:
+            assert state[key].dtype == saved[key].dtype, key
+            assert state[key].tobytes() == saved[key].tobytes(), key
+
+
 def test_pickled_tree_queries_in_a_worker_process():
     tree = _rbf_ard()
     # spawn: the tree really travels as a pickle, and no OpenMP state is inherited by fork
@@ -342,7 +355,7 @@ def _bad_values(arrays):
         ({"model_X": arrays["model_X"].astype(np.int32)}, "'model_X' has dtype int32"),
         ({"parents": np.where(arrays["parents"] >= 0, n, -1)}, "'parents' has values outside"),
         ({"min_index": -arrays["min_index"] - 1}, "'min_index' has values outside"),
-        ({"root": np.int64(n)}, "'root' is 200, must be <= 199"),
+        ({"root": np.int64(n)}, "'root' must be <= 199, got 200"),
         ({"children": np.concatenate([kids[:1], kids[:-1]])}, "'children' does not match"),
         ({"children_ptr": arrays["children_ptr"][:-1]}, "'children_ptr' does not match"),
         ({"parents": cycle}, "level is not below its parent"),
