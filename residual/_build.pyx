@@ -39,7 +39,7 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
-from residual._tiles cimport (Points, fill_points, pair_key, sqdist, residual_cov_tile,
+from residual._tiles cimport (Metric, Points, pair_key, sqdist, residual_cov_tile,
                               sqdist_direct_tile)
 
 cdef enum:
@@ -177,34 +177,18 @@ cdef class TreeBuilder:
     cdef public float64_t t_conflict, t_mis, t_attach, t_net, t_kids
     cdef int64_t traversed           # batch points traversed so far
     cdef float64_t pair_cost         # rough operations per distance, for threads_for
-    cdef object arrays
+    cdef Metric metric
 
-    def __init__(self, bint residual, int kind, float64_t variance,
-                 const float64_t[:, ::1] x, v, s, intp_t root, int root_level,
-                 intp_t max_batch, float64_t slack):
-        cdef intp_t n = x.shape[0]
-        cdef const float64_t[:, ::1] vv
-        cdef const float64_t[::1] ss
+    def __init__(self, Metric metric, intp_t root, int root_level, intp_t max_batch,
+                 float64_t slack):
+        cdef intp_t n = metric.P.n
+        cdef bint residual = metric.P.residual
         self.n = n
         self.root = root
         self.max_batch = max_batch
         self.slack = slack
-        self.P.residual = residual
-        self.P.spec.kind = kind
-        self.P.spec.variance = variance
-        self.P.n = n
-        self.P.dim = x.shape[1]
-        self.P.x = &x[0, 0]
-        self.P.m = 0
-        self.P.v = NULL
-        self.P.s = NULL
-        if residual:
-            vv = v
-            ss = s
-            self.P.m = vv.shape[1]
-            self.P.v = &vv[0, 0]
-            self.P.s = &ss[0]
-        self.arrays = (x, v, s)          # keep the metric data alive
+        self.P = metric.P
+        self.metric = metric             # keeps the rows P points into alive
         # the coordinate sum (and for the residual metric the dot product and the kernel),
         # plus the bookkeeping around a pair
         self.pair_cost = self.P.dim + 8 + (self.P.m + 16 if residual else 0)
@@ -911,16 +895,14 @@ cdef class TreeBuilder:
                 np.asarray(self.radius_).copy())
 
 
-def pair_distances(bint residual, int kind, float64_t variance,
-                   const float64_t[:, ::1] x, v, s,
-                   const int64_t[::1] a, const int64_t[::1] b, int num_threads=1):
+def pair_distances(Metric metric, const int64_t[::1] a, const int64_t[::1] b,
+                   int num_threads=1):
     """d(a[r], b[r]) for paired index arrays, with the same float64 evaluation as the build."""
-    cdef Points P
-    fill_points(&P, residual, kind, variance, x, v, s)
+    cdef const Points* P = &metric.P
     cdef intp_t nr = a.shape[0], r
     out = np.zeros(nr)
     cdef float64_t[::1] o = out
     with nogil:
         for r in prange(nr, num_threads=num_threads, schedule='static'):
-            o[r] = sqrt(pair_key(&P, a[r], b[r]))
+            o[r] = sqrt(pair_key(P, a[r], b[r]))
     return out

@@ -30,7 +30,7 @@ from libc.stdint cimport uint64_t
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, fill_points, query_key, sqdist, kernel_of_sqdist
+from residual._tiles cimport Metric, Points, query_key, sqdist, kernel_of_sqdist
 from residual._heap cimport frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
@@ -102,19 +102,22 @@ cdef struct Tree:
 
 
 cdef class SearchLayout:
-    """The tree renumbered breadth-first for the search: one packed record per node and the
-    metric's rows (coordinates; residual V and 1/sqrt(p)) copied in node order.
+    """The tree renumbered breadth-first for the search: one packed record per node, the
+    metric with its rows in node order (``Metric.take(order)``) and the tree's slack.
 
     Built once per tree (``CoverTree._layout``); read-only afterwards, shared by all threads.
     """
     cdef Node* node
     cdef readonly intp_t n_nodes
-    cdef readonly object x, v, s, aliases
+    cdef readonly Metric metric
+    cdef readonly float64_t slack
+    cdef readonly object aliases
     cdef readonly object node_of      # row -> its node's number (an alias: its node's)
 
     def __cinit__(self, const int64_t[::1] order, const int64_t[::1] child_count,
                   const int64_t[::1] alias_ptr, aliases, const float64_t[::1] radius,
-                  const float64_t[::1] pdist, const int64_t[::1] min_index, x, v, s):
+                  const float64_t[::1] pdist, const int64_t[::1] min_index, Metric metric,
+                  float64_t slack):
         cdef intp_t j, u, nn = order.shape[0]
         cdef int64_t nxt = 1
         self.n_nodes = nn
@@ -140,9 +143,8 @@ cdef class SearchLayout:
         counts = np.diff(np.asarray(alias_ptr))           # aliases are listed by row
         node_of[self.aliases] = node_of[np.repeat(np.arange(counts.size), counts)]
         self.node_of = node_of
-        self.x = np.ascontiguousarray(np.asarray(x)[order])
-        self.v = None if v is None else np.ascontiguousarray(np.asarray(v)[order])
-        self.s = None if s is None else np.ascontiguousarray(np.asarray(s)[order])
+        self.metric = metric
+        self.slack = slack
 
     def __dealloc__(self):
         free(self.node)
@@ -580,21 +582,24 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     return 0
 
 
-def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
-        const float64_t[:, ::1] xq, vq, sq, bint in_sample, bint predecessors,
-        intp_t row_offset, intp_t k,
-        float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
-        int num_threads, intp_t chunk, const int64_t[::1] visit_order):
+def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
+        intp_t row_offset, tuple out, const int64_t[::1] visit_order, tuple parallel_plan):
     """Exact kNN for every query row; returns the distance evaluations per query.
 
-    In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows, in row
-    order, from row row_offset on): query q is point i = row_offset + q, which excludes itself
-    and, with predecessors, considers only j < i. Queries are
-    answered in visit_order (a permutation of the rows): neighbouring queries in that order
-    share the tree nodes they touch, so they find them in cache.
+    queries: the query rows, prepared like the indexed points (same kernel). In-sample queries
+    are the indexed points themselves, in row order from row row_offset on: query q is point
+    i = row_offset + q, which excludes itself and, with predecessors, considers only j < i.
+    out = (dist, idx), each (n_queries, k), filled. Queries are answered in visit_order (a
+    permutation of the rows): neighbouring queries in that order share the tree nodes they
+    touch, so they find them in cache. parallel_plan = (num_threads, chunk).
     """
-    cdef Points P
     cdef Tree T
+    cdef const float64_t[:, ::1] xq = queries.x
+    cdef float64_t[:, ::1] out_dist = out[0]
+    cdef int64_t[:, ::1] out_idx = out[1]
+    cdef int num_threads = parallel_plan[0]
+    cdef intp_t chunk = parallel_plan[1], k = out_dist.shape[1]
+    cdef const Points* P = &layout.metric.P
     cdef intp_t nq = xq.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos
     cdef const float64_t[:, ::1] vqq
     cdef const float64_t[::1] sqq
@@ -611,19 +616,18 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
     cdef int64_t[::1] ev = evals
     cdef Interrupt stop
     interrupt_init(&stop)
-    fill_points(&P, residual, kind, variance, layout.x, layout.v, layout.s)
-    if residual:
-        vqq, sqq = vq, sq
+    if P.residual:
+        vqq, sqq = queries.v, queries.s
     T.node = layout.node
     T.aliases = &al[0] if al.shape[0] else NULL
     T.node_of = &node_of[0]
-    T.slack = slack
+    T.slack = layout.slack
     if nq == 0:
         return evals
     if visit_order.shape[0] != nq:
         raise ValueError("visit_order must be a permutation of the query rows")
-    if residual:
-        _knn_groups(&P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
+    if P.residual:
+        _knn_groups(P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
                     row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order,
                     &stop)
     else:                               # Euclidean: one query at a time (see _search_group)
@@ -644,7 +648,7 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
                         seeds == NULL:
                     ev[q] = -1
                 elif not interrupted(&stop):
-                    ev[q] = _search(&P, &T, &xq[q, 0], NULL, 0.0,
+                    ev[q] = _search(P, &T, &xq[q, 0], NULL, 0.0,
                                     row_offset + q if in_sample else -1,
                                     row_offset + q if predecessors else n, k, seeds, k + 1,
                                     hd, hi, fl, fd, fn, &out_dist[q, 0], &out_idx[q, 0])

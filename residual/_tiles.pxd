@@ -3,8 +3,8 @@ from libc.math cimport sqrt, fabs
 from residual._typedefs cimport float64_t, intp_t
 from residual._blas cimport ddot_
 
-# Kernel codes shared with residual/kernels.py (Kernel._code).
-cdef enum:
+# Kernel codes; residual/kernels.py reads them from here (Kernel._code).
+cpdef enum KernelKind:
     KERNEL_RBF = 0
     KERNEL_MATERN12 = 1
     KERNEL_MATERN32 = 2
@@ -117,8 +117,12 @@ cdef struct Points:
     const float64_t* s      # (n,) residual 1/sqrt(p) (0 if degenerate), else NULL
 
 
-cdef void fill_points(Points* P, bint residual, int kind, float64_t variance,
-                      const float64_t[:, ::1] x, v, s)
+cdef class Metric:
+    """One metric's rows, owned: the arrays and the Points view of them that every compiled
+    entry reads (see _tiles.pyx)."""
+    cdef Points P
+    cdef readonly object x, v, s
+    cdef object _xt
 
 
 cdef inline float64_t sqdist(const float64_t* a, const float64_t* b,

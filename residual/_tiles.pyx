@@ -210,24 +210,92 @@ def sqdist_matrix(const float64_t[:, ::1] xq, const float64_t[:, ::1] xc, bint g
     return out
 
 
-cdef void fill_points(Points* P, bint residual, int kind, float64_t variance,
-                  const float64_t[:, ::1] x, v, s):
-    """Point P at one metric's rows (x; residual: V rows v and 1/sqrt(p) s), which the caller
-    keeps alive while P is used."""
+cdef class Metric:
+    """The rows of one metric as the compiled code reads them, built once and then trusted.
+
+    Euclidean: the raw coordinates x. Residual: x centred and lengthscale-scaled, the V rows v,
+    1/sqrt(p) s (0 where degenerate) and the kernel. The arrays are C-contiguous float64 and
+    read-only by convention; ``P`` points into them for as long as the object lives. Make one
+    with :meth:`euclidean` or :meth:`residual_correlation`; arguments are not checked here
+    (the public functions did that).
+    """
+
+    def __init__(self):
+        raise TypeError("use Metric.euclidean or Metric.residual_correlation")
+
+    @staticmethod
+    def euclidean(x):
+        """The Euclidean metric over the rows of x."""
+        return _new_metric(False, KERNEL_RBF, 1.0, x, None, None)
+
+    @staticmethod
+    def residual_correlation(int kind, float64_t variance, x, v, s):
+        """The residual-correlation metric: kernel ``kind`` (a KernelKind) and its variance,
+        scaled coordinates x, V rows v and 1/sqrt(p) s."""
+        return _new_metric(True, kind, variance, x, v, s)
+
+    def take(self, order):
+        """The same metric over the rows ``order`` (an index array or a slice), in that
+        order: bitwise the same rows, so every distance is unchanged."""
+        return _new_metric(self.P.residual, self.P.spec.kind, self.P.spec.variance,
+                           _rows(self.x, order), _rows(self.v, order), _rows(self.s, order))
+
+    @property
+    def residual(self):
+        return self.P.residual
+
+    @property
+    def kind(self):
+        return self.P.spec.kind
+
+    @property
+    def variance(self):
+        return self.P.spec.variance
+
+    @property
+    def n(self):
+        return self.P.n
+
+    @property
+    def dim(self):
+        return self.P.dim
+
+    @property
+    def m(self):
+        return self.P.m
+
+    @property
+    def xt(self):
+        """x transposed, (dim, n) C-contiguous: the candidate side of the tiles (made once)."""
+        if self._xt is None:
+            self._xt = np.ascontiguousarray(self.x.T)
+        return self._xt
+
+
+cdef Metric _new_metric(bint residual, int kind, float64_t variance, x, v, s):
+    cdef Metric M = Metric.__new__(Metric)
+    M.x = np.ascontiguousarray(x, dtype=np.float64)
+    cdef const float64_t[:, ::1] xx = M.x
     cdef const float64_t[:, ::1] vv
     cdef const float64_t[::1] ss
-    P.residual = residual
-    P.spec.kind = kind
-    P.spec.variance = variance
-    P.n = x.shape[0]
-    P.dim = x.shape[1]
-    P.x = &x[0, 0]
-    P.m = 0
-    P.v = NULL
-    P.s = NULL
+    M.P.residual = residual
+    M.P.spec.kind = kind
+    M.P.spec.variance = variance
+    M.P.n = xx.shape[0]
+    M.P.dim = xx.shape[1]
+    M.P.x = &xx[0, 0] if xx.shape[0] else NULL
+    M.P.m = 0
+    M.P.v = NULL
+    M.P.s = NULL
     if residual:
-        vv = v
-        ss = s
-        P.m = vv.shape[1]
-        P.v = &vv[0, 0]
-        P.s = &ss[0]
+        M.v = np.ascontiguousarray(v, dtype=np.float64)
+        M.s = np.ascontiguousarray(s, dtype=np.float64)
+        vv, ss = M.v, M.s
+        M.P.m = vv.shape[1]
+        M.P.v = &vv[0, 0] if vv.shape[0] and vv.shape[1] else NULL
+        M.P.s = &ss[0] if ss.shape[0] else NULL
+    return M
+
+
+def _rows(a, order):
+    return None if a is None else np.ascontiguousarray(a[order])

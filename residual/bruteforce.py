@@ -5,7 +5,8 @@ import numpy as np
 from residual import _bruteforce
 from residual.model import ResidualCorrelation
 from residual.kernels import Kernel
-from residual._parallel import in_blocks, resolve_num_threads, single_threaded_blas
+from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._tiles import Metric
 from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
                                 resolve_chunk_size)
 
@@ -103,34 +104,17 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
     idx = np.empty((n_queries, k), dtype=np.int64)
     if n_queries == 0:
         return dist, idx
-    if residual:
-        m = X_or_model
-        if in_sample:
-            q = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
-        else:
-            q = new_points(m, Y, nt)
-        with single_threaded_blas():
-            _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
-                                     m._xs_t, m.V, m._inv_sqrt_p,
-                                     k, in_sample, bool(predecessors), lo, dist, idx, chunk,
-                                     nt)
+    cands = X_or_model.metric if residual else Metric.euclidean(X)
+    if in_sample:
+        queries = cands.take(slice(lo, hi))
     else:
-        xct = np.ascontiguousarray(X.T)
-        _bruteforce.euclidean_knn(X[lo:hi] if in_sample else Y, xct, k, in_sample,
-                                  bool(predecessors), lo, dist, idx, chunk, nt)
+        queries = X_or_model._query_metric(Y, nt) if residual else Metric.euclidean(Y)
+    with single_threaded_blas():
+        _bruteforce.knn(queries, cands, in_sample, bool(predecessors), lo, (dist, idx),
+                        (chunk, nt))
     if (lo, hi) != (start, stop) and in_sample:
         return dist[start - lo:stop - lo].copy(), idx[start - lo:stop - lo].copy()
     return dist, idx
-
-
-def new_points(model, Y, nt):
-    """``model._new_points(Y)`` (V and p of new points) in row blocks, so that Ctrl-C is
-    handled between two: a point's V and p do not depend on the other points."""
-    if Y.shape[0] == 0:
-        return model._new_points(Y, nt)
-    parts = []
-    in_blocks(Y.shape[0], 256 * nt, lambda a, b: parts.append(model._new_points(Y[a:b], nt)))
-    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
 
 
 def check_rows(rows, n, in_sample):

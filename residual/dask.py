@@ -115,7 +115,7 @@ def query(tree, Y, k, *, client=None, num_threads=None):
     da = _import_dask_array()
     if not isinstance(tree, CoverTree):
         raise TypeError(f"tree must be a residual.CoverTree, got {type(tree).__name__}")
-    dim = tree.model.n_features if tree.residual else tree._metric[3].shape[1]
+    dim = tree.model.n_features if tree.residual else tree._metric.dim
     k = _check_k(tree, k, dim)
     if num_threads is not None:
         resolve_num_threads(num_threads)                  # check it; resolved on each worker

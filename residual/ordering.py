@@ -14,6 +14,7 @@ from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
 from residual.tree import CoverTree, _SLACK_EUCLIDEAN_REL
 from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._tiles import Metric
 from residual._validate import as_float_matrix, check_euclidean_range, check_int
 
 #: A step (its range search or scan) runs on several threads when the step before it reached
@@ -159,8 +160,7 @@ def _run(metric, layout, start, order, dist, nt, progress):
     row = layout[0]
     label = np.empty_like(row)
     label[row] = np.arange(row.size)
-    residual, _, _, x, v, _ = metric
-    width = x.shape[1] + (v.shape[1] if residual else 0)      # numbers read per distance
+    width = metric.dim + metric.m                             # numbers read per distance
     loop = _maximin.Farthest(metric, layout, int(label[start]), order, dist,
                              np.zeros(order.size, dtype=np.int64), nt,
                              (-(-PARALLEL_MIN_WORK // width), AHEAD_MIN_CHILDREN,
@@ -181,7 +181,7 @@ def _kd_layout(coords):
     row, children_ptr, alias_ptr, radius, pdist, bottom_up, evals = _maximin.kd_layout(
         x, LEAF_SIZE)
     slack = _SLACK_EUCLIDEAN_REL * max(float(radius[0]), 1e-300)
-    metric = (False, 0, 1.0, np.ascontiguousarray(x[row]), None, None)
+    metric = Metric.euclidean(x[row])
     return metric, (row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up), evals
 
 
@@ -211,10 +211,8 @@ def _layout(tree):
     alias_ptr = np.full(n + 1, n, dtype=np.int64)
     alias_ptr[:nn] = nn + np.cumsum(acount) - acount
     bottom_up = np.argsort(tree.levels[nodes], kind="stable").astype(np.int64)
-    residual, kind, variance, x, v, s = tree._metric
-    if not residual:
-        x = np.ascontiguousarray(x[row])
-    return (residual, kind, variance, x, v, s), (
+    metric = tree._metric if tree.residual else tree._metric.take(row)
+    return metric, (
         row, children_ptr, alias_ptr, np.ascontiguousarray(tree.radii[row]),
         np.ascontiguousarray(tree.parent_distances[row]), tree._slack, bottom_up)
 
@@ -251,7 +249,7 @@ def _check_tree(tree, X_or_model, coords):
     if isinstance(X_or_model, ResidualCorrelation):
         ok = tree.residual and tree.model is X_or_model
     else:
-        x = tree._metric[3]
+        x = tree._metric.x
         ok = not tree.residual and x.shape == coords.shape and np.array_equal(x, coords)
     if not ok:
         raise ValueError("tree was built over other data or another metric: pass the tree of "

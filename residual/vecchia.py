@@ -601,7 +601,7 @@ def _base_model(args):
 
 def _ordered_residual_model(args, order, num_threads):
     """A Euclidean result's residual model, as the residual path would have made it."""
-    return _permute_model(_residual_base_model(dict(args, num_threads=num_threads)), order)
+    return _residual_base_model(dict(args, num_threads=num_threads)).take(order)
 
 
 def _residual_base_model(args):
@@ -634,45 +634,8 @@ def _resolve_order(ordering, base, n, seed, num_threads=None, report=None):
 def _permute(base, order):
     """The model (or coordinates) with its rows in ``order``."""
     if isinstance(base, ResidualCorrelation):
-        return _permute_model(base, order)
+        return base.take(order)
     return np.ascontiguousarray(base[order])
-
-
-# Attributes of ResidualCorrelation, by how a row permutation acts on them. A model attribute
-# missing from these lists is refused (not guessed at): a per-row array left unpermuted would
-# give silently wrong neighbours.
-_ROW_ATTRS = ("X", "V", "p_diag", "degenerate", "_inv_sqrt_p", "_xs")
-_COLUMN_ATTRS = ("_xs_t",)
-_FIXED_ATTRS = ("kernel", "jitter", "L", "_centre", "_scale_inv", "build_seconds", "nugget",
-                "inducing_points", "_us")
-
-
-def _permute_model(model, order):
-    """A copy of ``model`` whose row ``pos`` is the original row ``order[pos]``.
-
-    Every per-row array is gathered (bitwise the same values, so distances are unchanged);
-    the inducing row indices (if any) are mapped to their new positions, so they keep naming
-    the same rows of the permuted X; new-point queries use the model's fixed inducing
-    coordinates. The centre and scale stay those of the original data.
-    """
-    state = dict(vars(model))
-    known = set(_ROW_ATTRS + _COLUMN_ATTRS + _FIXED_ATTRS + ("inducing",))
-    unknown = sorted(set(state) - known)
-    if unknown:
-        raise NotImplementedError(f"residual.vecchia cannot permute ResidualCorrelation "
-                                  f"attributes {unknown}: add them to _ROW_ATTRS, "
-                                  "_COLUMN_ATTRS or _FIXED_ATTRS")
-    for name in _ROW_ATTRS:
-        state[name] = np.ascontiguousarray(state[name][order])
-    for name in _COLUMN_ATTRS:
-        state[name] = np.ascontiguousarray(state[name][:, order])
-    if state["inducing"] is not None:
-        where = np.empty_like(order)
-        where[order] = np.arange(order.size)
-        state["inducing"] = where[state["inducing"]]
-    out = ResidualCorrelation.__new__(ResidualCorrelation)
-    vars(out).update(state)
-    return out
 
 
 def _pad(dist, idx, k):
