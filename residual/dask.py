@@ -34,10 +34,9 @@ import uuid
 import numpy as np
 
 from residual import vecchia as _vecchia
-from residual.bruteforce import check_query
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, usable_cores
-from residual._validate import as_float_matrix, check_int
+from residual._validate import as_float_matrix, check_int, check_k
 
 _INSTALL = 'pip install "dask[distributed]"'
 
@@ -116,7 +115,7 @@ def query(tree, Y, k, *, client=None, num_threads=None):
     if not isinstance(tree, CoverTree):
         raise TypeError(f"tree must be a residual.CoverTree, got {type(tree).__name__}")
     dim = tree.model.n_features if tree.residual else tree._metric.dim
-    k = _check_k(tree, k, dim)
+    k = check_k(k, tree.n_samples, in_sample=False, predecessors=False)
     if num_threads is not None:
         resolve_num_threads(num_threads)                  # check it; resolved on each worker
     client = _find_client(client)
@@ -357,13 +356,6 @@ def _vecchia_args(X, kernel, k, kwargs):
                               a["progress"], inducing=a["inducing"], nugget=a["nugget"])
     args["progress"] = a["progress"]
     return args
-
-
-def _check_k(tree, k, dim):
-    """k for new points: the library's own check (1 <= k <= n_samples)."""
-    _, k = check_query(np.empty((0, dim)), k, False, tree.n_samples, dim,
-                       euclidean=not tree.residual)
-    return k
 
 
 def _as_row_chunked(da, Y, dim, threads):

@@ -13,13 +13,11 @@ import time
 import numpy as np
 
 from residual import _build, _persist, _search
-from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.bruteforce import check_query, check_rows
 from residual._tiles import Metric
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
-                                resolve_chunk_size, resolve_seed)
+from residual._validate import (as_points, check_euclidean_range, check_int, check_query,
+                                check_rows, resolve_chunk_size, resolve_seed)
 
 #: Largest batch inserted at once when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = 512
@@ -93,15 +91,8 @@ class CoverTree:
     def __init__(self, X_or_model, *, num_threads=None, chunk_size=None, batch_size=None,
                  seed=0, schedule="doubling"):
         t_start = time.perf_counter()
-        if isinstance(X_or_model, Kernel):
-            raise TypeError("X_or_model must be coordinates or a ResidualCorrelation, not a "
-                            "kernel; build ResidualCorrelation.from_kernel(X, kernel) first")
-        self.residual = isinstance(X_or_model, ResidualCorrelation)
-        if self.residual:
-            self.model, x = X_or_model, None
-        else:
-            self.model, x = None, as_float_matrix(X_or_model, "X")
-            check_euclidean_range(x, "X")
+        self.model, x = as_points(X_or_model)
+        self.residual = self.model is not None
         self._metric = _metric(self.model, x)
         n = self._metric.n
         nt = resolve_num_threads(num_threads)
@@ -230,18 +221,23 @@ class CoverTree:
         standard harness that beats :func:`residual.brute_force_knn` for all points and new
         points, but not for ``predecessors=True`` (see README, Benchmarks).
         """
+        n = self.n_samples
+        dim = self.model.n_features if self.residual else self._metric.dim
+        Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not self.residual)
+        start, stop = check_rows(rows, n, Y is None)
+        return self._query(Y, k, bool(predecessors), (start, stop),
+                           resolve_num_threads(num_threads), resolve_chunk_size(chunk_size, 16))
+
+    def _query(self, Y, k, predecessors, rows, nt, chunk=16):
+        """:meth:`query` on checked arguments: new points Y, or None for the in-sample rows
+        ``rows = (start, stop)``; ``nt`` threads."""
         t0 = time.perf_counter()
         n = self.n_samples
-        residual = self.residual
-        dim = self.model.n_features if residual else self._metric.dim
-        Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
         in_sample = Y is None
-        start, stop = check_rows(rows, n, in_sample)
-        nt = resolve_num_threads(num_threads)
-        chunk = resolve_chunk_size(chunk_size, 16)
+        start, stop = rows
         if in_sample:
             queries = self._metric.take(slice(start, stop))
-        elif residual:
+        elif self.residual:
             queries = self.model._query_metric(Y, nt)
         else:
             queries = Metric.euclidean(Y)
@@ -257,7 +253,7 @@ class CoverTree:
             visit = np.arange(nq) if visit is None else visit
             visit = visit.astype(np.int64)
         with single_threaded_blas():
-            evals = _search.knn(self._layout(), queries, in_sample, bool(predecessors), start,
+            evals = _search.knn(self._layout(), queries, in_sample, predecessors, start,
                                 (dist, idx), visit, (nt, chunk))
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":

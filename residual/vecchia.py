@@ -24,7 +24,7 @@ from residual.model import (DEGENERATE_P_RTOL, ResidualCorrelation, check_induci
 from residual.ordering import maximin_order
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array,
+from residual._validate import (as_float_vector, as_numeric_array, as_points,
                                 check_euclidean_range, check_int, resolve_seed)
 
 ORDERINGS = ("random", "natural", "maximin")
@@ -527,17 +527,11 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    is_model = isinstance(X, ResidualCorrelation)
-    if isinstance(X, Kernel):
-        raise TypeError("X must be coordinates or a ResidualCorrelation, not a kernel "
-                        "(pass the kernel as the second argument)")
-    if is_model:
-        if kernel is not None:
-            raise ValueError("kernel must be None when X is a prebuilt ResidualCorrelation "
-                             "(the model already holds its kernel)")
-        coords = X.X
-    else:
-        coords = as_float_matrix(X, "X")
+    model, coords = as_points(X, "X", euclidean=False)
+    is_model = model is not None
+    if is_model and kernel is not None:
+        raise ValueError("kernel must be None when X is a prebuilt ResidualCorrelation "
+                         "(the model already holds its kernel)")
     n = coords.shape[0]
     if metric == "euclidean":
         check_euclidean_range(coords, "X")
