@@ -219,10 +219,10 @@ def vecchia_neighbors(X, kernel=None, k=30, *, client=None, n_blocks=None, **kwa
 
     t = _vecchia._stage_start(report, "query", n)
     if client is None:
-        parts = _local_blocks(shared, prep.k_lib, blocks, threads, n, report)
+        parts = _local_blocks(shared, args["k"], blocks, threads, n, report)
     else:
         try:
-            parts = _distributed_blocks(client, shared, prep.k_lib, blocks, host_threads, n,
+            parts = _distributed_blocks(client, shared, args["k"], blocks, host_threads, n,
                                         report)
         finally:
             shared.release()                   # the workers may drop their copies now
@@ -243,11 +243,11 @@ def _query_block(block, tree, k, num_threads, host_threads):
     return out
 
 
-def _vecchia_block(searcher, k_lib, start, stop, host_threads):
+def _vecchia_block(searcher, k, start, stop, host_threads):
     """Rows ``start..stop-1`` of the predecessor query: ``(dist, idx, evaluations)``."""
     if isinstance(searcher, CoverTree):
         searcher = _own_stats(searcher)
-    return _vecchia._query_rows(searcher, k_lib, start, stop,
+    return _vecchia._query_rows(searcher, k, start, stop,
                                 _task_threads(None, host_threads))
 
 
@@ -290,12 +290,12 @@ def _task_threads(num_threads, host_threads):
 
 # -- scheduling -----------------------------------------------------------------------------------
 
-def _distributed_blocks(client, shared, k_lib, blocks, host_threads, n, report):
+def _distributed_blocks(client, shared, k, blocks, host_threads, n, report):
     """Submit one task per block, report rows done as they finish, return the parts in order."""
     from distributed import as_completed
 
     tag = uuid.uuid4().hex
-    futures = [client.submit(_vecchia_block, shared, k_lib, start, stop, host_threads,
+    futures = [client.submit(_vecchia_block, shared, k, start, stop, host_threads,
                              key=f"residual-vecchia-{tag}-{i}", pure=False)
                for i, (start, stop) in enumerate(blocks)]
     which = {f.key: i for i, f in enumerate(futures)}
@@ -314,7 +314,7 @@ def _distributed_blocks(client, shared, k_lib, blocks, host_threads, n, report):
     return parts
 
 
-def _local_blocks(searcher, k_lib, blocks, threads, n, report):
+def _local_blocks(searcher, k, blocks, threads, n, report):
     """The blocks as dask.delayed tasks on the local threaded scheduler."""
     import dask
     from dask.callbacks import Callback
@@ -326,7 +326,7 @@ def _local_blocks(searcher, k_lib, blocks, threads, n, report):
         key = f"residual-vecchia-{tag}-{i}"
         keys[key] = i
         tasks.append(dask.delayed(_vecchia_block, pure=False)(
-            searcher, k_lib, start, stop, None, dask_key_name=key))
+            searcher, k, start, stop, None, dask_key_name=key))
     done = [0]
 
     def posttask(key, result, dsk, state, worker_id):

@@ -17,13 +17,14 @@ import scipy.linalg
 import scipy.sparse
 
 from residual import _factor
-from residual.bruteforce import brute_force_knn
+from residual.bruteforce import in_sample_rows
 from residual.kernels import Kernel
 from residual.model import (DEGENERATE_P_RTOL, ResidualCorrelation, check_inducing,
                             check_nugget)
 from residual.ordering import maximin_order
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._tiles import Metric
 from residual._validate import (as_float_vector, as_numeric_array, as_points,
                                 check_euclidean_range, check_int, resolve_seed)
 
@@ -425,7 +426,7 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random
     blocks = _query_blocks(n) if progress is not None else [(0, n)]
     parts = []
     for start, stop in blocks:
-        parts.append(_query_rows(prep.searcher, prep.k_lib, start, stop, nt))
+        parts.append(_query_rows(prep.searcher, args["k"], start, stop, nt))
         if stop < n:
             report("query", stop, n)
     prep.seconds["query"] = _stage_end(report, "query", n, t)
@@ -439,9 +440,9 @@ class _Prepared:
     model (or ordered coordinates for Euclidean); it is what a scale-out ships to workers.
     """
 
-    def __init__(self, order, ordered, tree, k_lib, method, seconds):
+    def __init__(self, order, ordered, tree, method, seconds):
         self.order, self.ordered, self.tree = order, ordered, tree
-        self.k_lib, self.method, self.seconds = k_lib, method, seconds
+        self.method, self.seconds = method, seconds
 
     @property
     def searcher(self):
@@ -464,29 +465,27 @@ def _prepare(args, report):
     ordered = _permute(base, order)
     seconds["ordering"] = _stage_end(report, "ordering", total, t)
 
-    # rows have at most n - 1 predecessors; the library refuses k > n, so ask for what exists
-    k_lib = min(args["k"], max(n - 1, 1))
     method = args["method"]
     t = _stage_start(report, "build", 1)
     tree = CoverTree(ordered, num_threads=nt) if method == "tree" else None
     seconds["build"] = _stage_end(report, "build", 1, t)
-    return _Prepared(order, ordered, tree, k_lib, method, seconds)
+    return _Prepared(order, ordered, tree, method, seconds)
 
 
-def _query_rows(searcher, k_lib, start, stop, num_threads):
+def _query_rows(searcher, k, start, stop, num_threads):
     """Predecessor kNN of rows ``start..stop-1``: ``(dist, idx, distance_evaluations)``.
 
     ``searcher`` is ``_Prepared.searcher``. The block equals those rows of the whole query,
     bit for bit, so blocks may be answered in any order, by any process.
     """
     if isinstance(searcher, CoverTree):
-        dist, idx = searcher.query(k=k_lib, predecessors=True, rows=(start, stop),
-                                   num_threads=num_threads)
+        dist, idx = searcher._query(None, k, True, (start, stop), num_threads)
         evals = int(round(searcher.stats["query"]["distance_evaluations_per_query"]
                           * (stop - start)))
     else:
-        dist, idx = brute_force_knn(searcher, k_lib, predecessors=True, rows=(start, stop),
-                                    num_threads=num_threads)
+        metric = (searcher.metric if isinstance(searcher, ResidualCorrelation)
+                  else Metric.euclidean(searcher))
+        dist, idx = in_sample_rows(metric, k, True, start, stop, num_threads)
         evals = (stop * (stop - 1) - start * (start - 1)) // 2     # pairs j < i, once
     return dist, idx, evals
 
@@ -499,7 +498,6 @@ def _assemble(args, prep, parts, t_start):
     evals = sum(e for _, _, e in parts)
     if prep.tree is not None:
         evals += prep.tree.stats["distance_evaluations"]
-    dist, idx = _pad(dist, idx, args["k"])
     seconds["total"] = time.perf_counter() - t_start
     n_neighbors = int((idx >= 0).sum())
     # the search: build + query, and shipping the searcher to workers when scaled out
@@ -630,18 +628,6 @@ def _permute(base, order):
     if isinstance(base, ResidualCorrelation):
         return base.take(order)
     return np.ascontiguousarray(base[order])
-
-
-def _pad(dist, idx, k):
-    """Widen (n, k_lib) results to k columns with inf / -1."""
-    if dist.shape[1] == k:
-        return dist, idx
-    n = dist.shape[0]
-    d = np.full((n, k), np.inf)
-    i = np.full((n, k), -1, dtype=np.int64)
-    d[:, :dist.shape[1]] = dist
-    i[:, :idx.shape[1]] = idx
-    return d, i
 
 
 #: Fewest rows in a progress block (smaller blocks would leave threads idle at block ends).
