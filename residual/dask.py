@@ -27,13 +27,12 @@ Dask is an optional dependency: ``pip install "dask[distributed]"``. Importing t
 works without it; the functions raise ImportError saying what to install.
 """
 
-import inspect
 import time
 import uuid
 
 import numpy as np
 
-from residual import vecchia as _vecchia
+from residual.vecchia import _Call
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, usable_cores
 from residual._validate import as_float_matrix, check_int, check_k
@@ -190,45 +189,40 @@ def vecchia_neighbors(X, kernel=None, k=30, *, client=None, n_blocks=None, **kwa
     >>> np.array_equal(res.neighbors, ref.neighbors)
     True
     """
-    t_start = time.perf_counter()
     _import_dask()
-    args = _vecchia_args(X, kernel, k, kwargs)
-    n = args["n"]
+    call = _Call.bind("residual.dask.vecchia_neighbors", X, kernel, k, kwargs)
+    n = call.n
     if n_blocks is not None:
         n_blocks = check_int(n_blocks, "n_blocks", minimum=1)
     client = _find_client(client)
     if client is None:
-        host_threads, threads, n_workers = None, args["num_threads"], 1
+        host_threads, threads, n_workers = None, call.num_threads, 1
     else:
         host_threads = _host_threads(client)
         threads, n_workers = sum(host_threads.values()), len(client.nthreads())
-    progress = args.pop("progress")
-    report = progress if progress is not None else _vecchia._no_progress
 
-    prep = _vecchia._prepare(args, report)
+    call.prepare()
     if n_blocks is None:
-        blocks = _vecchia._query_blocks(n, BLOCKS_PER_THREAD * threads)
+        blocks = call.blocks(BLOCKS_PER_THREAD * threads)
     else:
-        blocks = _vecchia._query_blocks(n, n_blocks, min_rows=1)
+        blocks = call.blocks(n_blocks, min_rows=1)
 
     t = time.perf_counter()
-    shared = prep.searcher
+    shared = call.searcher
     if client is not None:
         shared = client.scatter(shared, broadcast=True, hash=False)
-    prep.seconds["scatter"] = time.perf_counter() - t
+    call.seconds["scatter"] = time.perf_counter() - t
 
-    t = _vecchia._stage_start(report, "query", n)
-    if client is None:
-        parts = _local_blocks(shared, args["k"], blocks, threads, n, report)
-    else:
+    def run():
+        if client is None:
+            return _local_blocks(shared, call.k, blocks, threads, n, call.report)
         try:
-            parts = _distributed_blocks(client, shared, args["k"], blocks, host_threads, n,
-                                        report)
+            return _distributed_blocks(client, shared, call.k, blocks, host_threads, n,
+                                       call.report)
         finally:
             shared.release()                   # the workers may drop their copies now
-    prep.seconds["query"] = _vecchia._stage_end(report, "query", n, t)
 
-    result = _vecchia._assemble(args, prep, parts, t_start)
+    result = call.finish(call.query(run))
     result.stats["dask"] = {"n_blocks": len(blocks), "n_workers": n_workers}
     return result
 
@@ -247,7 +241,7 @@ def _vecchia_block(searcher, k, start, stop, host_threads):
     """Rows ``start..stop-1`` of the predecessor query: ``(dist, idx, evaluations)``."""
     if isinstance(searcher, CoverTree):
         searcher = _own_stats(searcher)
-    return _vecchia._query_rows(searcher, k, start, stop,
+    return _Call.query_rows(searcher, k, start, stop,
                                 _task_threads(None, host_threads))
 
 
@@ -341,22 +335,6 @@ def _local_blocks(searcher, k, blocks, threads, n, report):
 
 
 # -- arguments ------------------------------------------------------------------------------------
-
-def _vecchia_args(X, kernel, k, kwargs):
-    """Bind the keywords to residual.vecchia_neighbors' signature (its defaults) and validate."""
-    sig = inspect.signature(_vecchia.vecchia_neighbors)
-    try:
-        bound = sig.bind(X, kernel, k, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"residual.dask.vecchia_neighbors: {exc}") from None
-    bound.apply_defaults()
-    a = bound.arguments
-    args = _vecchia._validate(a["X"], a["kernel"], a["k"], a["n_inducing"], a["ordering"],
-                              a["seed"], a["metric"], a["method"], a["num_threads"],
-                              a["progress"], inducing=a["inducing"], nugget=a["nugget"])
-    args["progress"] = a["progress"]
-    return args
-
 
 def _as_row_chunked(da, Y, dim, threads):
     """Y as a dask array with one column chunk, checked before any work.
