@@ -14,13 +14,14 @@
 # checked before every tile (_interrupt.pxd): a chunk can be seconds of work at large n.
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, fabs, INFINITY
+from libc.math cimport sqrt, INFINITY
 from libc.stdlib cimport malloc, free
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport KernelSpec, Metric, residual_cov_tile, sqdist_direct_tile
+from residual._tiles cimport (KernelSpec, Metric, residual_cov_tile, residual_key,
+                              sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
 cdef enum:
@@ -76,10 +77,8 @@ cdef inline void _residual_keys(float64_t* row, float64_t s_i, const float64_t* 
                                 intp_t ncols) noexcept nogil:
     """C -> key = 1 - min(1, |C| s_i s_j) = d^2, in place (a flat loop that vectorises)."""
     cdef intp_t j
-    cdef float64_t a
     for j in range(ncols):
-        a = fabs(row[j]) * s_i * s_c[j]
-        row[j] = 1.0 - a if a < 1.0 else 0.0
+        row[j] = residual_key(row[j], s_i, s_c[j])
 
 
 cdef inline void _offer_row(TopK* t, const float64_t* keys, intp_t ncols,

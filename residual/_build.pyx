@@ -39,8 +39,8 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
-from residual._tiles cimport (Metric, Points, pair_key, sqdist, residual_cov_tile,
-                              sqdist_direct_tile)
+from residual._tiles cimport (Metric, Points, closer, pair_key, sqdist, residual_cov_tile,
+                              residual_key, sqdist_direct_tile)
 
 cdef enum:
     BLOCK_ROWS = 128         # rows per work item of the net and pairwise tiles: a multiple of
@@ -71,11 +71,6 @@ cdef inline int threads_for(int num_threads, float64_t work) noexcept nogil:
     """num_threads for a step of about `work` operations, 1 if too small to pay for a
     parallel region. Only speed depends on it: every step's result is thread-independent."""
     return num_threads if work >= PARALLEL_MIN_WORK else 1
-
-
-cdef inline bint closer(float64_t d, intp_t q, float64_t best_d, intp_t best_q) noexcept nogil:
-    """(d, q) < (best_d, best_q): nearest first, ties by index."""
-    return d < best_d or (d == best_d and q < best_q)
 
 
 cdef int64_t conflict_graph(const float64_t* block, intp_t nb, const intp_t* members,
@@ -675,7 +670,6 @@ cdef class TreeBuilder:
                              float64_t* out, intp_t ldo) noexcept nogil:
         """out[r, j] = d(query r, column j): one tile (BLAS for the residual part), then sqrt."""
         cdef intp_t r, j
-        cdef float64_t a
         cdef float64_t* row
         if self.P.residual:
             residual_cov_tile(self.P.spec, xq, vq, nr, xct, ldxct, vc, nc,
@@ -683,8 +677,7 @@ cdef class TreeBuilder:
             for r in range(nr):
                 row = out + r * ldo
                 for j in range(nc):
-                    a = fabs(row[j]) * sq[r] * sc[j]
-                    row[j] = sqrt(1.0 - a) if a < 1.0 else 0.0
+                    row[j] = sqrt(residual_key(row[j], sq[r], sc[j]))
         else:
             sqdist_direct_tile(xq, nr, xct, ldxct, nc, self.P.dim, out, ldo)
             for r in range(nr):

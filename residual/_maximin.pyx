@@ -56,7 +56,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Metric, Points, pair_key, sqdist
+from residual._tiles cimport Metric, Points, closer, pair_key, sqdist
 
 
 cdef struct Data:
@@ -331,7 +331,8 @@ cdef struct Ahead:
 
 
 cdef inline bint item_above(const int64_t* row, Item a, Item b) noexcept nogil:
-    return a.d > b.d or (a.d == b.d and row[a.p] < row[b.p])
+    """a before b in the queue: farther first, ties by the smaller row."""
+    return closer(-a.d, row[a.p], -b.d, row[b.p])
 
 
 cdef void item_push(const int64_t* row, Item* q, intp_t* nq, float64_t d, intp_t u,

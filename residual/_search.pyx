@@ -30,54 +30,10 @@ from libc.stdint cimport uint64_t
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Metric, Points, query_key, sqdist, kernel_of_sqdist
-from residual._heap cimport frontier_push, frontier_pop, prefetch
+from residual._tiles cimport (Metric, Points, closer, query_key, residual_key, sqdist,
+                              kernel_of_sqdist)
+from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
-
-
-cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
-    """(da, ia) < (db, ib): nearer first, ties by index."""
-    return da < db or (da == db and ia < ib)
-
-
-cdef inline void best_offer(float64_t* hd, intp_t* hi, intp_t* count, intp_t k,
-                            float64_t d, intp_t i) noexcept nogil:
-    """Offer (d, i) to the bounded max-heap of the k best (root = the worst kept)."""
-    cdef intp_t pos, parent
-    if count[0] < k:                       # not full: sift up
-        pos = count[0]
-        count[0] += 1
-        while pos > 0:
-            parent = (pos - 1) // 2
-            if not before(hd[parent], hi[parent], d, i):
-                break
-            hd[pos] = hd[parent]
-            hi[pos] = hi[parent]
-            pos = parent
-        hd[pos] = d
-        hi[pos] = i
-        return
-    if before(d, i, hd[0], hi[0]):         # else no better than the worst kept: rejected
-        _sift_down(hd, hi, k, d, i)
-
-
-cdef inline void _sift_down(float64_t* hd, intp_t* hi, intp_t n, float64_t d,
-                            intp_t i) noexcept nogil:
-    """Put (d, i) at the root of a max-heap of n entries and sift it down."""
-    cdef intp_t pos = 0, child
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and before(hd[child], hi[child], hd[child + 1], hi[child + 1]):
-            child += 1
-        if not before(d, i, hd[child], hi[child]):
-            break
-        hd[pos] = hd[child]
-        hi[pos] = hi[child]
-        pos = child
-    hd[pos] = d
-    hi[pos] = i
 
 
 cdef struct Node:
@@ -237,10 +193,10 @@ cdef void _emit(float64_t* hd, intp_t* hi, intp_t count, intp_t k, float64_t* ou
         j -= 1
         out_d[j] = sqrt(hd[0])
         out_i[j] = hi[0]
-        _pop_max(hd, hi, j + 1)
+        best_pop(hd, hi, j + 1)
     for j in range(1, count):           # insertion sort: already sorted but for such ties
         t = j
-        while t > 0 and before(out_d[t], out_i[t], out_d[t - 1], out_i[t - 1]):
+        while t > 0 and closer(out_d[t], out_i[t], out_d[t - 1], out_i[t - 1]):
             out_d[t], out_d[t - 1] = out_d[t - 1], out_d[t]
             out_i[t], out_i[t - 1] = out_i[t - 1], out_i[t]
             t -= 1
@@ -261,12 +217,6 @@ cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_i
         a = T.aliases[t]
         if a != self_index and a < limit:
             best_offer(hd, hi, count, k, d, a)
-
-
-cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
-    """Remove the root of a max-heap of n entries (n - 1 remain)."""
-    if n > 1:
-        _sift_down(hd, hi, n - 1, hd[n - 1], hi[n - 1])
 
 
 # -- residual metric: queries in groups ----------------------------------------------------------
@@ -364,7 +314,6 @@ cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t 
     cdef const float64_t* vc = P.v + c * P.m
     cdef const float64_t* qv[4]
     cdef float64_t dots[4]
-    cdef float64_t a
     for t in range(na):
         keys[t] = sqdist(Q[act[t]].x, xc, P.dim)
     kernel_of_sqdist(P.spec, keys, na)
@@ -382,8 +331,7 @@ cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t 
         else:
             _dot1(vc, qv, P.m, dots)
         for u in range(nb):
-            a = fabs(keys[t + u] - dots[u]) * Q[act[t + u]].s * P.s[c]
-            keys[t + u] = 1.0 - a if a < 1.0 else 0.0
+            keys[t + u] = residual_key(keys[t + u] - dots[u], Q[act[t + u]].s, P.s[c])
         t += 4
 
 

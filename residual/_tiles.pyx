@@ -57,23 +57,21 @@ def exp_nonpos(const float64_t[::1] x):
 cdef inline void _kernel_of_sqdist(KernelSpec spec, float64_t* row, intp_t ncols) noexcept nogil:
     """row[j] = k(r^2) in place, r^2 = row[j] >= 0; one flat loop per kernel so it vectorises."""
     cdef intp_t j
-    cdef float64_t r, var = spec.variance
+    cdef float64_t var = spec.variance
     for j in range(ncols):                      # see R2_MAX
         row[j] = row[j] if row[j] < R2_MAX else R2_MAX
     if spec.kind == KERNEL_RBF:
         for j in range(ncols):
-            row[j] = var * exp(-0.5 * row[j])
+            row[j] = kernel_rbf(var, row[j])
     elif spec.kind == KERNEL_MATERN12:
         for j in range(ncols):
-            row[j] = var * exp(-sqrt(row[j]))
+            row[j] = kernel_matern12(var, row[j])
     elif spec.kind == KERNEL_MATERN32:
         for j in range(ncols):
-            r = sqrt(3.0 * row[j])
-            row[j] = var * (1.0 + r) * exp(-r)
+            row[j] = kernel_matern32(var, row[j])
     else:  # KERNEL_MATERN52
         for j in range(ncols):
-            r = sqrt(5.0 * row[j])
-            row[j] = var * (1.0 + r + r * r / 3.0) * exp(-r)
+            row[j] = kernel_matern52(var, row[j])
 
 
 cdef void kernel_of_sqdist(KernelSpec spec, float64_t* r2, intp_t n) noexcept nogil:
