@@ -30,8 +30,7 @@ from libc.stdint cimport uint64_t
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport (Metric, Points, closer, query_key, residual_key, sqdist,
-                              kernel_of_sqdist)
+from residual._tiles cimport Metric, Points, closer, residual_key, sqdist, kernel_of_sqdist
 from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
