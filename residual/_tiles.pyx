@@ -216,18 +216,6 @@ cdef class Metric:
                            _rows(self.x, order), _rows(self.v, order), _rows(self.s, order))
 
     @property
-    def residual(self):
-        return self.P.residual
-
-    @property
-    def kind(self):
-        return self.P.spec.kind
-
-    @property
-    def variance(self):
-        return self.P.spec.variance
-
-    @property
     def n(self):
         return self.P.n
 
