@@ -1,4 +1,6 @@
-# Blocked exact kNN (the oracle, and the fast path for small n).
+# Blocked exact kNN: the float64 oracle, and vecchia_neighbors' default residual search. It
+# reads two Metrics (_tiles.pxd), the queries and the candidates, already checked by
+# residual/bruteforce.py.
 #
 # Queries are cut into chunks; a `prange` over chunks gives each thread whole chunks, so a
 # query's answer never depends on who computed it. For one chunk, the candidate columns are
@@ -8,7 +10,8 @@
 # and chunk x (2k + 64) candidates, never n x n.
 #
 # Keys are monotone in the distance, so the square root is taken only for the final k:
-#   residual:  key = 1 - min(1, |C_ij| s_i s_j),  s = 1/sqrt(p) (0 for a degenerate p)
+#   residual:  key = 1 - min(1, |C_ij| s_i s_j),  s = 1/sqrt(p) (0 for a degenerate p):
+#              residual_key in _tiles.pxd, shared with the tree
 #   euclidean: key = r^2 by the exact direct sum
 # Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs. Ctrl-C is
 # checked before every tile (_interrupt.pxd): a chunk can be seconds of work at large n.

@@ -5,7 +5,7 @@ import numpy as np
 from residual import _bruteforce
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._tiles import Metric
-from residual._validate import (as_points, check_query, check_rows, resolve_chunk_size)
+from residual._validate import as_points, check_query, check_rows, resolve_chunk_size
 
 #: Queries per parallel work item when ``chunk_size`` is None.
 DEFAULT_CHUNK_SIZE = 128
