@@ -1,4 +1,6 @@
-# Blocked exact kNN (the oracle, and the fast path for small n).
+# Blocked exact kNN: the float64 oracle, and vecchia_neighbors' default residual search. It
+# reads two Metrics (_tiles.pxd), the queries and the candidates, already checked by
+# residual/bruteforce.py.
 #
 # Queries are cut into chunks; a `prange` over chunks gives each thread whole chunks, so a
 # query's answer never depends on who computed it. For one chunk, the candidate columns are
@@ -8,19 +10,21 @@
 # and chunk x (2k + 64) candidates, never n x n.
 #
 # Keys are monotone in the distance, so the square root is taken only for the final k:
-#   residual:  key = 1 - min(1, |C_ij| s_i s_j),  s = 1/sqrt(p) (0 for a degenerate p)
+#   residual:  key = 1 - min(1, |C_ij| s_i s_j),  s = 1/sqrt(p) (0 for a degenerate p):
+#              residual_key in _tiles.pxd, shared with the tree
 #   euclidean: key = r^2 by the exact direct sum
 # Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs. Ctrl-C is
 # checked before every tile (_interrupt.pxd): a chunk can be seconds of work at large n.
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, fabs, INFINITY
+from libc.math cimport sqrt, INFINITY
 from libc.stdlib cimport malloc, free
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport KernelSpec, residual_cov_tile, sqdist_direct_tile
+from residual._tiles cimport (KernelSpec, Metric, residual_cov_tile, residual_key,
+                              sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
 cdef enum:
@@ -76,10 +80,8 @@ cdef inline void _residual_keys(float64_t* row, float64_t s_i, const float64_t* 
                                 intp_t ncols) noexcept nogil:
     """C -> key = 1 - min(1, |C| s_i s_j) = d^2, in place (a flat loop that vectorises)."""
     cdef intp_t j
-    cdef float64_t a
     for j in range(ncols):
-        a = fabs(row[j]) * s_i * s_c[j]
-        row[j] = 1.0 - a if a < 1.0 else 0.0
+        row[j] = residual_key(row[j], s_i, s_c[j])
 
 
 cdef inline void _offer_row(TopK* t, const float64_t* keys, intp_t ncols,
@@ -180,29 +182,6 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
     return -1 if failed else 0
 
 
-cdef void _setup(Problem* P, int metric, intp_t k, bint in_sample, bint predecessors,
-                 intp_t row_offset, const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
-                 float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx):
-    """Fields common to both metrics; the residual ones start NULL."""
-    P.metric = metric
-    P.dim = xq.shape[1]
-    P.m = 0
-    P.k = k
-    P.in_sample = in_sample
-    P.predecessors = predecessors
-    P.row_offset = row_offset
-    P.n_queries = xq.shape[0]
-    P.xq = &xq[0, 0]
-    P.vq = NULL
-    P.sq = NULL
-    P.n_cand = xct.shape[1]
-    P.xct = &xct[0, 0]
-    P.vc = NULL
-    P.sc = NULL
-    P.out_dist = &out_dist[0, 0]
-    P.out_idx = &out_idx[0, 0]
-
-
 cdef _solve(Problem* P, intp_t chunk, int num_threads):
     cdef int status
     cdef Interrupt stop
@@ -215,40 +194,35 @@ cdef _solve(Problem* P, intp_t chunk, int num_threads):
         raise MemoryError("could not allocate the per-thread workspaces")
 
 
-def residual_knn(int kind, float64_t variance,
-                 const float64_t[:, ::1] xq, const float64_t[:, ::1] vq,
-                 const float64_t[::1] sq,
-                 const float64_t[:, ::1] xct, const float64_t[:, ::1] vc,
-                 const float64_t[::1] sc,
-                 intp_t k, bint in_sample, bint predecessors, intp_t row_offset,
-                 float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
-                 intp_t chunk, int num_threads):
-    """Residual-correlation kNN; arguments already validated by residual.bruteforce.
+def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, intp_t row_offset,
+        tuple out, tuple parallel_plan):
+    """kNN of the query rows among the candidate rows; arguments already validated by
+    residual.bruteforce.
 
-    xq, vq, sq: query coordinates (scaled, centred), V rows and 1/sqrt(p); xct, vc, sc: the same
-    for the candidates, coordinates transposed to (dim, n_cand). In-sample queries may be a
-    block of rows: query r is candidate row_offset + r.
+    queries are prepared like the candidates (same metric and kernel). In-sample queries may
+    be a block of rows: query r is candidate row_offset + r. out = (dist, idx), each
+    (n_queries, k), filled; parallel_plan = (chunk, num_threads).
     """
     cdef Problem P
-    _setup(&P, METRIC_RESIDUAL, k, in_sample, predecessors, row_offset, xq, xct, out_dist,
-           out_idx)
-    P.spec.kind = kind
-    P.spec.variance = variance
-    P.m = vq.shape[1]
-    P.vq = &vq[0, 0]
-    P.sq = &sq[0]
-    P.vc = &vc[0, 0]
-    P.sc = &sc[0]
-    _solve(&P, chunk, num_threads)
-
-
-def euclidean_knn(const float64_t[:, ::1] xq, const float64_t[:, ::1] xct,
-                  intp_t k, bint in_sample, bint predecessors, intp_t row_offset,
-                  float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
-                  intp_t chunk, int num_threads):
-    """Euclidean kNN; xct holds the candidates transposed, shape (dim, n_cand); in-sample query
-    r is candidate row_offset + r."""
-    cdef Problem P
-    _setup(&P, METRIC_EUCLIDEAN, k, in_sample, predecessors, row_offset, xq, xct, out_dist,
-           out_idx)
-    _solve(&P, chunk, num_threads)
+    cdef const float64_t[:, ::1] xct = cands.xt
+    cdef float64_t[:, ::1] out_dist = out[0]
+    cdef int64_t[:, ::1] out_idx = out[1]
+    P.metric = METRIC_RESIDUAL if cands.P.residual else METRIC_EUCLIDEAN
+    P.spec = cands.P.spec
+    P.dim = cands.P.dim
+    P.m = cands.P.m
+    P.k = out_dist.shape[1]
+    P.in_sample = in_sample
+    P.predecessors = predecessors
+    P.row_offset = row_offset
+    P.n_queries = queries.P.n
+    P.xq = queries.P.x
+    P.vq = queries.P.v
+    P.sq = queries.P.s
+    P.n_cand = cands.P.n
+    P.xct = &xct[0, 0]
+    P.vc = cands.P.v
+    P.sc = cands.P.s
+    P.out_dist = &out_dist[0, 0]
+    P.out_idx = &out_idx[0, 0]
+    _solve(&P, parallel_plan[0], parallel_plan[1])

@@ -39,8 +39,8 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
-from residual._tiles cimport (Points, fill_points, pair_key, sqdist, residual_cov_tile,
-                              sqdist_direct_tile)
+from residual._tiles cimport (Metric, Points, closer, pair_key, sqdist, residual_cov_tile,
+                              residual_key, sqdist_direct_tile)
 
 cdef enum:
     BLOCK_ROWS = 128         # rows per work item of the net and pairwise tiles: a multiple of
@@ -71,11 +71,6 @@ cdef inline int threads_for(int num_threads, float64_t work) noexcept nogil:
     """num_threads for a step of about `work` operations, 1 if too small to pay for a
     parallel region. Only speed depends on it: every step's result is thread-independent."""
     return num_threads if work >= PARALLEL_MIN_WORK else 1
-
-
-cdef inline bint closer(float64_t d, intp_t q, float64_t best_d, intp_t best_q) noexcept nogil:
-    """(d, q) < (best_d, best_q): nearest first, ties by index."""
-    return d < best_d or (d == best_d and q < best_q)
 
 
 cdef int64_t conflict_graph(const float64_t* block, intp_t nb, const intp_t* members,
@@ -177,34 +172,18 @@ cdef class TreeBuilder:
     cdef public float64_t t_conflict, t_mis, t_attach, t_net, t_kids
     cdef int64_t traversed           # batch points traversed so far
     cdef float64_t pair_cost         # rough operations per distance, for threads_for
-    cdef object arrays
+    cdef Metric metric
 
-    def __init__(self, bint residual, int kind, float64_t variance,
-                 const float64_t[:, ::1] x, v, s, intp_t root, int root_level,
-                 intp_t max_batch, float64_t slack):
-        cdef intp_t n = x.shape[0]
-        cdef const float64_t[:, ::1] vv
-        cdef const float64_t[::1] ss
+    def __init__(self, Metric metric, intp_t root, int root_level, intp_t max_batch,
+                 float64_t slack):
+        cdef intp_t n = metric.P.n
+        cdef bint residual = metric.P.residual
         self.n = n
         self.root = root
         self.max_batch = max_batch
         self.slack = slack
-        self.P.residual = residual
-        self.P.spec.kind = kind
-        self.P.spec.variance = variance
-        self.P.n = n
-        self.P.dim = x.shape[1]
-        self.P.x = &x[0, 0]
-        self.P.m = 0
-        self.P.v = NULL
-        self.P.s = NULL
-        if residual:
-            vv = v
-            ss = s
-            self.P.m = vv.shape[1]
-            self.P.v = &vv[0, 0]
-            self.P.s = &ss[0]
-        self.arrays = (x, v, s)          # keep the metric data alive
+        self.P = metric.P
+        self.metric = metric             # keeps the rows P points into alive
         # the coordinate sum (and for the residual metric the dot product and the kernel),
         # plus the bookkeeping around a pair
         self.pair_cost = self.P.dim + 8 + (self.P.m + 16 if residual else 0)
@@ -691,7 +670,6 @@ cdef class TreeBuilder:
                              float64_t* out, intp_t ldo) noexcept nogil:
         """out[r, j] = d(query r, column j): one tile (BLAS for the residual part), then sqrt."""
         cdef intp_t r, j
-        cdef float64_t a
         cdef float64_t* row
         if self.P.residual:
             residual_cov_tile(self.P.spec, xq, vq, nr, xct, ldxct, vc, nc,
@@ -699,8 +677,7 @@ cdef class TreeBuilder:
             for r in range(nr):
                 row = out + r * ldo
                 for j in range(nc):
-                    a = fabs(row[j]) * sq[r] * sc[j]
-                    row[j] = sqrt(1.0 - a) if a < 1.0 else 0.0
+                    row[j] = sqrt(residual_key(row[j], sq[r], sc[j]))
         else:
             sqdist_direct_tile(xq, nr, xct, ldxct, nc, self.P.dim, out, ldo)
             for r in range(nr):
@@ -911,16 +888,14 @@ cdef class TreeBuilder:
                 np.asarray(self.radius_).copy())
 
 
-def pair_distances(bint residual, int kind, float64_t variance,
-                   const float64_t[:, ::1] x, v, s,
-                   const int64_t[::1] a, const int64_t[::1] b, int num_threads=1):
+def pair_distances(Metric metric, const int64_t[::1] a, const int64_t[::1] b,
+                   int num_threads=1):
     """d(a[r], b[r]) for paired index arrays, with the same float64 evaluation as the build."""
-    cdef Points P
-    fill_points(&P, residual, kind, variance, x, v, s)
+    cdef const Points* P = &metric.P
     cdef intp_t nr = a.shape[0], r
     out = np.zeros(nr)
     cdef float64_t[::1] o = out
     with nogil:
         for r in prange(nr, num_threads=num_threads, schedule='static'):
-            o[r] = sqrt(pair_key(&P, a[r], b[r]))
+            o[r] = sqrt(pair_key(P, a[r], b[r]))
     return out

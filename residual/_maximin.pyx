@@ -56,7 +56,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, fill_points, pair_key, sqdist
+from residual._tiles cimport Metric, Points, closer, pair_key, sqdist
 
 
 cdef struct Data:
@@ -331,7 +331,8 @@ cdef struct Ahead:
 
 
 cdef inline bint item_above(const int64_t* row, Item a, Item b) noexcept nogil:
-    return a.d > b.d or (a.d == b.d and row[a.p] < row[b.p])
+    """a before b in the queue: farther first, ties by the smaller row."""
+    return closer(-a.d, row[a.p], -b.d, row[b.p])
 
 
 cdef void item_push(const int64_t* row, Item* q, intp_t* nq, float64_t d, intp_t u,
@@ -440,9 +441,8 @@ cdef class Farthest:
 
     Parameters (all arrays already checked and in label order, see ordering._layout)
     ----------
-    metric : tuple
-        ``(residual, kind, variance, x, v, s)``, the tree's metric, x in label order for
-        Euclidean.
+    metric : Metric
+        The tree's metric, its rows in label order for Euclidean.
     layout : tuple
         ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label -> row
         index, the CSR ranges of children and aliases (labels), covering radii and parent
@@ -482,10 +482,10 @@ cdef class Farthest:
     cdef int64_t* step_evals
     cdef object keep             # the arrays the pointers above point into
 
-    def __init__(self, tuple metric, tuple layout, intp_t start, int64_t[::1] order,
+    def __init__(self, Metric metric, tuple layout, intp_t start, int64_t[::1] order,
                  float64_t[::1] out_dist, int64_t[::1] step_evals, int num_threads,
                  tuple limits):
-        residual, kind, variance, x, v, s = metric
+        cdef bint residual = metric.P.residual
         row_a, children_ptr_a, alias_ptr_a, radius_a, pdist_a, slack, bottom_up_a = layout
         cdef const int64_t[::1] row = row_a
         cdef const int64_t[::1] children_ptr = children_ptr_a
@@ -494,7 +494,7 @@ cdef class Farthest:
         cdef const float64_t[::1] pdist = pdist_a
         cdef const int64_t[::1] bottom_up = bottom_up_a
         cdef intp_t n = row.shape[0], nn, j
-        fill_points(&self.D.P, residual, kind, variance, x, v, s)
+        self.D.P = metric.P
         self.D.row = &row[0] if residual else NULL
         self.T.children_ptr = &children_ptr[0]
         self.T.alias_ptr = &alias_ptr[0]

@@ -17,67 +17,25 @@
 # prunes what cannot be among the k nearest (ties stay reachable), so answers are unchanged.
 #
 # Queries are independent and read-only: prange over queries (Euclidean) or over groups of
-# consecutive queries that share one traversal (residual, see _search_group), one workspace
-# per thread. Distances are float64, one pair at a time, on a breadth-first copy of the tree
-# (SearchLayout) so that a node's children and their rows are adjacent in memory. Ctrl-C is
-# checked before every query or group (_interrupt.pxd).
+# consecutive queries that share one traversal (residual, see _search_group), one Scratch
+# workspace per thread (a thread that cannot get one marks its queries, and knn() raises
+# MemoryError). Distances are float64, one pair at a time, on a breadth-first copy of the tree
+# (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and
+# their rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the
+# shared ones of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group
+# (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.stdint cimport uint64_t
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Points, fill_points, query_key, sqdist, kernel_of_sqdist
-from residual._heap cimport frontier_push, frontier_pop, prefetch
+from residual._tiles cimport Metric, Points, closer, residual_key, sqdist, kernel_of_sqdist
+from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
-
-
-cdef inline bint before(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
-    """(da, ia) < (db, ib): nearer first, ties by index."""
-    return da < db or (da == db and ia < ib)
-
-
-cdef inline void best_offer(float64_t* hd, intp_t* hi, intp_t* count, intp_t k,
-                            float64_t d, intp_t i) noexcept nogil:
-    """Offer (d, i) to the bounded max-heap of the k best (root = the worst kept)."""
-    cdef intp_t pos, parent
-    if count[0] < k:                       # not full: sift up
-        pos = count[0]
-        count[0] += 1
-        while pos > 0:
-            parent = (pos - 1) // 2
-            if not before(hd[parent], hi[parent], d, i):
-                break
-            hd[pos] = hd[parent]
-            hi[pos] = hi[parent]
-            pos = parent
-        hd[pos] = d
-        hi[pos] = i
-        return
-    if before(d, i, hd[0], hi[0]):         # else no better than the worst kept: rejected
-        _sift_down(hd, hi, k, d, i)
-
-
-cdef inline void _sift_down(float64_t* hd, intp_t* hi, intp_t n, float64_t d,
-                            intp_t i) noexcept nogil:
-    """Put (d, i) at the root of a max-heap of n entries and sift it down."""
-    cdef intp_t pos = 0, child
-    while True:
-        child = 2 * pos + 1
-        if child >= n:
-            break
-        if child + 1 < n and before(hd[child], hi[child], hd[child + 1], hi[child + 1]):
-            child += 1
-        if not before(d, i, hd[child], hi[child]):
-            break
-        hd[pos] = hd[child]
-        hi[pos] = hi[child]
-        pos = child
-    hd[pos] = d
-    hi[pos] = i
 
 
 cdef struct Node:
@@ -102,19 +60,22 @@ cdef struct Tree:
 
 
 cdef class SearchLayout:
-    """The tree renumbered breadth-first for the search: one packed record per node and the
-    metric's rows (coordinates; residual V and 1/sqrt(p)) copied in node order.
+    """The tree renumbered breadth-first for the search: one packed record per node, the
+    metric with its rows in node order (``Metric.take(order)``) and the tree's slack.
 
     Built once per tree (``CoverTree._layout``); read-only afterwards, shared by all threads.
     """
     cdef Node* node
     cdef readonly intp_t n_nodes
-    cdef readonly object x, v, s, aliases
+    cdef readonly Metric metric
+    cdef readonly float64_t slack
+    cdef readonly object aliases
     cdef readonly object node_of      # row -> its node's number (an alias: its node's)
 
     def __cinit__(self, const int64_t[::1] order, const int64_t[::1] child_count,
                   const int64_t[::1] alias_ptr, aliases, const float64_t[::1] radius,
-                  const float64_t[::1] pdist, const int64_t[::1] min_index, x, v, s):
+                  const float64_t[::1] pdist, const int64_t[::1] min_index, Metric metric,
+                  float64_t slack):
         cdef intp_t j, u, nn = order.shape[0]
         cdef int64_t nxt = 1
         self.n_nodes = nn
@@ -140,42 +101,98 @@ cdef class SearchLayout:
         counts = np.diff(np.asarray(alias_ptr))           # aliases are listed by row
         node_of[self.aliases] = node_of[np.repeat(np.arange(counts.size), counts)]
         self.node_of = node_of
-        self.x = np.ascontiguousarray(np.asarray(x)[order])
-        self.v = None if v is None else np.ascontiguousarray(np.asarray(v)[order])
-        self.s = None if s is None else np.ascontiguousarray(np.asarray(s)[order])
+        self.metric = metric
+        self.slack = slack
 
     def __dealloc__(self):
         free(self.node)
 
 
-cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
-                     const float64_t* vq, float64_t sq, intp_t self_index, intp_t limit,
-                     intp_t k, const int64_t* seeds, intp_t n_seeds,
-                     float64_t* hd, intp_t* hi, float64_t* fl, float64_t* fd,
-                     intp_t* fn, float64_t* out_d, int64_t* out_i) noexcept nogil:
-    """k nearest eligible points to one query; returns the distance evaluations.
+cdef struct Query:
+    const float64_t* x      # coordinates, V row, 1/sqrt(p)
+    const float64_t* v
+    float64_t s
+    intp_t self_index       # excluded row, or -1
+    intp_t limit            # only rows < limit are eligible (predecessors), else n
+    float64_t key0          # the seeds' bound on the k-th key (inf: none)
+    float64_t tau           # the current bound on the k-th distance
+    intp_t count            # entries in the k best
+    float64_t* hd           # the k best, a max-heap (this query's slice of the workspace)
+    intp_t* hi
+    int64_t evals
+
+
+cdef struct Pool:
+    # A frontier entry's data: for each pushed node, its distance to each query of the group
+    # and the mask of the queries that need its subtree. Slots are recycled as entries are
+    # popped, so the pool holds the frontier, not the tree (it grows by doubling if needed).
+    float64_t* d            # cap x GROUP
+    uint64_t* mask          # cap
+    intp_t* node            # cap
+    intp_t* free_slots      # cap: a stack of recycled slots
+    intp_t n_free, used, cap
+
+
+cdef struct Scratch:
+    # One thread's workspace for a whole knn() call (_scratch_new / _scratch_free): the k
+    # best of the queries in flight, the frontier (one entry per node), the seeds and, for
+    # the residual groups, the frontier pool.
+    Query* Q                 # residual groups: the queries in flight, each with its slice
+                             # of hd and hi
+    float64_t* hd            # (queries in flight) x k
+    intp_t* hi
+    float64_t* fl
+    float64_t* fd
+    intp_t* fn
+    int64_t* seeds           # the previous answer and its row: the next query's seeds (k + 1)
+    Pool* pool               # residual groups: the frontier pool
+
+
+cdef struct Job:
+    # One knn() call as the residual groups read it (see knn's docstring).
+    const Points* queries
+    bint in_sample, predecessors
+    intp_t row_offset, k, n
+    float64_t* out_dist      # (n_queries, k), row-major
+    int64_t* out_idx
+    int64_t* ev              # distance evaluations per query; -1: no workspace
+    const int64_t* visit
+    int num_threads
+    intp_t chunk
+    Interrupt* stop
+
+
+cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t self_index,
+                     intp_t limit, intp_t k, const Scratch* W, intp_t* found) noexcept nogil:
+    """k nearest eligible points to one Euclidean query, left in W.hd, W.hi (a max-heap of
+    found[0] entries, for _emit); returns the distance evaluations.
 
     self_index: the query's own row (excluded), or -1. limit: only indices < limit are
     eligible and only subtrees with min_index < limit are entered (predecessors), else n.
-    seeds: n_seeds distinct rows (-1 = none) whose distances give a first bound on the k-th.
+    W.seeds: k + 1 distinct rows (-1 = none) whose distances give a first bound on the k-th.
     Nodes are the layout's numbers (P holds their rows); offered indices are rows.
     """
     cdef intp_t count = 0, size = 0, u, c, t, j
+    cdef float64_t* hd = W.hd
+    cdef intp_t* hi = W.hi
+    cdef float64_t* fl = W.fl
+    cdef float64_t* fd = W.fd
+    cdef intp_t* fn = W.fn
     cdef int64_t evals = 1
     cdef float64_t tau, lb, du, dc, key, d0
     cdef const Node* nc
     # the bound: the k-th smallest key to the eligible seeds (a max-heap of the k best in
     # hd, hi, emptied again below), else none
     cdef float64_t key0 = INFINITY
-    for j in range(n_seeds):
-        t = seeds[j]
+    for j in range(k + 1):
+        t = W.seeds[j]
         if t >= 0 and t != self_index and t < limit:
-            best_offer(hd, hi, &count, k, query_key(P, xq, vq, sq, T.node_of[t]), t)
+            best_offer(hd, hi, &count, k, sqdist(xq, P.x + T.node_of[t] * P.dim, P.dim), t)
             evals += 1
     if count == k:
         key0 = hd[0]
     count = 0
-    key = query_key(P, xq, vq, sq, 0)
+    key = sqdist(xq, P.x, P.dim)
     d0 = sqrt(key)
     if key <= key0:
         _offer_node(T, 0, key, self_index, limit, k, hd, hi, &count)
@@ -194,7 +211,7 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
                 continue                    # nothing eligible below c
             if fabs(du - nc.pdist) - nc.radius > tau + T.slack:
                 continue                    # the parent distance already rules c out
-            key = query_key(P, xq, vq, sq, c)
+            key = sqdist(xq, P.x + c * P.dim, P.dim)
             evals += 1
             # else c and its aliases cannot enter the k best (with the seeds' bound: k eligible
             # points are no farther than key0, and the search offers them all)
@@ -210,7 +227,7 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq,
                 prefetch(&T.node[nc.child_begin])
                 prefetch(P.x + nc.child_begin * P.dim)
                 frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
-    _emit(hd, hi, count, k, out_d, out_i)
+    found[0] = count
     return evals
 
 
@@ -235,10 +252,10 @@ cdef void _emit(float64_t* hd, intp_t* hi, intp_t count, intp_t k, float64_t* ou
         j -= 1
         out_d[j] = sqrt(hd[0])
         out_i[j] = hi[0]
-        _pop_max(hd, hi, j + 1)
+        best_pop(hd, hi, j + 1)
     for j in range(1, count):           # insertion sort: already sorted but for such ties
         t = j
-        while t > 0 and before(out_d[t], out_i[t], out_d[t - 1], out_i[t - 1]):
+        while t > 0 and closer(out_d[t], out_i[t], out_d[t - 1], out_i[t - 1]):
             out_d[t], out_d[t - 1] = out_d[t - 1], out_d[t]
             out_i[t], out_i[t - 1] = out_i[t - 1], out_i[t]
             t -= 1
@@ -259,12 +276,6 @@ cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_i
         a = T.aliases[t]
         if a != self_index and a < limit:
             best_offer(hd, hi, count, k, d, a)
-
-
-cdef inline void _pop_max(float64_t* hd, intp_t* hi, intp_t n) noexcept nogil:
-    """Remove the root of a max-heap of n entries (n - 1 remain)."""
-    if n > 1:
-        _sift_down(hd, hi, n - 1, hd[n - 1], hi[n - 1])
 
 
 # -- residual metric: queries in groups ----------------------------------------------------------
@@ -339,20 +350,6 @@ cdef enum:
     POOL_START = 64     # frontier entries a thread's pool holds at first (it doubles as needed)
 
 
-cdef struct Query:
-    const float64_t* x      # coordinates, V row, 1/sqrt(p)
-    const float64_t* v
-    float64_t s
-    intp_t self_index       # excluded row, or -1
-    intp_t limit            # only rows < limit are eligible (predecessors), else n
-    float64_t key0          # the seeds' bound on the k-th key (inf: none)
-    float64_t tau           # the current bound on the k-th distance
-    intp_t count            # entries in the k best
-    float64_t* hd           # the k best, a max-heap (this query's slice of the workspace)
-    intp_t* hi
-    int64_t evals
-
-
 cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t na,
                      intp_t c, float64_t* keys) noexcept nogil:
     """keys[t] = squared residual distance between query act[t] and node c (query_key's
@@ -362,7 +359,6 @@ cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t 
     cdef const float64_t* vc = P.v + c * P.m
     cdef const float64_t* qv[4]
     cdef float64_t dots[4]
-    cdef float64_t a
     for t in range(na):
         keys[t] = sqdist(Q[act[t]].x, xc, P.dim)
     kernel_of_sqdist(P.spec, keys, na)
@@ -380,8 +376,7 @@ cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t 
         else:
             _dot1(vc, qv, P.m, dots)
         for u in range(nb):
-            a = fabs(keys[t + u] - dots[u]) * Q[act[t + u]].s * P.s[c]
-            keys[t + u] = 1.0 - a if a < 1.0 else 0.0
+            keys[t + u] = residual_key(keys[t + u] - dots[u], Q[act[t + u]].s, P.s[c])
         t += 4
 
 
@@ -391,17 +386,6 @@ cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
     if key <= q.key0 and (q.count < k or key <= q.hd[0]):
         _offer_node(T, c, key, q.self_index, q.limit, k, q.hd, q.hi, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
-
-
-cdef struct Pool:
-    # A frontier entry's data: for each pushed node, its distance to each query of the group
-    # and the mask of the queries that need its subtree. Slots are recycled as entries are
-    # popped, so the pool holds the frontier, not the tree (it grows by doubling if needed).
-    float64_t* d            # cap x GROUP
-    uint64_t* mask          # cap
-    intp_t* node            # cap
-    intp_t* free_slots      # cap: a stack of recycled slots
-    intp_t n_free, used, cap
 
 
 cdef int _pool_init(Pool* pool, intp_t cap) noexcept nogil:
@@ -453,8 +437,7 @@ cdef intp_t _pool_take(Pool* pool) noexcept nogil:
 
 
 cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
-                       const int64_t* seeds, intp_t n_seeds, float64_t* fl, float64_t* fd,
-                       intp_t* fn, Pool* pool) noexcept nogil:
+                       const Scratch* W) noexcept nogil:
     """The k nearest eligible points for each of the g <= GROUP queries in Q.
 
     A frontier entry is a pool slot: its node, d(query r, node) for each query r, and a mask
@@ -468,6 +451,10 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     cdef float64_t key, d, b, lbc, tau_max, slack = T.slack
     cdef const Node* nc
     cdef Query* q
+    cdef float64_t* fl = W.fl
+    cdef float64_t* fd = W.fd
+    cdef intp_t* fn = W.fn
+    cdef Pool* pool = W.pool
     cdef intp_t act[GROUP]              # the queries a node is scored against, and the keys
     cdef float64_t keys[GROUP]
     for r in range(g):
@@ -475,8 +462,8 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         q.count = 0
         q.key0 = INFINITY
         q.evals = 1
-    for j in range(n_seeds):            # each query's seeds bound its k-th key (see _search)
-        t = seeds[j]
+    for j in range(k + 1):              # each query's seeds bound its k-th key (see _search)
+        t = W.seeds[j]
         if t < 0:
             continue
         na = 0
@@ -580,82 +567,115 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     return 0
 
 
-def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float64_t slack,
-        const float64_t[:, ::1] xq, vq, sq, bint in_sample, bint predecessors,
-        intp_t row_offset, intp_t k,
-        float64_t[:, ::1] out_dist, int64_t[:, ::1] out_idx,
-        int num_threads, intp_t chunk, const int64_t[::1] visit_order):
+cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier,
+                          bint grouped) noexcept nogil:
+    """One thread's Scratch for in_flight queries at a time (the seeds start empty), or NULL
+    if any allocation failed. The one workspace scaffold of knn(): a thread that gets NULL
+    marks its queries' evaluations -1, and knn() raises MemoryError."""
+    cdef intp_t j
+    cdef bint ok
+    cdef Scratch* W = <Scratch*>calloc(1, sizeof(Scratch))
+    if W == NULL:
+        return NULL
+    W.hd = <float64_t*>malloc(in_flight * k * sizeof(float64_t))
+    W.hi = <intp_t*>malloc(in_flight * k * sizeof(intp_t))
+    W.fl = <float64_t*>malloc(frontier * sizeof(float64_t))
+    W.fd = <float64_t*>malloc(frontier * sizeof(float64_t))
+    W.fn = <intp_t*>malloc(frontier * sizeof(intp_t))
+    W.seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
+    ok = (W.hd != NULL and W.hi != NULL and W.fl != NULL and W.fd != NULL and W.fn != NULL
+          and W.seeds != NULL)
+    if ok and grouped:
+        W.Q = <Query*>malloc(in_flight * sizeof(Query))
+        W.pool = <Pool*>calloc(1, sizeof(Pool))
+        ok = (W.Q != NULL and W.pool != NULL
+              and _pool_init(W.pool, min(frontier, <intp_t>POOL_START)) == 0)
+    if not ok:
+        _scratch_free(W)
+        return NULL
+    for j in range(in_flight if grouped else 0):
+        W.Q[j].hd = W.hd + j * k
+        W.Q[j].hi = W.hi + j * k
+    for j in range(k + 1):
+        W.seeds[j] = -1
+    return W
+
+
+cdef void _scratch_free(Scratch* W) noexcept nogil:
+    if W == NULL:
+        return
+    free(W.Q)
+    free(W.hd)
+    free(W.hi)
+    free(W.fl)
+    free(W.fd)
+    free(W.fn)
+    free(W.seeds)
+    if W.pool != NULL:
+        _pool_free(W.pool)
+    free(W.pool)
+    free(W)
+
+
+def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
+        intp_t row_offset, tuple out, const int64_t[::1] visit_order, tuple parallel_plan):
     """Exact kNN for every query row; returns the distance evaluations per query.
 
-    In-sample queries are the indexed points themselves (xq, vq, sq = the model's rows, in row
-    order, from row row_offset on): query q is point i = row_offset + q, which excludes itself
-    and, with predecessors, considers only j < i. Queries are
-    answered in visit_order (a permutation of the rows): neighbouring queries in that order
-    share the tree nodes they touch, so they find them in cache.
+    queries: the query rows, prepared like the indexed points (same kernel). In-sample queries
+    are the indexed points themselves, in row order from row row_offset on: query q is point
+    i = row_offset + q, which excludes itself and, with predecessors, considers only j < i.
+    out = (dist, idx), each (n_queries, k), filled. Queries are answered in visit_order (a
+    permutation of the rows): neighbouring queries in that order share the tree nodes they
+    touch, so they find them in cache. parallel_plan = (num_threads, chunk).
     """
-    cdef Points P
     cdef Tree T
+    cdef const float64_t[:, ::1] xq = queries.x
+    cdef float64_t[:, ::1] out_dist = out[0]
+    cdef int64_t[:, ::1] out_idx = out[1]
+    cdef int num_threads = parallel_plan[0]
+    cdef intp_t chunk = parallel_plan[1], k = out_dist.shape[1]
+    cdef const Points* P = &layout.metric.P
     cdef intp_t nq = xq.shape[0], n = layout.n_nodes + len(layout.aliases), q, pos
-    cdef const float64_t[:, ::1] vqq
-    cdef const float64_t[::1] sqq
+    cdef Job J
     cdef const int64_t[::1] al = layout.aliases
     cdef const int64_t[::1] node_of = layout.node_of
-    cdef int64_t* seeds
-    cdef intp_t j, j0
-    cdef float64_t* hd
-    cdef intp_t* hi
-    cdef float64_t* fl
-    cdef float64_t* fd
-    cdef intp_t* fn
+    cdef Scratch* W
+    cdef intp_t found
     evals = np.zeros(nq, dtype=np.int64)
     cdef int64_t[::1] ev = evals
     cdef Interrupt stop
     interrupt_init(&stop)
-    fill_points(&P, residual, kind, variance, layout.x, layout.v, layout.s)
-    if residual:
-        vqq, sqq = vq, sq
     T.node = layout.node
     T.aliases = &al[0] if al.shape[0] else NULL
     T.node_of = &node_of[0]
-    T.slack = slack
+    T.slack = layout.slack
     if nq == 0:
         return evals
     if visit_order.shape[0] != nq:
         raise ValueError("visit_order must be a permutation of the query rows")
-    if residual:
-        _knn_groups(&P, &T, layout.n_nodes, xq, vqq, sqq, in_sample, predecessors,
-                    row_offset, k, n, out_dist, out_idx, ev, num_threads, chunk, visit_order,
-                    &stop)
+    if P.residual:
+        J.queries = &queries.P
+        J.in_sample, J.predecessors, J.row_offset = in_sample, predecessors, row_offset
+        J.k, J.n = k, n
+        J.out_dist, J.out_idx, J.ev = &out_dist[0, 0], &out_idx[0, 0], &ev[0]
+        J.visit = &visit_order[0]
+        J.num_threads, J.chunk, J.stop = num_threads, chunk, &stop
+        with nogil:
+            _knn_groups(P, &T, layout.n_nodes, &J)
     else:                               # Euclidean: one query at a time (see _search_group)
         with nogil, parallel(num_threads=num_threads):
-            hd = <float64_t*>malloc(k * sizeof(float64_t))
-            hi = <intp_t*>malloc(k * sizeof(intp_t))
-            fl = <float64_t*>malloc(n * sizeof(float64_t))
-            fd = <float64_t*>malloc(n * sizeof(float64_t))
-            fn = <intp_t*>malloc(n * sizeof(intp_t))
-            # this thread's previous query's answer and row: the next query's seeds
-            seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
-            if seeds != NULL:
-                for j0 in range(k + 1):
-                    seeds[j0] = -1
+            W = _scratch_new(1, k, n, False)
             for pos in prange(nq, schedule='dynamic', chunksize=chunk):
                 q = visit_order[pos]
-                if hd == NULL or hi == NULL or fl == NULL or fd == NULL or fn == NULL or \
-                        seeds == NULL:
+                if W == NULL:
                     ev[q] = -1
                 elif not interrupted(&stop):
-                    ev[q] = _search(&P, &T, &xq[q, 0], NULL, 0.0,
-                                    row_offset + q if in_sample else -1,
-                                    row_offset + q if predecessors else n, k, seeds, k + 1,
-                                    hd, hi, fl, fd, fn, &out_dist[q, 0], &out_idx[q, 0])
-                    _set_seeds(seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
+                    ev[q] = _search(P, &T, &xq[q, 0], row_offset + q if in_sample else -1,
+                                    row_offset + q if predecessors else n, k, W, &found)
+                    _emit(W.hd, W.hi, found, k, &out_dist[q, 0], &out_idx[q, 0])
+                    _set_seeds(W.seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
             # end: prange
-            free(seeds)
-            free(hd)
-            free(hi)
-            free(fl)
-            free(fd)
-            free(fn)
+            _scratch_free(W)
     reraise(&stop)
     if evals.min() < 0:
         raise MemoryError("could not allocate the search workspaces")
@@ -663,78 +683,43 @@ def knn(SearchLayout layout, bint residual, int kind, float64_t variance, float6
 
 
 cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
-                      const float64_t[:, ::1] xq, const float64_t[:, ::1] vq,
-                      const float64_t[::1] sq, bint in_sample, bint predecessors,
-                      intp_t row_offset, intp_t k, intp_t n, float64_t[:, ::1] out_dist,
-                      int64_t[:, ::1] out_idx, int64_t[::1] ev, int num_threads,
-                      intp_t chunk, const int64_t[::1] visit_order,
-                      Interrupt* stop) noexcept:
+                      const Job* J) noexcept nogil:
     """knn() for the residual metric: GROUP consecutive queries of the visit order per
-    traversal; a failed workspace allocation marks its queries' evaluations -1."""
-    cdef intp_t nq = xq.shape[0], n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, j, j0, q, p0
-    cdef Query* Q
-    cdef float64_t* hd
-    cdef intp_t* hi
-    cdef float64_t* fl
-    cdef float64_t* fd
-    cdef intp_t* fn
-    cdef Pool* pool
-    cdef int pool_ok
-    cdef int64_t* seeds
-    with nogil, parallel(num_threads=num_threads):
-        Q = <Query*>malloc(GROUP * sizeof(Query))
-        hd = <float64_t*>malloc(GROUP * k * sizeof(float64_t))
-        hi = <intp_t*>malloc(GROUP * k * sizeof(intp_t))
-        fl = <float64_t*>malloc(n_nodes * sizeof(float64_t))
-        fd = <float64_t*>malloc(n_nodes * sizeof(float64_t))
-        fn = <intp_t*>malloc(n_nodes * sizeof(intp_t))
-        pool = <Pool*>malloc(sizeof(Pool))     # assigned here, so private to the thread
-        pool_ok = pool != NULL and _pool_init(pool, min(n_nodes, <intp_t>POOL_START)) == 0
-        # the previous group's last query's answer and row: the next group's seeds
-        seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
-        if seeds != NULL:
-            for j0 in range(k + 1):
-                seeds[j0] = -1
-        for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, chunk // GROUP)):
+    traversal; a thread without its workspace marks its queries' evaluations -1."""
+    cdef const Points* X = J.queries
+    cdef intp_t nq = X.n, k = J.k, n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, q, p0
+    cdef Scratch* W
+    with parallel(num_threads=J.num_threads):
+        W = _scratch_new(GROUP, k, n_nodes, True)
+        for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, J.chunk // GROUP)):
             p0 = gi * GROUP
             g = min(<intp_t>GROUP, nq - p0)
-            if interrupted(stop):
+            if interrupted(J.stop):
                 continue
-            if Q == NULL or hd == NULL or hi == NULL or fl == NULL or fd == NULL or \
-                    fn == NULL or not pool_ok or seeds == NULL:
+            if W == NULL:
                 for r in range(g):
-                    ev[visit_order[p0 + r]] = -1
+                    J.ev[J.visit[p0 + r]] = -1
                 continue
             for r in range(g):
-                q = visit_order[p0 + r]
-                Q[r].x = &xq[q, 0]
-                Q[r].v = &vq[q, 0]
-                Q[r].s = sq[q]
-                Q[r].self_index = row_offset + q if in_sample else -1
-                Q[r].limit = row_offset + q if predecessors else n
-                Q[r].hd = hd + r * k
-                Q[r].hi = hi + r * k
-            if _search_group(P, T, Q, g, k, seeds, k + 1, fl, fd, fn, pool) != 0:
+                q = J.visit[p0 + r]
+                W.Q[r].x = X.x + q * X.dim
+                W.Q[r].v = X.v + q * X.m
+                W.Q[r].s = X.s[q]
+                W.Q[r].self_index = J.row_offset + q if J.in_sample else -1
+                W.Q[r].limit = J.row_offset + q if J.predecessors else J.n
+            if _search_group(P, T, W.Q, g, k, W) != 0:
                 for r in range(g):
-                    ev[visit_order[p0 + r]] = -1
+                    J.ev[J.visit[p0 + r]] = -1
                 continue
             for r in range(g):
-                q = visit_order[p0 + r]
-                _emit(Q[r].hd, Q[r].hi, Q[r].count, k, &out_dist[q, 0], &out_idx[q, 0])
-                ev[q] = Q[r].evals
-            q = visit_order[p0 + g - 1]
-            _set_seeds(seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
+                q = J.visit[p0 + r]
+                _emit(W.Q[r].hd, W.Q[r].hi, W.Q[r].count, k, J.out_dist + q * k,
+                      J.out_idx + q * k)
+                J.ev[q] = W.Q[r].evals
+            q = J.visit[p0 + g - 1]
+            _set_seeds(W.seeds, J.out_idx + q * k, k, J.row_offset + q if J.in_sample else -1)
         # end: prange
-        free(Q)
-        free(hd)
-        free(hi)
-        free(fl)
-        free(fd)
-        free(fn)
-        if pool != NULL:
-            _pool_free(pool)
-        free(pool)
-        free(seeds)
+        _scratch_free(W)
 
 
 def depth_first_order(intp_t root, const int64_t[::1] children_ptr,

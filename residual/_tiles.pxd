@@ -3,8 +3,8 @@ from libc.math cimport sqrt, fabs
 from residual._typedefs cimport float64_t, intp_t
 from residual._blas cimport ddot_
 
-# Kernel codes shared with residual/kernels.py (Kernel._code).
-cdef enum:
+# Kernel codes; residual/kernels.py reads them from here (Kernel._code).
+cpdef enum KernelKind:
     KERNEL_RBF = 0
     KERNEL_MATERN12 = 1
     KERNEL_MATERN32 = 2
@@ -17,10 +17,6 @@ cdef struct KernelSpec:
 # Tiles: query rows against candidate columns, written to out with row stride ldo. Coordinates
 # are the model's centred, lengthscale-scaled rows; candidates for the direct r^2 are stored
 # transposed (dim x n, row stride ldxct) so the inner loop runs over contiguous columns.
-cdef void sqdist_gram_tile(const float64_t* xq, const float64_t* nq, intp_t nrows,
-                           const float64_t* xc, const float64_t* nc, intp_t ncols,
-                           intp_t dim, float64_t* out, intp_t ldo) noexcept nogil
-
 cdef void kernel_tile(KernelSpec spec, const float64_t* xq, intp_t nrows,
                       const float64_t* xct, intp_t ldxct, intp_t ncols,
                       intp_t dim, float64_t* out, intp_t ldo) noexcept nogil
@@ -92,19 +88,50 @@ cdef inline float64_t exp(float64_t x) noexcept nogil:
 
 
 
+# One inline per kernel, k(r^2) for r^2 in [0, R2_MAX]: the pair-at-a-time evaluation
+# (kernel_value) and the tiles' flat loops both call these, so equal pairs give equal bits.
+cdef inline float64_t kernel_rbf(float64_t variance, float64_t r2) noexcept nogil:
+    return variance * exp(-0.5 * r2)
+
+
+cdef inline float64_t kernel_matern12(float64_t variance, float64_t r2) noexcept nogil:
+    return variance * exp(-sqrt(r2))
+
+
+cdef inline float64_t kernel_matern32(float64_t variance, float64_t r2) noexcept nogil:
+    cdef float64_t r = sqrt(3.0 * r2)
+    return variance * (1.0 + r) * exp(-r)
+
+
+cdef inline float64_t kernel_matern52(float64_t variance, float64_t r2) noexcept nogil:
+    cdef float64_t r = sqrt(5.0 * r2)
+    return variance * (1.0 + r + r * r / 3.0) * exp(-r)
+
+
 cdef inline float64_t kernel_value(KernelSpec spec, float64_t r2) noexcept nogil:
     """k as a function of r^2 >= 0, one pair at a time (the tiles use the row loops)."""
-    cdef float64_t r
     r2 = r2 if r2 < R2_MAX else R2_MAX
     if spec.kind == KERNEL_RBF:
-        return spec.variance * exp(-0.5 * r2)
+        return kernel_rbf(spec.variance, r2)
     if spec.kind == KERNEL_MATERN12:
-        return spec.variance * exp(-sqrt(r2))
+        return kernel_matern12(spec.variance, r2)
     if spec.kind == KERNEL_MATERN32:
-        r = sqrt(3.0 * r2)
-        return spec.variance * (1.0 + r) * exp(-r)
-    r = sqrt(5.0 * r2)
-    return spec.variance * (1.0 + r + r * r / 3.0) * exp(-r)
+        return kernel_matern32(spec.variance, r2)
+    return kernel_matern52(spec.variance, r2)
+
+
+cdef inline float64_t residual_key(float64_t c, float64_t s_i, float64_t s_j) noexcept nogil:
+    """The residual squared distance d^2 = 1 - min(1, |C| s_i s_j), from the covariance C of a
+    pair and the two 1/sqrt(p) (0 for a degenerate point, so d = 1). Every residual distance
+    goes through here, in this order of multiplication."""
+    cdef float64_t a = fabs(c) * s_i * s_j
+    return 1.0 - a if a < 1.0 else 0.0
+
+
+cdef inline bint closer(float64_t da, intp_t ia, float64_t db, intp_t ib) noexcept nogil:
+    """(da, ia) < (db, ib): nearer first, ties by the smaller index. The one order of every
+    answer (with -d: farther first, as the maximin queue wants)."""
+    return da < db or (da == db and ia < ib)
 
 
 # The indexed points of a metric, as the tree sees them.
@@ -117,8 +144,12 @@ cdef struct Points:
     const float64_t* s      # (n,) residual 1/sqrt(p) (0 if degenerate), else NULL
 
 
-cdef void fill_points(Points* P, bint residual, int kind, float64_t variance,
-                      const float64_t[:, ::1] x, v, s)
+cdef class Metric:
+    """One metric's rows, owned: the arrays and the Points view of them that every compiled
+    entry reads (see _tiles.pyx)."""
+    cdef Points P
+    cdef readonly object x, v, s
+    cdef object _xt
 
 
 cdef inline float64_t sqdist(const float64_t* a, const float64_t* b,
@@ -148,12 +179,11 @@ cdef inline float64_t query_key(const Points* P, const float64_t* xq, const floa
     Euclidean: the direct sum of squared differences. Residual: 1 - min(1, |C| s_q s_j) with
     C = k(x_q, x_j) - v_q . V_j (the same quantity the tiles compute).
     """
-    cdef float64_t a, r2 = sqdist(xq, P.x + j * P.dim, P.dim)
+    cdef float64_t r2 = sqdist(xq, P.x + j * P.dim, P.dim)
     if not P.residual:
         return r2
     # BLAS ddot: vectorised, and a fixed summation order for a given m
-    a = fabs(kernel_value(P.spec, r2) - ddot_(P.m, vq, P.v + j * P.m)) * sq * P.s[j]
-    return 1.0 - a if a < 1.0 else 0.0
+    return residual_key(kernel_value(P.spec, r2) - ddot_(P.m, vq, P.v + j * P.m), sq, P.s[j])
 
 
 cdef inline float64_t pair_key(const Points* P, intp_t i, intp_t j) noexcept nogil:

@@ -1,20 +1,23 @@
-# Distance and kernel tiles: BLAS for the long inner products, flat epilogue loops for the rest.
+# The metric and its tiles: the ground floor of the compiled seam.
 #
-# Two ways to r^2:
-# - the Gram identity |x|^2 + |y|^2 - 2 x.y: one dgemm with k = D on centred coordinates with
-#   float64 norms, clamped at 0 (rounding can push it below). Its absolute error is
-#   ~ u (|x|^2 + |y|^2), fine for filtering under an error bound (the tree's float32 tiles);
-# - the direct sum sum_d (x_d - y_d)^2: same O(D) cost per pair, error ~ u r^2, and true ties
-#   (duplicates, integer grids) stay ties. The float64 kernel and Euclidean tiles use it: in the
-#   tiny-p regime (p ~ 1e-6) a 1e-15 error in k moves rho by 1e-9, and the Matern 1/2 kernel has
-#   an infinite slope in r^2 at 0, so the Gram error would show in the answer.
-# The residual covariance C = k(q, c) - V_q V_c^T is then one dgemm with beta = 1 onto the kernel
-# tile: the subtraction is fused into BLAS and no temporary is made.
+# Metric (declared in _tiles.pxd) owns one metric's rows: the coordinates (residual: centred and
+# lengthscale-scaled), V, 1/sqrt(p) and the kernel, and the Points view of them that every
+# compiled entry reads (build, search, maximin, brute force). The model builds its Metric once;
+# a Euclidean tree builds its own; Metric.take(order) permutes the rows. The per-pair formulas
+# (one inline per kernel, residual_key, closer) live in _tiles.pxd, so that every stage computes
+# a pair with the same operations and equal pairs give equal bits.
+#
+# Tiles: BLAS for the long inner products, flat epilogue loops for the rest. r^2 is the direct
+# sum sum_d (x_d - y_d)^2 (error ~ u r^2; true ties such as duplicates and integer grids stay
+# ties), not the Gram identity |x|^2 + |y|^2 - 2 x.y, whose error ~ u (|x|^2 + |y|^2) would show
+# in the answer: in the tiny-p regime (p ~ 1e-6) a 1e-15 error in k moves rho by 1e-9, and the
+# Matern 1/2 kernel has an infinite slope in r^2 at 0. The residual covariance
+# C = k(q, c) - V_q V_c^T is then one dgemm with beta = 1 onto the kernel tile: the subtraction
+# is fused into BLAS and no temporary is made.
 #
 # Everything here runs on caller-owned buffers: no allocation per tile.
 
 from cython.parallel cimport prange
-from libc.math cimport sqrt
 
 import numpy as np
 
@@ -22,26 +25,6 @@ from residual._blas cimport dgemm_rm, trsv_lower_rm
 
 # Rows per parallel work item in kernel_matrix.
 cdef intp_t KERNEL_CHUNK = 256
-
-
-cdef void sqdist_gram_tile(const float64_t* xq, const float64_t* nq, intp_t nrows,
-                           const float64_t* xc, const float64_t* nc, intp_t ncols,
-                           intp_t dim, float64_t* out, intp_t ldo) noexcept nogil:
-    """out[r, j] = max(0, nq[r] + nc[j] - 2 xq[r] . xc[j]).
-
-    NumPy: ``np.maximum(nq[:, None] + nc[None, :] - 2 * xq @ xc.T, 0)``.
-    """
-    cdef intp_t r, j
-    cdef float64_t a, v
-    cdef float64_t* row
-    # out (nrows x ncols, ld ldo) = -2 * xq (nrows x dim, ld dim) @ xc^T (xc: ncols x dim, ld dim)
-    dgemm_rm(False, True, nrows, ncols, dim, -2.0, xq, dim, xc, dim, 0.0, out, ldo)
-    for r in range(nrows):
-        row = out + r * ldo
-        a = nq[r]
-        for j in range(ncols):
-            v = a + nc[j] + row[j]
-            row[j] = v if v > 0.0 else 0.0
 
 
 def exp_nonpos(const float64_t[::1] x):
@@ -57,23 +40,21 @@ def exp_nonpos(const float64_t[::1] x):
 cdef inline void _kernel_of_sqdist(KernelSpec spec, float64_t* row, intp_t ncols) noexcept nogil:
     """row[j] = k(r^2) in place, r^2 = row[j] >= 0; one flat loop per kernel so it vectorises."""
     cdef intp_t j
-    cdef float64_t r, var = spec.variance
+    cdef float64_t var = spec.variance
     for j in range(ncols):                      # see R2_MAX
         row[j] = row[j] if row[j] < R2_MAX else R2_MAX
     if spec.kind == KERNEL_RBF:
         for j in range(ncols):
-            row[j] = var * exp(-0.5 * row[j])
+            row[j] = kernel_rbf(var, row[j])
     elif spec.kind == KERNEL_MATERN12:
         for j in range(ncols):
-            row[j] = var * exp(-sqrt(row[j]))
+            row[j] = kernel_matern12(var, row[j])
     elif spec.kind == KERNEL_MATERN32:
         for j in range(ncols):
-            r = sqrt(3.0 * row[j])
-            row[j] = var * (1.0 + r) * exp(-r)
+            row[j] = kernel_matern32(var, row[j])
     else:  # KERNEL_MATERN52
         for j in range(ncols):
-            r = sqrt(5.0 * row[j])
-            row[j] = var * (1.0 + r + r * r / 3.0) * exp(-r)
+            row[j] = kernel_matern52(var, row[j])
 
 
 cdef void kernel_of_sqdist(KernelSpec spec, float64_t* r2, intp_t n) noexcept nogil:
@@ -191,43 +172,93 @@ def residual_cov_matrix(int kind, float64_t variance,
     return out
 
 
-def sqdist_matrix(const float64_t[:, ::1] xq, const float64_t[:, ::1] xc, bint gram=False):
-    """Test hook: squared Euclidean distances, by the Gram identity or the direct sum."""
+def sqdist_matrix(const float64_t[:, ::1] xq, const float64_t[:, ::1] xc):
+    """Test hook: squared Euclidean distances through sqdist_direct_tile."""
     cdef intp_t n = xq.shape[0], ncols = xc.shape[0], dim = xq.shape[1]
     out = np.empty((n, ncols))
     cdef float64_t[:, ::1] o = out
-    cdef const float64_t[::1] nq, nc
     cdef const float64_t[:, ::1] xct
     if n == 0 or ncols == 0:
         return out
-    if gram:
-        nq = np.einsum("ij,ij->i", xq, xq)
-        nc = np.einsum("ij,ij->i", xc, xc)
-        sqdist_gram_tile(&xq[0, 0], &nq[0], n, &xc[0, 0], &nc[0], ncols, dim, &o[0, 0], ncols)
-    else:
-        xct = np.ascontiguousarray(np.asarray(xc).T)
-        sqdist_direct_tile(&xq[0, 0], n, &xct[0, 0], ncols, ncols, dim, &o[0, 0], ncols)
+    xct = np.ascontiguousarray(np.asarray(xc).T)
+    sqdist_direct_tile(&xq[0, 0], n, &xct[0, 0], ncols, ncols, dim, &o[0, 0], ncols)
     return out
 
 
-cdef void fill_points(Points* P, bint residual, int kind, float64_t variance,
-                  const float64_t[:, ::1] x, v, s):
-    """Point P at one metric's rows (x; residual: V rows v and 1/sqrt(p) s), which the caller
-    keeps alive while P is used."""
+cdef class Metric:
+    """The rows of one metric as the compiled code reads them, built once and then trusted.
+
+    Euclidean: the raw coordinates x. Residual: x centred and lengthscale-scaled, the V rows v,
+    1/sqrt(p) s (0 where degenerate) and the kernel. The arrays are C-contiguous float64 and
+    read-only by convention; ``P`` points into them for as long as the object lives. Make one
+    with :meth:`euclidean` or :meth:`residual_correlation`; arguments are not checked here
+    (the public functions did that).
+    """
+
+    def __init__(self):
+        raise TypeError("use Metric.euclidean or Metric.residual_correlation")
+
+    @staticmethod
+    def euclidean(x):
+        """The Euclidean metric over the rows of x."""
+        return _new_metric(False, KERNEL_RBF, 1.0, x, None, None)
+
+    @staticmethod
+    def residual_correlation(int kind, float64_t variance, x, v, s):
+        """The residual-correlation metric: kernel ``kind`` (a KernelKind) and its variance,
+        scaled coordinates x, V rows v and 1/sqrt(p) s."""
+        return _new_metric(True, kind, variance, x, v, s)
+
+    def take(self, order):
+        """The same metric over the rows ``order`` (an index array or a slice), in that
+        order: bitwise the same rows, so every distance is unchanged."""
+        return _new_metric(self.P.residual, self.P.spec.kind, self.P.spec.variance,
+                           _rows(self.x, order), _rows(self.v, order), _rows(self.s, order))
+
+    @property
+    def n(self):
+        return self.P.n
+
+    @property
+    def dim(self):
+        return self.P.dim
+
+    @property
+    def m(self):
+        return self.P.m
+
+    @property
+    def xt(self):
+        """x transposed, (dim, n) C-contiguous: the candidate side of the tiles (made once)."""
+        if self._xt is None:
+            self._xt = np.ascontiguousarray(self.x.T)
+        return self._xt
+
+
+cdef Metric _new_metric(bint residual, int kind, float64_t variance, x, v, s):
+    cdef Metric M = Metric.__new__(Metric)
+    M.x = np.ascontiguousarray(x, dtype=np.float64)
+    cdef const float64_t[:, ::1] xx = M.x
     cdef const float64_t[:, ::1] vv
     cdef const float64_t[::1] ss
-    P.residual = residual
-    P.spec.kind = kind
-    P.spec.variance = variance
-    P.n = x.shape[0]
-    P.dim = x.shape[1]
-    P.x = &x[0, 0]
-    P.m = 0
-    P.v = NULL
-    P.s = NULL
+    M.P.residual = residual
+    M.P.spec.kind = kind
+    M.P.spec.variance = variance
+    M.P.n = xx.shape[0]
+    M.P.dim = xx.shape[1]
+    M.P.x = &xx[0, 0] if xx.shape[0] else NULL
+    M.P.m = 0
+    M.P.v = NULL
+    M.P.s = NULL
     if residual:
-        vv = v
-        ss = s
-        P.m = vv.shape[1]
-        P.v = &vv[0, 0]
-        P.s = &ss[0]
+        M.v = np.ascontiguousarray(v, dtype=np.float64)
+        M.s = np.ascontiguousarray(s, dtype=np.float64)
+        vv, ss = M.v, M.s
+        M.P.m = vv.shape[1]
+        M.P.v = &vv[0, 0] if vv.shape[0] and vv.shape[1] else NULL
+        M.P.s = &ss[0] if ss.shape[0] else NULL
+    return M
+
+
+def _rows(a, order):
+    return None if a is None else np.ascontiguousarray(a[order])

@@ -144,3 +144,68 @@ def resolve_seed(seed, name="seed"):
         raise TypeError(f"{name} must be an integer >= 0, a numpy.random.Generator or None, "
                         f"got {type(seed).__name__}")
     return check_int(seed, name, minimum=0)
+
+
+def as_points(X_or_model, name="X_or_model", *, euclidean=True):
+    """``(model, coords)``: a ResidualCorrelation and its X, or (None, the coordinates as
+    C-contiguous float64, checked for Euclidean distances if ``euclidean``). The one dispatch
+    of the public entry points; a kernel is refused with a hint."""
+    from residual.kernels import Kernel
+    from residual.model import ResidualCorrelation
+    if isinstance(X_or_model, Kernel):
+        raise TypeError(f"{name} must be coordinates or a ResidualCorrelation, not a kernel; "
+                        "build ResidualCorrelation.from_kernel(X, kernel) first")
+    if isinstance(X_or_model, ResidualCorrelation):
+        return X_or_model, X_or_model.X
+    coords = as_float_matrix(X_or_model, "X")
+    if euclidean:
+        check_euclidean_range(coords, "X")
+    return None, coords
+
+
+def check_rows(rows, n, in_sample):
+    """Validate ``rows`` (None, a (start, stop) pair or a step-1 range) -> (start, stop)."""
+    if rows is None:
+        return 0, n
+    if not in_sample:
+        raise ValueError("rows applies to in-sample queries only (Y=None)")
+    if isinstance(rows, range):
+        if rows.step != 1:
+            raise ValueError(f"rows must be a range with step 1, got {rows!r}")
+        rows = (rows.start, rows.stop)
+    if not isinstance(rows, (tuple, list)) or len(rows) != 2:
+        raise TypeError(f"rows must be a (start, stop) pair or a range, got {rows!r}")
+    start = check_int(rows[0], "rows start", minimum=0)
+    stop = check_int(rows[1], "rows stop", minimum=0)
+    if not start <= stop <= n:
+        raise ValueError(f"rows must satisfy 0 <= start <= stop <= n_samples = {n}, "
+                         f"got ({start}, {stop})")
+    return start, stop
+
+
+def check_query(Y, k, predecessors, n, dim, *, euclidean):
+    """Validate a query's arguments (brute_force_knn, CoverTree.query).
+
+    Returns ``(Y, k)``: Y as C-contiguous float64 (None for in-sample queries) and k checked
+    against the eligible set.
+    """
+    if not isinstance(predecessors, (bool, np.bool_)):
+        raise TypeError(f"predecessors must be a bool, got {type(predecessors).__name__}")
+    if Y is not None:
+        if predecessors:
+            raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
+        Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
+        if euclidean:
+            check_euclidean_range(Y, "Y")
+    return Y, check_k(k, n, in_sample=Y is None, predecessors=predecessors)
+
+
+def check_k(k, n, *, in_sample, predecessors):
+    """k against the eligible points: at most n - 1 others in-sample, else at most n (rows
+    with fewer predecessors are padded)."""
+    k = check_int(k, "k", minimum=1)
+    if in_sample and not predecessors and k > n - 1:
+        raise ValueError(f"k = {k} is larger than the n_samples - 1 = {n - 1} other points")
+    if k > n:
+        raise ValueError(f"k = {k} is larger than n_samples = {n}")
+    return k

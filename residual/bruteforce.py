@@ -3,11 +3,9 @@
 import numpy as np
 
 from residual import _bruteforce
-from residual.model import ResidualCorrelation
-from residual.kernels import Kernel
-from residual._parallel import in_blocks, resolve_num_threads, single_threaded_blas
-from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
-                                resolve_chunk_size)
+from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._tiles import Metric
+from residual._validate import as_points, check_query, check_rows, resolve_chunk_size
 
 #: Queries per parallel work item when ``chunk_size`` is None.
 DEFAULT_CHUNK_SIZE = 128
@@ -67,113 +65,53 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
     >>> idx[2]
     array([1, 3])
     """
-    if isinstance(X_or_model, Kernel):
-        raise TypeError("X_or_model must be coordinates or a ResidualCorrelation, not a kernel; "
-                        "build ResidualCorrelation.from_kernel(X, kernel) first")
-    residual = isinstance(X_or_model, ResidualCorrelation)
-    X = X_or_model.X if residual else as_float_matrix(X_or_model, "X")
+    model, X = as_points(X_or_model)
     n, dim = X.shape
-    if not residual:
-        check_euclidean_range(X, "X")
-    Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
-    in_sample = Y is None
-    start, stop = check_rows(rows, n, in_sample)
+    Y, k = check_query(Y, k, predecessors, n, dim, euclidean=model is None)
+    start, stop = check_rows(rows, n, Y is None)
     nt = resolve_num_threads(num_threads)
     chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
-    if in_sample:
-        # widen the block to CHUNK_ALIGN boundaries: every row then meets BLAS in the same
-        # register-block position as in the full query, so the answer is the same to the bit
-        lo = start // CHUNK_ALIGN * CHUNK_ALIGN
-        hi = min(n, -(-stop // CHUNK_ALIGN) * CHUNK_ALIGN)
-    else:
-        lo, hi = 0, Y.shape[0]
-        pad = -hi % CHUNK_ALIGN
-        if pad and hi:
-            # whole 32-row groups only, as for in-sample blocks: a new point's answer then
-            # does not depend on how many points are queried with it, nor on its place
-            Y = np.concatenate([Y, np.repeat(Y[:1], pad, axis=0)])
-            dist, idx = brute_force_knn(X_or_model, k, Y, num_threads=num_threads,
-                                        chunk_size=chunk_size)
-            return dist[:hi].copy(), idx[:hi].copy()
-    n_queries = hi - lo
-    chunk = min(chunk, max(n_queries, 1))          # no workspace larger than the work
-    chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
+    cands = Metric.euclidean(X) if model is None else model.metric
+    if Y is None:
+        return in_sample_rows(cands, k, bool(predecessors), start, stop, nt, chunk)
+    nq = Y.shape[0]
+    if nq == 0:
+        return np.empty((0, k)), np.empty((0, k), dtype=np.int64)
+    pad = -nq % CHUNK_ALIGN
+    if pad:
+        # whole 32-row groups only, as for in-sample blocks: a new point's answer then
+        # does not depend on how many points are queried with it, nor on its place
+        Y = np.concatenate([Y, np.repeat(Y[:1], pad, axis=0)])
+    queries = Metric.euclidean(Y) if model is None else model._query_metric(Y, nt)
+    dist, idx = _knn(cands, queries, k, False, False, 0, nt, chunk)
+    return (dist[:nq].copy(), idx[:nq].copy()) if pad else (dist, idx)
 
-    dist = np.empty((n_queries, k))
-    idx = np.empty((n_queries, k), dtype=np.int64)
-    if n_queries == 0:
-        return dist, idx
-    if residual:
-        m = X_or_model
-        if in_sample:
-            q = (m._xs[lo:hi], m.V[lo:hi], m._inv_sqrt_p[lo:hi])
-        else:
-            q = new_points(m, Y, nt)
-        with single_threaded_blas():
-            _bruteforce.residual_knn(m.kernel._code, m.kernel.variance, *q,
-                                     m._xs_t, m.V, m._inv_sqrt_p,
-                                     k, in_sample, bool(predecessors), lo, dist, idx, chunk,
-                                     nt)
-    else:
-        xct = np.ascontiguousarray(X.T)
-        _bruteforce.euclidean_knn(X[lo:hi] if in_sample else Y, xct, k, in_sample,
-                                  bool(predecessors), lo, dist, idx, chunk, nt)
-    if (lo, hi) != (start, stop) and in_sample:
+
+def in_sample_rows(cands, k, predecessors, start, stop, num_threads,
+                   chunk=DEFAULT_CHUNK_SIZE):
+    """Rows ``start..stop-1`` of the in-sample query over the Metric ``cands``, on checked
+    arguments (the validated core of :func:`brute_force_knn`, also used by the Vecchia
+    path)."""
+    # widen the block to CHUNK_ALIGN boundaries: every row then meets BLAS in the same
+    # register-block position as in the full query, so the answer is the same to the bit
+    lo = start // CHUNK_ALIGN * CHUNK_ALIGN
+    hi = min(cands.n, -(-stop // CHUNK_ALIGN) * CHUNK_ALIGN)
+    dist, idx = _knn(cands, cands.take(slice(lo, hi)), k, True, predecessors, lo, num_threads,
+                     chunk)
+    if (lo, hi) != (start, stop):
         return dist[start - lo:stop - lo].copy(), idx[start - lo:stop - lo].copy()
     return dist, idx
 
 
-def new_points(model, Y, nt):
-    """``model._new_points(Y)`` (V and p of new points) in row blocks, so that Ctrl-C is
-    handled between two: a point's V and p do not depend on the other points."""
-    if Y.shape[0] == 0:
-        return model._new_points(Y, nt)
-    parts = []
-    in_blocks(Y.shape[0], 256 * nt, lambda a, b: parts.append(model._new_points(Y[a:b], nt)))
-    return tuple(np.concatenate(arrays) for arrays in zip(*parts))
-
-
-def check_rows(rows, n, in_sample):
-    """Validate ``rows`` (None, a (start, stop) pair or a step-1 range) -> (start, stop)."""
-    if rows is None:
-        return 0, n
-    if not in_sample:
-        raise ValueError("rows applies to in-sample queries only (Y=None)")
-    if isinstance(rows, range):
-        if rows.step != 1:
-            raise ValueError(f"rows must be a range with step 1, got {rows!r}")
-        rows = (rows.start, rows.stop)
-    if not isinstance(rows, (tuple, list)) or len(rows) != 2:
-        raise TypeError(f"rows must be a (start, stop) pair or a range, got {rows!r}")
-    start = check_int(rows[0], "rows start", minimum=0)
-    stop = check_int(rows[1], "rows stop", minimum=0)
-    if not start <= stop <= n:
-        raise ValueError(f"rows must satisfy 0 <= start <= stop <= n_samples = {n}, "
-                         f"got ({start}, {stop})")
-    return start, stop
-
-
-def check_query(Y, k, predecessors, n, dim, *, euclidean):
-    """Validate a query's arguments (shared by brute_force_knn and CoverTree.query).
-
-    Returns ``(Y, k)``: Y as C-contiguous float64 (None for in-sample queries) and k checked
-    against the eligible set.
-    """
-    if not isinstance(predecessors, (bool, np.bool_)):
-        raise TypeError(f"predecessors must be a bool, got {type(predecessors).__name__}")
-    if Y is not None:
-        if predecessors:
-            raise ValueError("predecessors=True applies to in-sample queries only (Y=None)")
-        Y = as_float_matrix(Y, "Y", ncols=dim, allow_empty=True)
-        if euclidean:
-            check_euclidean_range(Y, "Y")
-    return Y, _check_k(k, n, Y is None, predecessors)
-
-
-def _check_k(k, n, in_sample, predecessors):
-    k = check_int(k, "k", minimum=1)
-    if in_sample and not predecessors and k > n - 1:
-        raise ValueError(f"k = {k} is larger than the n_samples - 1 = {n - 1} other points")
-    if k > n:
-        raise ValueError(f"k = {k} is larger than n_samples = {n}")
-    return k
+def _knn(cands, queries, k, in_sample, predecessors, row_offset, nt, chunk):
+    """The compiled search of the Metric ``queries`` among ``cands`` (see _bruteforce.knn)."""
+    n_queries = queries.n
+    chunk = min(chunk, max(n_queries, 1))          # no workspace larger than the work
+    chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
+    dist = np.empty((n_queries, k))
+    idx = np.empty((n_queries, k), dtype=np.int64)
+    if n_queries:
+        with single_threaded_blas():
+            _bruteforce.knn(queries, cands, in_sample, predecessors, row_offset, (dist, idx),
+                            (chunk, nt))
+    return dist, idx

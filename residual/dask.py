@@ -27,17 +27,15 @@ Dask is an optional dependency: ``pip install "dask[distributed]"``. Importing t
 works without it; the functions raise ImportError saying what to install.
 """
 
-import inspect
 import time
 import uuid
 
 import numpy as np
 
-from residual import vecchia as _vecchia
-from residual.bruteforce import check_query
+from residual.vecchia import _Call
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, usable_cores
-from residual._validate import as_float_matrix, check_int
+from residual._validate import as_float_matrix, check_int, check_k
 
 _INSTALL = 'pip install "dask[distributed]"'
 
@@ -115,8 +113,8 @@ def query(tree, Y, k, *, client=None, num_threads=None):
     da = _import_dask_array()
     if not isinstance(tree, CoverTree):
         raise TypeError(f"tree must be a residual.CoverTree, got {type(tree).__name__}")
-    dim = tree.model.n_features if tree.residual else tree._metric[3].shape[1]
-    k = _check_k(tree, k, dim)
+    dim = tree.model.n_features if tree.residual else tree._metric.dim
+    k = check_k(k, tree.n_samples, in_sample=False, predecessors=False)
     if num_threads is not None:
         resolve_num_threads(num_threads)                  # check it; resolved on each worker
     client = _find_client(client)
@@ -191,45 +189,40 @@ def vecchia_neighbors(X, kernel=None, k=30, *, client=None, n_blocks=None, **kwa
     >>> np.array_equal(res.neighbors, ref.neighbors)
     True
     """
-    t_start = time.perf_counter()
     _import_dask()
-    args = _vecchia_args(X, kernel, k, kwargs)
-    n = args["n"]
+    call = _Call.bind("residual.dask.vecchia_neighbors", X, kernel, k, kwargs)
+    n = call.n
     if n_blocks is not None:
         n_blocks = check_int(n_blocks, "n_blocks", minimum=1)
     client = _find_client(client)
     if client is None:
-        host_threads, threads, n_workers = None, args["num_threads"], 1
+        host_threads, threads, n_workers = None, call.num_threads, 1
     else:
         host_threads = _host_threads(client)
         threads, n_workers = sum(host_threads.values()), len(client.nthreads())
-    progress = args.pop("progress")
-    report = progress if progress is not None else _vecchia._no_progress
 
-    prep = _vecchia._prepare(args, report)
+    call.prepare()
     if n_blocks is None:
-        blocks = _vecchia._query_blocks(n, BLOCKS_PER_THREAD * threads)
+        blocks = call.blocks(BLOCKS_PER_THREAD * threads)
     else:
-        blocks = _vecchia._query_blocks(n, n_blocks, min_rows=1)
+        blocks = call.blocks(n_blocks, min_rows=1)
 
     t = time.perf_counter()
-    shared = prep.searcher
+    shared = call.searcher
     if client is not None:
         shared = client.scatter(shared, broadcast=True, hash=False)
-    prep.seconds["scatter"] = time.perf_counter() - t
+    call.seconds["scatter"] = time.perf_counter() - t
 
-    t = _vecchia._stage_start(report, "query", n)
-    if client is None:
-        parts = _local_blocks(shared, prep.k_lib, blocks, threads, n, report)
-    else:
+    def run():
+        if client is None:
+            return _local_blocks(shared, call.k, blocks, threads, n, call.report)
         try:
-            parts = _distributed_blocks(client, shared, prep.k_lib, blocks, host_threads, n,
-                                        report)
+            return _distributed_blocks(client, shared, call.k, blocks, host_threads, n,
+                                       call.report)
         finally:
             shared.release()                   # the workers may drop their copies now
-    prep.seconds["query"] = _vecchia._stage_end(report, "query", n, t)
 
-    result = _vecchia._assemble(args, prep, parts, t_start)
+    result = call.finish(call.query(run))
     result.stats["dask"] = {"n_blocks": len(blocks), "n_workers": n_workers}
     return result
 
@@ -244,11 +237,11 @@ def _query_block(block, tree, k, num_threads, host_threads):
     return out
 
 
-def _vecchia_block(searcher, k_lib, start, stop, host_threads):
+def _vecchia_block(searcher, k, start, stop, host_threads):
     """Rows ``start..stop-1`` of the predecessor query: ``(dist, idx, evaluations)``."""
     if isinstance(searcher, CoverTree):
         searcher = _own_stats(searcher)
-    return _vecchia._query_rows(searcher, k_lib, start, stop,
+    return _Call.query_rows(searcher, k, start, stop,
                                 _task_threads(None, host_threads))
 
 
@@ -291,12 +284,12 @@ def _task_threads(num_threads, host_threads):
 
 # -- scheduling -----------------------------------------------------------------------------------
 
-def _distributed_blocks(client, shared, k_lib, blocks, host_threads, n, report):
+def _distributed_blocks(client, shared, k, blocks, host_threads, n, report):
     """Submit one task per block, report rows done as they finish, return the parts in order."""
     from distributed import as_completed
 
     tag = uuid.uuid4().hex
-    futures = [client.submit(_vecchia_block, shared, k_lib, start, stop, host_threads,
+    futures = [client.submit(_vecchia_block, shared, k, start, stop, host_threads,
                              key=f"residual-vecchia-{tag}-{i}", pure=False)
                for i, (start, stop) in enumerate(blocks)]
     which = {f.key: i for i, f in enumerate(futures)}
@@ -315,7 +308,7 @@ def _distributed_blocks(client, shared, k_lib, blocks, host_threads, n, report):
     return parts
 
 
-def _local_blocks(searcher, k_lib, blocks, threads, n, report):
+def _local_blocks(searcher, k, blocks, threads, n, report):
     """The blocks as dask.delayed tasks on the local threaded scheduler."""
     import dask
     from dask.callbacks import Callback
@@ -327,7 +320,7 @@ def _local_blocks(searcher, k_lib, blocks, threads, n, report):
         key = f"residual-vecchia-{tag}-{i}"
         keys[key] = i
         tasks.append(dask.delayed(_vecchia_block, pure=False)(
-            searcher, k_lib, start, stop, None, dask_key_name=key))
+            searcher, k, start, stop, None, dask_key_name=key))
     done = [0]
 
     def posttask(key, result, dsk, state, worker_id):
@@ -342,29 +335,6 @@ def _local_blocks(searcher, k_lib, blocks, threads, n, report):
 
 
 # -- arguments ------------------------------------------------------------------------------------
-
-def _vecchia_args(X, kernel, k, kwargs):
-    """Bind the keywords to residual.vecchia_neighbors' signature (its defaults) and validate."""
-    sig = inspect.signature(_vecchia.vecchia_neighbors)
-    try:
-        bound = sig.bind(X, kernel, k, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"residual.dask.vecchia_neighbors: {exc}") from None
-    bound.apply_defaults()
-    a = bound.arguments
-    args = _vecchia._validate(a["X"], a["kernel"], a["k"], a["n_inducing"], a["ordering"],
-                              a["seed"], a["metric"], a["method"], a["num_threads"],
-                              a["progress"], inducing=a["inducing"], nugget=a["nugget"])
-    args["progress"] = a["progress"]
-    return args
-
-
-def _check_k(tree, k, dim):
-    """k for new points: the library's own check (1 <= k <= n_samples)."""
-    _, k = check_query(np.empty((0, dim)), k, False, tree.n_samples, dim,
-                       euclidean=not tree.residual)
-    return k
-
 
 def _as_row_chunked(da, Y, dim, threads):
     """Y as a dask array with one column chunk, checked before any work.

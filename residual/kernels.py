@@ -13,7 +13,9 @@ from residual import _tiles
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import as_float_matrix, as_numeric_array, check_positive
 
-_MATERN_CODES = {0.5: 1, 1.5: 2, 2.5: 3}
+_KIND = _tiles.KernelKind
+_MATERN_CODES = {0.5: _KIND.KERNEL_MATERN12, 1.5: _KIND.KERNEL_MATERN32,
+                 2.5: _KIND.KERNEL_MATERN52}
 
 
 class Kernel:
@@ -27,7 +29,7 @@ class Kernel:
         The kernel's value at zero distance, sigma^2 > 0.
     """
 
-    _code = None  # the kernel code of residual/_tiles.pxd
+    _code = None  # a residual._tiles.KernelKind
 
     def __init__(self, lengthscale=1.0, variance=1.0):
         ls = as_numeric_array(lengthscale, "lengthscale",
@@ -131,7 +133,7 @@ class RBF(Kernel):
     array([[0.68728928]])
     """
 
-    _code = 0
+    _code = _KIND.KERNEL_RBF
 
 
 class Matern(Kernel):

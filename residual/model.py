@@ -23,7 +23,8 @@ import scipy.linalg
 
 from residual import _persist, _tiles
 from residual.kernels import Kernel, kernel_from_state
-from residual._parallel import resolve_num_threads, single_threaded_blas
+from residual._parallel import in_blocks, resolve_num_threads, single_threaded_blas
+from residual._tiles import Metric
 from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array, check_int,
                                 check_positive, resolve_seed)
 
@@ -242,12 +243,42 @@ class ResidualCorrelation(_persist.Persistent):
             xs = self._scale(X, kernel, centre)         # refuses overflowing X first
         self._centre = X.mean(axis=0) if centre is None else centre
         self._scale_inv = 1.0 / kernel.lengthscales(X.shape[1])
-        self._xs = xs
-        self._xs_t = np.ascontiguousarray(xs.T)     # (D, n): candidate side of the tiles
         # scaled inducing points, for new points' k(Y, U)
         self._us = (None if inducing_points is None
                     else self._scale(inducing_points, kernel, self._centre, "inducing"))
-        self.degenerate, self._inv_sqrt_p = _inv_sqrt_p(p, nugget, kernel.variance)
+        self.degenerate, inv_sqrt_p = _inv_sqrt_p(p, nugget, kernel.variance)
+        #: the compiled code's view of the rows (scaled x, V, 1/sqrt(p), kernel), made once
+        self.metric = Metric.residual_correlation(kernel._code, kernel.variance, xs, V,
+                                                  inv_sqrt_p)
+
+    @property
+    def _xs(self):
+        """Centred, lengthscale-scaled coordinates (n, D)."""
+        return self.metric.x
+
+    @property
+    def _inv_sqrt_p(self):
+        """1/sqrt(p + nugget) per row, 0 where degenerate."""
+        return self.metric.s
+
+    def take(self, order):
+        """A copy of this model whose row ``pos`` is the original row ``order[pos]``.
+
+        Every per-row array is gathered (bitwise the same values, so distances are unchanged);
+        the inducing row indices (if any) are mapped to their new positions, so they keep
+        naming the same rows; new points use the model's fixed inducing coordinates, centre
+        and scale. ``order`` is a permutation of the rows (not checked here).
+        """
+        out = ResidualCorrelation.__new__(ResidualCorrelation)
+        vars(out).update(vars(self))
+        for name in ("X", "V", "p_diag", "degenerate"):
+            setattr(out, name, np.ascontiguousarray(getattr(self, name)[order]))
+        out.metric = self.metric.take(order)
+        if self.inducing is not None:
+            where = np.empty_like(order)
+            where[order] = np.arange(order.size)
+            out.inducing = where[self.inducing]
+        return out
 
     @property
     def n_samples(self):
@@ -260,6 +291,18 @@ class ResidualCorrelation(_persist.Persistent):
     @property
     def n_inducing(self):
         return self.V.shape[1]
+
+    def _query_metric(self, Y, num_threads=1):
+        """The metric of new coordinates Y (already validated) beside this model's rows, made
+        in row blocks so that Ctrl-C is handled between two (a point's V and p do not depend
+        on the other points)."""
+        parts = []
+        if Y.shape[0] == 0:
+            parts.append(self._new_points(Y, num_threads))
+        in_blocks(Y.shape[0], 256 * num_threads,
+                  lambda a, b: parts.append(self._new_points(Y[a:b], num_threads)))
+        return Metric.residual_correlation(self.kernel._code, self.kernel.variance,
+                                           *(np.concatenate(arrays) for arrays in zip(*parts)))
 
     def _new_points(self, Y, num_threads=1):
         """(ys, V_new, inv_sqrt_p_new) for new coordinates Y, already validated."""

@@ -10,11 +10,10 @@ import time
 import numpy as np
 
 from residual import _maximin
-from residual.kernels import Kernel
-from residual.model import ResidualCorrelation
 from residual.tree import CoverTree, _SLACK_EUCLIDEAN_REL
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import as_float_matrix, check_euclidean_range, check_int
+from residual._tiles import Metric
+from residual._validate import as_points, check_int
 
 #: A step (its range search or scan) runs on several threads when the step before it reached
 #: at least this much work: points reached times the numbers one distance reads
@@ -118,12 +117,12 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     True
     """
     t0 = time.perf_counter()
-    coords = _check_data(X_or_model)
+    model, coords = as_points(X_or_model)
     n = coords.shape[0]
     nt = resolve_num_threads(num_threads)
     start = _nearest_mean(coords) if start is None else check_int(start, "start", minimum=0,
                                                                   maximum=n - 1)
-    _check_tree(tree, X_or_model, coords)
+    _check_tree(tree, model, coords)
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be None or a callable, got {type(progress).__name__}")
     order = np.empty(n, dtype=np.int64)
@@ -137,8 +136,8 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
         if progress is not None:
             progress(1, 1)
     else:
-        if tree is None and isinstance(X_or_model, ResidualCorrelation):
-            tree = CoverTree(X_or_model, num_threads=nt)
+        if tree is None and model is not None:
+            tree = CoverTree(model, num_threads=nt)
             tree_evals = tree.stats["distance_evaluations"]
         if tree is None:
             metric, layout, tree_evals = _kd_layout(coords)
@@ -159,8 +158,7 @@ def _run(metric, layout, start, order, dist, nt, progress):
     row = layout[0]
     label = np.empty_like(row)
     label[row] = np.arange(row.size)
-    residual, _, _, x, v, _ = metric
-    width = x.shape[1] + (v.shape[1] if residual else 0)      # numbers read per distance
+    width = metric.dim + metric.m                             # numbers read per distance
     loop = _maximin.Farthest(metric, layout, int(label[start]), order, dist,
                              np.zeros(order.size, dtype=np.int64), nt,
                              (-(-PARALLEL_MIN_WORK // width), AHEAD_MIN_CHILDREN,
@@ -181,7 +179,7 @@ def _kd_layout(coords):
     row, children_ptr, alias_ptr, radius, pdist, bottom_up, evals = _maximin.kd_layout(
         x, LEAF_SIZE)
     slack = _SLACK_EUCLIDEAN_REL * max(float(radius[0]), 1e-300)
-    metric = (False, 0, 1.0, np.ascontiguousarray(x[row]), None, None)
+    metric = Metric.euclidean(x[row])
     return metric, (row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up), evals
 
 
@@ -211,10 +209,8 @@ def _layout(tree):
     alias_ptr = np.full(n + 1, n, dtype=np.int64)
     alias_ptr[:nn] = nn + np.cumsum(acount) - acount
     bottom_up = np.argsort(tree.levels[nodes], kind="stable").astype(np.int64)
-    residual, kind, variance, x, v, s = tree._metric
-    if not residual:
-        x = np.ascontiguousarray(x[row])
-    return (residual, kind, variance, x, v, s), (
+    metric = tree._metric if tree.residual else tree._metric.take(row)
+    return metric, (
         row, children_ptr, alias_ptr, np.ascontiguousarray(tree.radii[row]),
         np.ascontiguousarray(tree.parent_distances[row]), tree._slack, bottom_up)
 
@@ -225,33 +221,21 @@ def _ranges(starts, counts):
     return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(total)
 
 
-def _check_data(X_or_model):
-    """The raw coordinates of X_or_model, validated."""
-    if isinstance(X_or_model, Kernel):
-        raise TypeError("X_or_model must be coordinates or a ResidualCorrelation, not a "
-                        "kernel; build ResidualCorrelation.from_kernel(X, kernel) first")
-    if isinstance(X_or_model, ResidualCorrelation):
-        return X_or_model.X
-    coords = as_float_matrix(X_or_model, "X")
-    check_euclidean_range(coords, "X")
-    return coords
-
-
 def _nearest_mean(coords):
     """The row nearest the column means (first such row on ties)."""
     return int(np.argmin(((coords - coords.mean(axis=0)) ** 2).sum(axis=1)))
 
 
-def _check_tree(tree, X_or_model, coords):
+def _check_tree(tree, model, coords):
     """Refuse a tree that was not built over this data with this metric."""
     if tree is None:
         return
     if not isinstance(tree, CoverTree):
         raise TypeError(f"tree must be a residual.CoverTree, got {type(tree).__name__}")
-    if isinstance(X_or_model, ResidualCorrelation):
-        ok = tree.residual and tree.model is X_or_model
+    if model is not None:
+        ok = tree.residual and tree.model is model
     else:
-        x = tree._metric[3]
+        x = tree._metric.x
         ok = not tree.residual and x.shape == coords.shape and np.array_equal(x, coords)
     if not ok:
         raise ValueError("tree was built over other data or another metric: pass the tree of "

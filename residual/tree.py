@@ -14,12 +14,11 @@ import time
 import numpy as np
 
 from residual import _build, _invariants, _persist, _search
-from residual.kernels import Kernel
 from residual.model import ResidualCorrelation
-from residual.bruteforce import check_query, check_rows, new_points
+from residual._tiles import Metric
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import (as_float_matrix, check_euclidean_range, check_int,
-                                resolve_chunk_size, resolve_seed)
+from residual._validate import (as_points, check_euclidean_range, check_int, check_query,
+                                check_rows, resolve_chunk_size, resolve_seed)
 
 #: Largest batch inserted at once when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = 512
@@ -101,18 +100,10 @@ class CoverTree(_persist.Persistent):
     def __init__(self, X_or_model, *, num_threads=None, chunk_size=None, batch_size=None,
                  seed=0, schedule="doubling"):
         t_start = time.perf_counter()
-        if isinstance(X_or_model, Kernel):
-            raise TypeError("X_or_model must be coordinates or a ResidualCorrelation, not a "
-                            "kernel; build ResidualCorrelation.from_kernel(X, kernel) first")
-        self.residual = isinstance(X_or_model, ResidualCorrelation)
-        if self.residual:
-            self.model, x = X_or_model, None
-        else:
-            self.model, x = None, as_float_matrix(X_or_model, "X")
-            check_euclidean_range(x, "X")
+        self.model, x = as_points(X_or_model)
+        self.residual = self.model is not None
         self._metric = _metric(self.model, x)
-        _, kind, variance, x, v, s = self._metric
-        n = x.shape[0]
+        n = self._metric.n
         nt = resolve_num_threads(num_threads)
         chunk = resolve_chunk_size(chunk_size, DEFAULT_TRAVERSAL_CHUNK)
         batch_size = (DEFAULT_BATCH_SIZE if batch_size is None
@@ -145,13 +136,12 @@ class CoverTree(_persist.Persistent):
         # in 3-D build ~1.4x faster). Same insertion order and priorities, so the tree is the
         # same up to exact distance ties, which the builder breaks by its own numbering.
         spatial = None if self.residual else _spatial_order(x)
-        bx, border, broot = x, order, root
+        bmetric, border, broot = self._metric, order, root
         if spatial is not None:
             rank = np.empty(n, dtype=np.intp)
             rank[spatial] = np.arange(n)
-            bx, border, broot = np.ascontiguousarray(x[spatial]), rank[order], int(rank[root])
-        builder = _build.TreeBuilder(self.residual, kind, variance, bx, v, s, broot,
-                                     root_level, batch_size, slack)
+            bmetric, border, broot = self._metric.take(spatial), rank[order], int(rank[root])
+        builder = _build.TreeBuilder(bmetric, broot, root_level, batch_size, slack)
         batches = _batches(border[1:], batch_size, schedule)
         block = np.empty(batch_size * batch_size)        # reused, viewed as nb x nb
         best_d = np.empty(batch_size)
@@ -241,22 +231,27 @@ class CoverTree(_persist.Persistent):
         standard harness that beats :func:`residual.brute_force_knn` for all points and new
         points, but not for ``predecessors=True`` (see README, Benchmarks).
         """
+        n = self.n_samples
+        dim = self.model.n_features if self.residual else self._metric.dim
+        Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not self.residual)
+        start, stop = check_rows(rows, n, Y is None)
+        return self._query(Y, k, bool(predecessors), (start, stop),
+                           resolve_num_threads(num_threads), resolve_chunk_size(chunk_size, 16))
+
+    def _query(self, Y, k, predecessors, rows, nt, chunk=16):
+        """:meth:`query` on checked arguments: new points Y, or None for the in-sample rows
+        ``rows = (start, stop)``; ``nt`` threads."""
         t0 = time.perf_counter()
         n = self.n_samples
-        residual, kind, variance, x, v, s = self._metric
-        dim = self.model.n_features if residual else x.shape[1]
-        Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not residual)
         in_sample = Y is None
-        start, stop = check_rows(rows, n, in_sample)
-        nt = resolve_num_threads(num_threads)
-        chunk = resolve_chunk_size(chunk_size, 16)
+        start, stop = rows
         if in_sample:
-            xq, vq, sq = (a if a is None else a[start:stop] for a in (x, v, s))
-        elif residual:
-            xq, vq, sq = new_points(self.model, Y, nt)
+            queries = self._metric.take(slice(start, stop))
+        elif self.residual:
+            queries = self.model._query_metric(Y, nt)
         else:
-            xq, vq, sq = Y, None, None
-        nq = xq.shape[0]
+            queries = Metric.euclidean(Y)
+        nq = queries.n
         dist = np.empty((nq, k))
         idx = np.empty((nq, k), dtype=np.int64)
         if in_sample:   # the tree's depth-first order: neighbouring queries share cache lines
@@ -264,13 +259,12 @@ class CoverTree(_persist.Persistent):
             if (start, stop) != (0, n):
                 visit = visit[(visit >= start) & (visit < stop)] - start
         else:           # new points along a space-filling curve, for the same reasons
-            visit = _spatial_order(xq)
+            visit = _spatial_order(queries.x)
             visit = np.arange(nq) if visit is None else visit
             visit = visit.astype(np.int64)
         with single_threaded_blas():
-            evals = _search.knn(self._layout(), residual, kind, variance, self._slack, xq, vq,
-                                sq, in_sample, bool(predecessors), start, k, dist, idx, nt,
-                                chunk, visit)
+            evals = _search.knn(self._layout(), queries, in_sample, predecessors, start,
+                                (dist, idx), visit, (nt, chunk))
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
                                    float(evals.mean()) if nq else 0.0}
@@ -324,10 +318,10 @@ class CoverTree(_persist.Persistent):
                 starts = np.repeat(ptr[f] - np.cumsum(counts) + counts, counts)
                 nodes.append(kids[starts + np.arange(counts.sum())])
             order = np.concatenate(nodes)
-            _, _, _, x, v, s = self._metric
             self._search_layout = _search.SearchLayout(
                 order, np.diff(ptr).astype(np.int64), self.aliases_ptr.astype(np.int64),
-                self.aliases, self.radii, self.parent_distances, self.min_index, x, v, s)
+                self.aliases, self.radii, self.parent_distances, self.min_index,
+                self._metric.take(order), self._slack)
         return self._search_layout
 
     def _depth_first_order(self):
@@ -339,7 +333,7 @@ class CoverTree(_persist.Persistent):
         return self._dfs
 
     def _distances(self, a, b, nt=1):
-        return _build.pair_distances(*self._metric, np.asarray(a, dtype=np.int64),
+        return _build.pair_distances(self._metric, np.asarray(a, dtype=np.int64),
                                      np.asarray(b, dtype=np.int64), nt)
 
     @property
@@ -348,7 +342,7 @@ class CoverTree(_persist.Persistent):
 
     def __repr__(self):
         data = (f"model={self.model!r}" if self.residual
-                else f"n_samples={self.n_samples}, n_features={self._metric[3].shape[1]}")
+                else f"n_samples={self.n_samples}, n_features={self._metric.dim}")
         return (f"CoverTree(metric={'residual' if self.residual else 'euclidean'!r}, {data}, "
                 f"height={self.height}, seed={self.seed})")
 
@@ -367,7 +361,7 @@ class CoverTree(_persist.Persistent):
         if self.residual:
             state.update(("model_" + key, value) for key, value in self.model._state().items())
         else:
-            state["X"] = self._metric[3]
+            state["X"] = self._metric.x
         return state
 
     def _restore(self, reader):
@@ -383,7 +377,7 @@ class CoverTree(_persist.Persistent):
                 raise ValueError(f"entry {reader.name('X')} is empty (shape {x.shape})")
             check_euclidean_range(x, f"entry {reader.name('X')}")
         self._metric = _metric(self.model, x)
-        self._restore_structure(reader, self._metric[3].shape[0])
+        self._restore_structure(reader, self._metric.n)
         self._slack = reader.number("slack")
         if self._slack < 0:
             raise ValueError(f"entry {reader.name('slack')} is {self._slack}, must be >= 0")
@@ -450,10 +444,8 @@ _CSR_ARRAYS = ("aliases_ptr", "aliases", "children_ptr", "children")
 
 
 def _metric(model, x):
-    """The compiled code's view of the metric: (residual, kind, variance, x, v, s)."""
-    if model is None:
-        return False, 0, 1.0, x, None, None
-    return True, model.kernel._code, model.kernel.variance, model._xs, model.V, model._inv_sqrt_p
+    """The compiled metric: the model's own, or a Euclidean one over coordinates x."""
+    return Metric.euclidean(x) if model is None else model.metric
 
 
 def _check_links(root, level, parent, alias_of):

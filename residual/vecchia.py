@@ -9,6 +9,7 @@ the factor and the VIF log density on request (residual/_factor.pyx).
 """
 
 import functools
+import inspect
 import numbers
 import time
 
@@ -17,14 +18,15 @@ import scipy.linalg
 import scipy.sparse
 
 from residual import _factor
-from residual.bruteforce import brute_force_knn
+from residual.bruteforce import in_sample_rows
 from residual.kernels import Kernel
 from residual.model import (DEGENERATE_P_RTOL, ResidualCorrelation, check_inducing,
                             check_nugget)
 from residual.ordering import maximin_order
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, single_threaded_blas
-from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array,
+from residual._tiles import Metric
+from residual._validate import (as_float_vector, as_numeric_array, as_points,
                                 check_euclidean_range, check_int, resolve_seed)
 
 ORDERINGS = ("random", "natural", "maximin")
@@ -414,108 +416,138 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random
     >>> res.neighbors.shape, int(res.neighbors[3, 3])
     ((500, 5), -1)
     """
-    t_start = time.perf_counter()
-    args = _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_threads,
-                     progress, inducing=inducing, nugget=nugget)
-    n, nt = args["n"], args["num_threads"]
-    report = progress if progress is not None else _no_progress
-    prep = _prepare(args, report)
+    call = _Call(_validate(X, kernel, k, n_inducing, ordering, seed, metric, method,
+                           num_threads, progress, inducing=inducing, nugget=nugget))
+    call.prepare()
+    n = call.n
+    blocks = call.blocks() if progress is not None else [(0, n)]
 
-    t = _stage_start(report, "query", n)
-    blocks = _query_blocks(n) if progress is not None else [(0, n)]
-    parts = []
-    for start, stop in blocks:
-        parts.append(_query_rows(prep.searcher, prep.k_lib, start, stop, nt))
-        if stop < n:
-            report("query", stop, n)
-    prep.seconds["query"] = _stage_end(report, "query", n, t)
-    return _assemble(args, prep, parts, t_start)
+    def run():
+        parts = []
+        for start, stop in blocks:
+            parts.append(call.query_rows(call.searcher, call.k, start, stop, call.num_threads))
+            if stop < n:
+                call.report("query", stop, n)
+        return parts
+
+    return call.finish(call.query(run))
 
 
-class _Prepared:
-    """What the query stage needs, from :func:`_prepare` (shared with residual.dask).
+class _Call:
+    """One :func:`vecchia_neighbors` call, stage by stage. Documented-internal: this is the
+    surface residual.dask drives to spread the query stage; nothing else outside this module
+    reaches into it.
 
-    ``searcher`` answers the row blocks: the tree for ``method="tree"``, else the ordered
-    model (or ordered coordinates for Euclidean); it is what a scale-out ships to workers.
+    ``_Call(args)`` takes arguments checked by :func:`_validate` (:meth:`bind` checks them
+    for another caller). :meth:`prepare` runs the model, ordering and build stages; then
+    ``searcher`` answers row blocks through :meth:`query_rows` (the tree for
+    ``method="tree"``, else the ordered model or coordinates: what a scale-out ships to
+    workers). :meth:`blocks` cuts the rows, :meth:`query` times the query stage around the
+    caller's ``run()`` and :meth:`finish` assembles the result from the blocks' parts.
     """
 
-    def __init__(self, order, ordered, tree, k_lib, method, seconds):
-        self.order, self.ordered, self.tree = order, ordered, tree
-        self.k_lib, self.method, self.seconds = k_lib, method, seconds
+    def __init__(self, args):
+        self.t_start = time.perf_counter()
+        self.args = args
+        self.n, self.k, self.num_threads = args["n"], args["k"], args["num_threads"]
+        progress = args["progress"]
+        self.report = progress if progress is not None else _no_progress
+        self.seconds = {}
+
+    @classmethod
+    def bind(cls, caller, X, kernel, k, kwargs):
+        """The call of ``vecchia_neighbors(X, kernel, k, **kwargs)`` (its defaults), checked;
+        a binding error names ``caller``."""
+        try:
+            bound = inspect.signature(vecchia_neighbors).bind(X, kernel, k, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{caller}: {exc}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        return cls(_validate(a["X"], a["kernel"], a["k"], a["n_inducing"], a["ordering"],
+                             a["seed"], a["metric"], a["method"], a["num_threads"],
+                             a["progress"], inducing=a["inducing"], nugget=a["nugget"]))
+
+    def prepare(self):
+        """The stages before the query: model, ordering, build (timed and reported)."""
+        args, report, seconds = self.args, self.report, self.seconds
+        t = _stage_start(report, "model", 1)
+        base = _base_model(args)
+        seconds["model"] = _stage_end(report, "model", 1, t)
+
+        # maximin reports the points it has placed; the other orderings are one step
+        ordering = args["ordering"]
+        total = self.n if isinstance(ordering, str) and ordering == "maximin" else 1
+        t = _stage_start(report, "ordering", total)
+        self.order = _resolve_order(ordering, base, self.n, args["seed"], self.num_threads,
+                                    report)
+        self.ordered = _permute(base, self.order)
+        seconds["ordering"] = _stage_end(report, "ordering", total, t)
+
+        t = _stage_start(report, "build", 1)
+        self.tree = (CoverTree(self.ordered, num_threads=self.num_threads)
+                     if args["method"] == "tree" else None)
+        seconds["build"] = _stage_end(report, "build", 1, t)
 
     @property
     def searcher(self):
         return self.ordered if self.tree is None else self.tree
 
+    @staticmethod
+    def query_rows(searcher, k, start, stop, num_threads):
+        """Predecessor kNN of rows ``start..stop-1``: ``(dist, idx, distance_evaluations)``.
 
-def _prepare(args, report):
-    """The stages before the query: model, ordering, build (timed and reported)."""
-    n, nt = args["n"], args["num_threads"]
-    seconds = {}
-    t = _stage_start(report, "model", 1)
-    base = _base_model(args)
-    seconds["model"] = _stage_end(report, "model", 1, t)
+        ``searcher`` is :attr:`searcher`. The block equals those rows of the whole query,
+        bit for bit, so blocks may be answered in any order, by any process.
+        """
+        if isinstance(searcher, CoverTree):
+            dist, idx = searcher._query(None, k, True, (start, stop), num_threads)
+            evals = int(round(searcher.stats["query"]["distance_evaluations_per_query"]
+                              * (stop - start)))
+        else:
+            metric = (searcher.metric if isinstance(searcher, ResidualCorrelation)
+                      else Metric.euclidean(searcher))
+            dist, idx = in_sample_rows(metric, k, True, start, stop, num_threads)
+            evals = (stop * (stop - 1) - start * (start - 1)) // 2     # pairs j < i, once
+        return dist, idx, evals
 
-    # maximin reports the points it has placed; the other orderings are one step
-    ordering = args["ordering"]
-    total = n if isinstance(ordering, str) and ordering == "maximin" else 1
-    t = _stage_start(report, "ordering", total)
-    order = _resolve_order(ordering, base, n, args["seed"], args["num_threads"], report)
-    ordered = _permute(base, order)
-    seconds["ordering"] = _stage_end(report, "ordering", total, t)
+    def blocks(self, n_blocks=50, min_rows=None):
+        """Row blocks of about equal work (see :func:`_query_blocks`)."""
+        return _query_blocks(self.n, n_blocks, min_rows=min_rows)
 
-    # rows have at most n - 1 predecessors; the library refuses k > n, so ask for what exists
-    k_lib = min(args["k"], max(n - 1, 1))
-    method = args["method"]
-    t = _stage_start(report, "build", 1)
-    tree = CoverTree(ordered, num_threads=nt) if method == "tree" else None
-    seconds["build"] = _stage_end(report, "build", 1, t)
-    return _Prepared(order, ordered, tree, k_lib, method, seconds)
+    def query(self, run):
+        """The query stage: ``run()`` answers every block (reporting rows done through
+        ``report``) and returns their parts in row order."""
+        t = _stage_start(self.report, "query", self.n)
+        parts = run()
+        self.seconds["query"] = _stage_end(self.report, "query", self.n, t)
+        return parts
 
-
-def _query_rows(searcher, k_lib, start, stop, num_threads):
-    """Predecessor kNN of rows ``start..stop-1``: ``(dist, idx, distance_evaluations)``.
-
-    ``searcher`` is ``_Prepared.searcher``. The block equals those rows of the whole query,
-    bit for bit, so blocks may be answered in any order, by any process.
-    """
-    if isinstance(searcher, CoverTree):
-        dist, idx = searcher.query(k=k_lib, predecessors=True, rows=(start, stop),
-                                   num_threads=num_threads)
-        evals = int(round(searcher.stats["query"]["distance_evaluations_per_query"]
-                          * (stop - start)))
-    else:
-        dist, idx = brute_force_knn(searcher, k_lib, predecessors=True, rows=(start, stop),
-                                    num_threads=num_threads)
-        evals = (stop * (stop - 1) - start * (start - 1)) // 2     # pairs j < i, once
-    return dist, idx, evals
-
-
-def _assemble(args, prep, parts, t_start):
-    """The VecchiaNeighbors from the row blocks ``parts`` (in row order) and the stage times."""
-    seconds = prep.seconds
-    dist = np.concatenate([d for d, _, _ in parts])
-    idx = np.concatenate([i for _, i, _ in parts])
-    evals = sum(e for _, _, e in parts)
-    if prep.tree is not None:
-        evals += prep.tree.stats["distance_evaluations"]
-    dist, idx = _pad(dist, idx, args["k"])
-    seconds["total"] = time.perf_counter() - t_start
-    n_neighbors = int((idx >= 0).sum())
-    # the search: build + query, and shipping the searcher to workers when scaled out
-    search = seconds["build"] + seconds["query"] + seconds.get("scatter", 0.0)
-    stats = {"seconds": seconds, "distance_evaluations": int(evals),
-             "n_neighbors": n_neighbors,
-             "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
-    # what the factor needs: the ordered model, or the coordinates, kernel and a lazy model
-    model = prep.ordered if isinstance(prep.ordered, ResidualCorrelation) else None
-    kernel = args["X"].kernel if args["is_model"] else args["kernel"]
-    make_model = None
-    if model is None and kernel is not None:
-        make_model = functools.partial(_ordered_residual_model, args, prep.order)
-    return VecchiaNeighbors(prep.order, idx, dist, stats, metric=args["metric"],
-                            method=prep.method, model=model, X=args["coords"], kernel=kernel,
-                            make_model=make_model)
+    def finish(self, parts):
+        """The VecchiaNeighbors from the blocks' ``(dist, idx, evaluations)`` parts, in row
+        order, and the stage times."""
+        args, seconds = self.args, self.seconds
+        dist = np.concatenate([d for d, _, _ in parts])
+        idx = np.concatenate([i for _, i, _ in parts])
+        evals = sum(e for _, _, e in parts)
+        if self.tree is not None:
+            evals += self.tree.stats["distance_evaluations"]
+        seconds["total"] = time.perf_counter() - self.t_start
+        n_neighbors = int((idx >= 0).sum())
+        # the search: build + query, and shipping the searcher to workers when scaled out
+        search = seconds["build"] + seconds["query"] + seconds.get("scatter", 0.0)
+        stats = {"seconds": seconds, "distance_evaluations": int(evals),
+                 "n_neighbors": n_neighbors,
+                 "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
+        # what the factor needs: the ordered model, or the coordinates, kernel and a lazy model
+        model = self.ordered if isinstance(self.ordered, ResidualCorrelation) else None
+        kernel = args["X"].kernel if args["is_model"] else args["kernel"]
+        make_model = None
+        if model is None and kernel is not None:
+            make_model = functools.partial(_ordered_residual_model, args, self.order)
+        return VecchiaNeighbors(self.order, idx, dist, stats, metric=args["metric"],
+                                method=args["method"], model=model, X=args["coords"],
+                                kernel=kernel, make_model=make_model)
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -527,17 +559,11 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    is_model = isinstance(X, ResidualCorrelation)
-    if isinstance(X, Kernel):
-        raise TypeError("X must be coordinates or a ResidualCorrelation, not a kernel "
-                        "(pass the kernel as the second argument)")
-    if is_model:
-        if kernel is not None:
-            raise ValueError("kernel must be None when X is a prebuilt ResidualCorrelation "
-                             "(the model already holds its kernel)")
-        coords = X.X
-    else:
-        coords = as_float_matrix(X, "X")
+    model, coords = as_points(X, "X", euclidean=False)
+    is_model = model is not None
+    if is_model and kernel is not None:
+        raise ValueError("kernel must be None when X is a prebuilt ResidualCorrelation "
+                         "(the model already holds its kernel)")
     n = coords.shape[0]
     if metric == "euclidean":
         check_euclidean_range(coords, "X")
@@ -575,7 +601,8 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         method = "brute" if metric == "residual" else "tree"
     return {"X": X, "coords": coords, "is_model": is_model, "kernel": kernel, "n": n, "k": k,
             "n_inducing": n_inducing, "ordering": ordering, "seed": seed, "metric": metric,
-            "method": method, "num_threads": nt, "inducing": inducing, "nugget": nugget}
+            "method": method, "num_threads": nt, "inducing": inducing, "nugget": nugget,
+            "progress": progress}
 
 
 def _check_permutation(ordering, n):
@@ -601,7 +628,7 @@ def _base_model(args):
 
 def _ordered_residual_model(args, order, num_threads):
     """A Euclidean result's residual model, as the residual path would have made it."""
-    return _permute_model(_residual_base_model(dict(args, num_threads=num_threads)), order)
+    return _residual_base_model(dict(args, num_threads=num_threads)).take(order)
 
 
 def _residual_base_model(args):
@@ -634,57 +661,8 @@ def _resolve_order(ordering, base, n, seed, num_threads=None, report=None):
 def _permute(base, order):
     """The model (or coordinates) with its rows in ``order``."""
     if isinstance(base, ResidualCorrelation):
-        return _permute_model(base, order)
+        return base.take(order)
     return np.ascontiguousarray(base[order])
-
-
-# Attributes of ResidualCorrelation, by how a row permutation acts on them. A model attribute
-# missing from these lists is refused (not guessed at): a per-row array left unpermuted would
-# give silently wrong neighbours.
-_ROW_ATTRS = ("X", "V", "p_diag", "degenerate", "_inv_sqrt_p", "_xs")
-_COLUMN_ATTRS = ("_xs_t",)
-_FIXED_ATTRS = ("kernel", "jitter", "L", "_centre", "_scale_inv", "build_seconds", "nugget",
-                "inducing_points", "_us")
-
-
-def _permute_model(model, order):
-    """A copy of ``model`` whose row ``pos`` is the original row ``order[pos]``.
-
-    Every per-row array is gathered (bitwise the same values, so distances are unchanged);
-    the inducing row indices (if any) are mapped to their new positions, so they keep naming
-    the same rows of the permuted X; new-point queries use the model's fixed inducing
-    coordinates. The centre and scale stay those of the original data.
-    """
-    state = dict(vars(model))
-    known = set(_ROW_ATTRS + _COLUMN_ATTRS + _FIXED_ATTRS + ("inducing",))
-    unknown = sorted(set(state) - known)
-    if unknown:
-        raise NotImplementedError(f"residual.vecchia cannot permute ResidualCorrelation "
-                                  f"attributes {unknown}: add them to _ROW_ATTRS, "
-                                  "_COLUMN_ATTRS or _FIXED_ATTRS")
-    for name in _ROW_ATTRS:
-        state[name] = np.ascontiguousarray(state[name][order])
-    for name in _COLUMN_ATTRS:
-        state[name] = np.ascontiguousarray(state[name][:, order])
-    if state["inducing"] is not None:
-        where = np.empty_like(order)
-        where[order] = np.arange(order.size)
-        state["inducing"] = where[state["inducing"]]
-    out = ResidualCorrelation.__new__(ResidualCorrelation)
-    vars(out).update(state)
-    return out
-
-
-def _pad(dist, idx, k):
-    """Widen (n, k_lib) results to k columns with inf / -1."""
-    if dist.shape[1] == k:
-        return dist, idx
-    n = dist.shape[0]
-    d = np.full((n, k), np.inf)
-    i = np.full((n, k), -1, dtype=np.int64)
-    d[:, :dist.shape[1]] = dist
-    i[:, :idx.shape[1]] = idx
-    return d, i
 
 
 #: Fewest rows in a progress block (smaller blocks would leave threads idle at block ends).

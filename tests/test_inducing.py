@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import residual
-from residual.vecchia import _permute_model
 from conftest import harness_like
 from reference import assert_knn_equal, kernel_ref, knn_ref, residual_dist_ref
 from test_ordering import assert_valid_maximin, maximin_ref, mean_start
@@ -243,7 +242,7 @@ def test_vecchia_passes_inducing_and_nugget_through(ordering):
 def test_permuted_model_answers_new_points_as_the_original():
     model = _noisy_model(1e-3, inducing="kmeans++", n=300, duplicates=False)
     order = np.random.default_rng(0).permutation(300)
-    permuted = _permute_model(model, order)
+    permuted = model.take(order)
     assert permuted.nugget == model.nugget and permuted.inducing is None
     Y = harness_like(20, seed=11)
     d, i = residual.brute_force_knn(model, 5, Y)

@@ -249,7 +249,7 @@ def test_kd_tree_covers_its_points():
     row, cptr, aptr, radius, pdist, slack, bottom_up = layout
     n = len(X)
     np.testing.assert_array_equal(np.sort(row), np.arange(n))
-    xs = metric[3]
+    xs = metric.x
     np.testing.assert_array_equal(xs, X[row])
     seen = np.zeros(n, int)
     nodes = bottom_up.size

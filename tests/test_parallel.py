@@ -104,7 +104,7 @@ def test_new_points_in_blocks_equal_one_block(monkeypatch):
     Y = harness_like(1300, seed=4)
     calls = [lambda: tree.query(Y, k=4), lambda: residual.brute_force_knn(model, 4, Y)]
     with monkeypatch.context() as one_block:
-        one_block.setattr(residual.bruteforce, "in_blocks", lambda n, step, work: work(0, n))
+        one_block.setattr(residual.model, "in_blocks", lambda n, step, work: work(0, n))
         whole = [call() for call in calls]
     monkeypatch.setattr(_parallel, "BLOCK_SECONDS", 0.0)     # every block one step long
     for call, (d, i) in zip(calls, whole):

@@ -190,4 +190,4 @@ def test_layout_maps_every_row_to_its_node():
     layout = tree._layout()
     node_of = np.asarray(layout.node_of)
     assert tree.stats["aliases"] > 0 and (node_of >= 0).all()
-    np.testing.assert_array_equal(np.asarray(layout.x)[node_of], X)
+    np.testing.assert_array_equal(np.asarray(layout.metric.x)[node_of], X)

@@ -199,9 +199,9 @@ def test_bad_data():
 
 
 def test_conflict_step_refuses_a_missing_block():
-    from residual import _build
+    from residual import _build, _tiles
     X = harness_like(10)
-    builder = _build.TreeBuilder(False, 0, 1.0, X, None, None, 0, 3, 8, 1e-9)
+    builder = _build.TreeBuilder(_tiles.Metric.euclidean(X), 0, 3, 8, 1e-9)
     batch = np.arange(1, 5, dtype=np.intp)
     best_d, best_q = np.ones(4), np.zeros(4, dtype=np.intp)
     with pytest.raises(ValueError, match="pairwise block must be 4 x 4"):
