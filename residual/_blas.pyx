@@ -7,7 +7,7 @@
 # (c x r) matrix transposed. So C = alpha op(A) op(B) + beta C in row-major is
 # C^T = alpha op(B)^T op(A)^T + beta C^T in column-major: swap the operands, swap m and n, and
 # keep each operand's own transpose flag (BLAS sees B first, then A). No data moves.
-# Two explicit functions rather than one fused one: fused cdef functions do not cross module
+# One explicit function per dtype rather than a fused one: fused cdef functions do not cross module
 # boundaries reliably.
 
 from scipy.linalg.cython_blas cimport ddot, dgemm, dsyrk, dtrsv, sgemm

@@ -30,7 +30,7 @@ cdef enum:
     ROW_SINGULAR = 1
 
 # Rows handed to a thread at a time: rows cost about the same (k neighbours each), but the
-# machine may be shared, and dynamic hand-out keeps both cores busy when one is slowed.
+# machine may be shared, and dynamic hand-out keeps every thread busy when one is slowed.
 cdef intp_t ROWS_PER_TASK = 64
 
 

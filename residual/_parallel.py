@@ -7,7 +7,7 @@ This module is imported before any compiled module (residual/__init__.py), becau
 reads its wait policy once, when it is loaded. By default a waiting OpenMP thread (at a
 barrier, or between parallel regions) spins for 300000 pauses (14 ms on the 2-core test
 machine) before it sleeps; next to another busy process that spinning takes the core our
-working thread needs, and the build ran 10-100x slower (issue 13). Unless the user chose a
+working thread needs, and a build runs 10-100x slower. Unless the user chose a
 policy (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``), libgomp is loaded with a short spin
 instead. (If another library loaded libgomp first, its settings stand.)
 """
@@ -101,7 +101,8 @@ BLOCK_SECONDS = 0.1
 def in_blocks(n, step, work):
     """Call ``work(start, stop)`` on consecutive blocks that cover ``range(n)``.
 
-    One compiled call cannot be interrupted: Python raises KeyboardInterrupt between two. The
+    For compiled calls that do not check for signals themselves: Python raises
+    KeyboardInterrupt between two of them. The
     first block has ``step`` rows, each next one about :data:`BLOCK_SECONDS` of work at the
     rate of the block before (at most 4x as many rows). Every block but the last is a
     multiple of ``step`` rows long (e.g. one work item per thread), so blocks start at

@@ -131,7 +131,7 @@ def resolve_chunk_size(chunk_size, default):
 def resolve_seed(seed, name="seed"):
     """The integer seed to draw from: ``numpy.random.default_rng(resolve_seed(seed))``.
 
-    An integer >= 0 is returned as is, so it draws exactly what it always drew. A
+    An integer >= 0 is returned as is, so the same int always gives the same draws. A
     ``numpy.random.Generator`` gives one draw from it (so it advances, and successive calls
     differ, as in other GP libraries); None gives a draw from fresh OS entropy. Either way the
     result is an int, which callers can record to reproduce the run.

@@ -55,7 +55,7 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
     Raises
     ------
     TypeError, ValueError
-        On bad input, before any work starts (see Notes of DESIGN section 2).
+        On bad input, before any work starts; the message names the argument.
 
     Examples
     --------

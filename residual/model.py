@@ -1,4 +1,4 @@
-"""The residual-correlation model: inducing points, V and p (DESIGN.md section 1).
+"""The residual-correlation model: inducing points, V and p.
 
 With inducing points U (m of them: rows of X or free coordinates) and
 ``L = chol(k(U, U) + jitter * variance * I)``::
@@ -172,9 +172,10 @@ class ResidualCorrelation(_persist.Persistent):
             n_inducing = check_int(n_inducing, "n_inducing", minimum=1, maximum=n)
         jitter = check_positive(jitter, "jitter")
         nugget = check_nugget(nugget)
+        kernel.lengthscales(X.shape[1])               # an ARD kernel must match X's columns
+        nt = resolve_num_threads(num_threads)
         if isinstance(inducing, str):
             seed = resolve_seed(seed)      # last: a Generator is drawn from only for valid calls
-        nt = resolve_num_threads(num_threads)
 
         self = cls.__new__(cls)
         with np.errstate(over="ignore", invalid="ignore"):

@@ -109,9 +109,9 @@ class CoverTree(_persist.Persistent):
         batch_size = (DEFAULT_BATCH_SIZE if batch_size is None
                       else check_int(batch_size, "batch_size", minimum=1))
         batch_size = min(batch_size, max(n - 1, 1))    # workspaces are batch_size^2
-        seed = resolve_seed(seed)
         if schedule not in ("doubling", "fixed"):
             raise ValueError(f"schedule must be 'doubling' or 'fixed', got {schedule!r}")
+        seed = resolve_seed(seed)          # last: a Generator is drawn from only for valid calls
 
         order = np.random.default_rng(seed).permutation(n)
         root = int(order[0])

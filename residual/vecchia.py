@@ -10,7 +10,6 @@ the factor and the VIF log density on request (residual/_factor.pyx).
 
 import functools
 import inspect
-import numbers
 import time
 
 import numpy as np
@@ -152,7 +151,7 @@ class VecchiaNeighbors:
         """
         return self._residual_model(None)
 
-    def factor(self, covariance="residual", nugget=0.0, *, num_threads=None):
+    def factor(self, covariance="residual", *, nugget=0.0, num_threads=None):
         """The sparse inverse-Cholesky (Vecchia) factor of the ordered vector ``y[order]``.
 
         Row i of ``A`` conditions position i on its neighbours ``c = neighbors[i, :min(k, i)]``
@@ -169,7 +168,8 @@ class VecchiaNeighbors:
             model, see :meth:`logpdf`); after ``metric="euclidean"`` the residual model is
             built on first use (see :attr:`model`).
         nugget : float, default=0.0
-            Noise variance added to the diagonal, >= 0.
+            Noise variance added to the diagonal, >= 0. The model's own ``nugget`` (the one in
+            the distance that chose the neighbours) is not used here: pass it again.
         num_threads : int, default=None
             Threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative
             counts back from them).
@@ -211,20 +211,20 @@ class VecchiaNeighbors:
         data, indices, indptr = self._factor(covariance, nugget, nt)
         return scipy.sparse.csr_matrix((data, indices, indptr), shape=(self.n_samples,) * 2)
 
-    def logpdf(self, y, nugget=0.0, covariance="residual", *, num_threads=None):
+    def logpdf(self, y, covariance="residual", *, nugget=0.0, num_threads=None):
         """Log density of y under the Vecchia-approximated Gaussian process (mean zero).
 
         Parameters
         ----------
         y : array-like of shape (n_samples,)
             Observations, in the original row order of X (not the ordered sequence).
-        nugget : float, default=0.0
-            Noise variance, >= 0.
         covariance : {"residual", "kernel"}, default="residual"
             ``"residual"``: the VIF model ``V V^T + R~`` with ``R~^-1 = A^T A``, A the
             :meth:`factor` of the residual covariance ``k - V V^T + nugget * I``.
             ``"kernel"``: plain Vecchia, ``(A^T A)^-1`` with A the factor of
             ``k + nugget * I``.
+        nugget : float, default=0.0
+            Noise variance, >= 0 (the model's own nugget is not used: pass it again).
         num_threads : int, default=None
             Threads for the factor (None = ``OMP_NUM_THREADS`` if set, else all usable cores).
 
@@ -284,11 +284,7 @@ class VecchiaNeighbors:
     def _check_factor_args(self, covariance, nugget, num_threads):
         if covariance not in COVARIANCES:
             raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
-        if isinstance(nugget, (bool, np.bool_)) or not isinstance(nugget, numbers.Real):
-            raise TypeError(f"nugget must be a real number, got {type(nugget).__name__}")
-        nugget = float(nugget)
-        if not (np.isfinite(nugget) and nugget >= 0):
-            raise ValueError(f"nugget must be a finite number >= 0, got {nugget}")
+        nugget = check_nugget(nugget)
         if self.kernel is None:
             raise ValueError(f"covariance={covariance!r} needs a kernel: pass one to "
                              "vecchia_neighbors (with metric='euclidean' it is optional)")
@@ -379,7 +375,7 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random
     metric : {"residual", "euclidean"}, default="residual"
     method : {"auto", "tree", "brute"}, default="auto"
         ``"brute"``: :func:`residual.brute_force_knn`; ``"tree"``: :class:`residual.CoverTree`
-        then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path today:
+        then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path (docs/benchmarks.md):
         brute force for the residual metric, the tree for Euclidean.
     num_threads : int, default=None
         Threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative counts

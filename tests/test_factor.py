@@ -143,8 +143,8 @@ def test_independent_of_thread_count(covariance):
     one = res.factor(covariance, nugget=1e-4, num_threads=1)
     two = res.factor(covariance, nugget=1e-4, num_threads=2)
     np.testing.assert_array_equal(one.data, two.data)
-    assert (res.logpdf(y, 1e-4, covariance, num_threads=1)
-            == res.logpdf(y, 1e-4, covariance, num_threads=2))
+    assert (res.logpdf(y, covariance, nugget=1e-4, num_threads=1)
+            == res.logpdf(y, covariance, nugget=1e-4, num_threads=2))
 
 
 def test_euclidean_result_builds_the_residual_paths_model():

@@ -204,6 +204,13 @@ def test_refused_call_leaves_the_generator_alone():
     state = g.bit_generator.state
     with pytest.raises(ValueError, match="k must be >= 1"):
         residual.vecchia_neighbors(X, KERN, k=0, seed=g)
+    with pytest.raises(ValueError, match="schedule must be"):
+        residual.CoverTree(X, seed=g, schedule="halving")
+    with pytest.raises(ValueError, match="num_threads must be a non-zero integer"):
+        residual.ResidualCorrelation.from_kernel(X, KERN, n_inducing=4, seed=g, num_threads=0)
+    with pytest.raises(ValueError, match="lengthscales"):
+        residual.ResidualCorrelation.from_kernel(X, residual.RBF([1.0, 2.0]), n_inducing=4,
+                                                 seed=g)
     assert g.bit_generator.state == state
 
 
