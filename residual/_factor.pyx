@@ -23,6 +23,7 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._blas cimport potrf_lower_rm, syrk_lower_rm, trsv_lower_trans_rm
 from residual._tiles cimport KernelSpec, kernel_tile
+from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
 # Row status codes returned to Python.
 cdef enum:
@@ -94,8 +95,10 @@ cdef unsigned char _row(const Problem* P, intp_t i, float64_t* work) noexcept no
     return ROW_OK
 
 
-cdef int _run(Problem* P, intp_t n, intp_t max_row, int num_threads) noexcept nogil:
-    """prange over row blocks; returns 0, or -1 if a workspace could not be allocated."""
+cdef int _run(Problem* P, intp_t n, intp_t max_row, Interrupt* stop,
+              int num_threads) noexcept nogil:
+    """prange over row blocks; returns 0, or -1 if a workspace could not be allocated. Checks
+    for Ctrl-C before each block (a million rows are seconds of work)."""
     cdef intp_t n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK, c, i
     cdef intp_t size = max_row * (2 * P.dim + P.m + max_row)
     cdef float64_t* work
@@ -106,7 +109,7 @@ cdef int _run(Problem* P, intp_t n, intp_t max_row, int num_threads) noexcept no
         if work == NULL:
             failed_flag[0] = 1
         for c in prange(n_tasks, schedule='dynamic'):
-            if work != NULL:
+            if work != NULL and not interrupted(stop):
                 for i in range(c * ROWS_PER_TASK, min((c + 1) * ROWS_PER_TASK, n)):
                     P.status[i] = _row(P, i, work)
         # end: prange
@@ -128,6 +131,7 @@ def vecchia_factor(int kind, float64_t variance, const float64_t[:, ::1] xs, v,
     cdef intp_t n = xs.shape[0], i, max_row = 1
     cdef const float64_t[:, ::1] vv
     cdef int rc
+    cdef Interrupt stop
     if indptr.shape[0] != n + 1 or indices.shape[0] != indptr[n]:
         raise ValueError("the pattern does not match the points")
     P.spec.kind = kind
@@ -154,8 +158,10 @@ def vecchia_factor(int kind, float64_t variance, const float64_t[:, ::1] xs, v,
     P.min_pivot = min_pivot
     P.data = &d[0]
     P.status = &st[0]
+    interrupt_init(&stop)
     with nogil:
-        rc = _run(&P, n, max_row, num_threads)
+        rc = _run(&P, n, max_row, &stop, num_threads)
+    reraise(&stop)
     if rc != 0:
         raise MemoryError("could not allocate the per-thread workspaces")
     return data, status
