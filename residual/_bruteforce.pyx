@@ -23,7 +23,7 @@ from libc.stdlib cimport malloc, free
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport (KernelSpec, Metric, residual_cov_tile, residual_key,
+from residual._tiles cimport (Block, KernelSpec, Metric, residual_cov_tile, residual_key,
                               sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
@@ -67,10 +67,11 @@ cdef struct Problem:
 cdef void _fill_tile(const Problem* P, intp_t q0, intp_t nrows, intp_t t0, intp_t ncols,
                      float64_t* tile) noexcept nogil:
     """tile[r, j] (row stride TILE): residual covariance C or Euclidean r^2, query q0+r vs t0+j."""
+    cdef Block q, c
     if P.metric == METRIC_RESIDUAL:
-        residual_cov_tile(P.spec, P.xq + q0 * P.dim, P.vq + q0 * P.m, nrows,
-                          P.xct + t0, P.n_cand, P.vc + t0 * P.m, ncols,
-                          P.dim, P.m, tile, TILE)
+        q = Block(n=nrows, ld=P.dim, x=P.xq + q0 * P.dim, v=P.vq + q0 * P.m, s=NULL)
+        c = Block(n=ncols, ld=P.n_cand, x=P.xct + t0, v=P.vc + t0 * P.m, s=NULL)
+        residual_cov_tile(P.spec, &q, &c, P.dim, P.m, tile, TILE)
     else:
         sqdist_direct_tile(P.xq + q0 * P.dim, nrows, P.xct + t0, P.n_cand, ncols, P.dim,
                            tile, TILE)

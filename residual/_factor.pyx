@@ -22,7 +22,7 @@ import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._blas cimport potrf_lower_rm, syrk_lower_rm, trsv_lower_trans_rm
-from residual._tiles cimport KernelSpec, kernel_tile
+from residual._tiles cimport Block, KernelSpec, kernel_tile
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 
 # Row status codes returned to Python.
@@ -71,8 +71,11 @@ cdef unsigned char _row(const Problem* P, intp_t i, float64_t* work) noexcept no
             memcpy(vg + a * m, P.v + src * m, m * sizeof(float64_t))
     # s (nr x nr, row stride nr), its lower triangle only (all that potrf reads; 1.2x faster
     # per row than the full tile at k = 30); gt is (dim x nr) with row stride nr
+    cdef Block row, cols
     for a in range(nr):
-        kernel_tile(P.spec, g + a * dim, 1, gt, nr, a + 1, dim, s + a * nr, nr)
+        row = Block(n=1, ld=dim, x=g + a * dim, v=NULL, s=NULL)
+        cols = Block(n=a + 1, ld=nr, x=gt, v=NULL, s=NULL)
+        kernel_tile(P.spec, &row, &cols, dim, s + a * nr, nr)
     if m:
         # S -= V_g V_g^T on the lower triangle only (all that potrf reads): half the
         # products of _tiles.residual_cov_tile's dgemm, 1.2x faster per row at k = 30, m = 200
@@ -117,12 +120,12 @@ cdef int _run(Problem* P, intp_t n, intp_t max_row, Interrupt* stop,
     return -1 if failed else 0
 
 
-def vecchia_factor(int kind, float64_t variance, const float64_t[:, ::1] xs, v,
+def vecchia_factor(kernel, const float64_t[:, ::1] xs, v,
                    const int64_t[::1] indptr, const int64_t[::1] indices,
                    float64_t nugget, float64_t min_pivot, int num_threads):
     """Values of the Vecchia factor on a CSR pattern; arguments already validated.
 
-    xs: ordered, centred, lengthscale-scaled coordinates; v: ordered V rows (residual
+    kernel: the Kernel (its code and variance are read); xs: ordered, centred, lengthscale-scaled coordinates; v: ordered V rows (residual
     covariance) or None (kernel covariance); indptr/indices: the pattern of
     ``VecchiaNeighbors.to_csr()``. Returns ``(data, status)``: data in the pattern's order,
     status per row (0 ok, 1 singular block: data of that row undefined).
@@ -134,8 +137,8 @@ def vecchia_factor(int kind, float64_t variance, const float64_t[:, ::1] xs, v,
     cdef Interrupt stop
     if indptr.shape[0] != n + 1 or indices.shape[0] != indptr[n]:
         raise ValueError("the pattern does not match the points")
-    P.spec.kind = kind
-    P.spec.variance = variance
+    P.spec.kind = kernel._code
+    P.spec.variance = kernel.variance
     P.dim = xs.shape[1]
     P.xs = &xs[0, 0]
     P.m = 0

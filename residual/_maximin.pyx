@@ -259,43 +259,6 @@ cdef inline void restore_sub(Walk* W, intp_t u) noexcept nogil:
     W.top[u] = at
 
 
-cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const intp_t* by_row,
-                  const int64_t* bottom_up, intp_t nnodes, int num_threads,
-                  int64_t* inball) noexcept nogil:
-    """One step by a plain scan of the points; returns the distance evaluations and, in
-    inball, how many points lie within r of c (what a tree search must reach at least).
-
-    For steps that reach most of the tree anyway (r near the diameter); on num_threads
-    threads, or on this one if num_threads is 1. Points go in storage order (by_row: row ->
-    label where the rows are not stored in label order, else NULL), so the rows stream
-    from memory. The distances come from the same routine, so the updates are the tree
-    search's. sub and top are then rebuilt for every node, children first (bottom_up: every
-    node, each after all of its children).
-    """
-    cdef intp_t x, i, q
-    W.c = c
-    W.evals = 0
-    inball[0] = 0
-    if num_threads > 1:
-        for q in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
-            x = q if by_row == NULL else by_row[q]
-            if W.dmin[x] > 0.0:             # chosen points (-1) and points at 0 cannot change
-                buf[x] = dist(W.D, c, x)
-    else:
-        for q in range(W.D.P.n):
-            x = q if by_row == NULL else by_row[q]
-            if W.dmin[x] > 0.0:
-                buf[x] = dist(W.D, c, x)
-    for x in range(W.D.P.n):
-        if W.dmin[x] > 0.0:
-            W.evals += 1
-            inball[0] += buf[x] <= r
-            offer(W, x, buf[x])
-    for i in range(nnodes):
-        restore_sub(W, bottom_up[i])
-    return W.evals
-
-
 # -- evaluating the root's children for the next few centres at once -----------------------------
 #
 # Where the root is wide (the residual metric's net: thousands of children, most of which every
@@ -582,13 +545,50 @@ cdef class Farthest:
         """The threads for a step predicted to reach `reach` points."""
         return self.num_threads if reach >= self.parallel_min else 1
 
+    cdef int64_t scan(self, Walk* W, intp_t c, float64_t r, int num_threads,
+                      int64_t* inball) noexcept nogil:
+        """One step by a plain scan of the points; returns the distance evaluations and, in
+        inball, how many points lie within r of c (what a tree search must reach at least).
+
+        For steps that reach most of the tree anyway (r near the diameter); on num_threads
+        threads, or on this one if num_threads is 1. Points go in storage order (by_row: row ->
+        label where the rows are not stored in label order, else NULL), so the rows stream
+        from memory. The distances come from the same routine, so the updates are the tree
+        search's. sub and top are then rebuilt for every node, children first (bottom_up: every
+        node, each after all of its children).
+        """
+        cdef intp_t x, i, q
+        cdef float64_t* buf = self.buf
+        cdef const intp_t* by_row = self.by_row
+        W.c = c
+        W.evals = 0
+        inball[0] = 0
+        if num_threads > 1:
+            for q in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
+                x = q if by_row == NULL else by_row[q]
+                if W.dmin[x] > 0.0:             # chosen points (-1) and points at 0 cannot change
+                    buf[x] = dist(W.D, c, x)
+        else:
+            for q in range(W.D.P.n):
+                x = q if by_row == NULL else by_row[q]
+                if W.dmin[x] > 0.0:
+                    buf[x] = dist(W.D, c, x)
+        for x in range(W.D.P.n):
+            if W.dmin[x] > 0.0:
+                W.evals += 1
+                inball[0] += buf[x] <= r
+                offer(W, x, buf[x])
+        for i in range(self.nbottom):
+            restore_sub(W, self.bottom_up[i])
+        return W.evals
+
     cdef void first(self) noexcept nogil:
         """The first centre: every point is at distance inf, so the search reaches all."""
         self.order[0] = self.W.row[self.start]
         self.out_dist[0] = INFINITY
         self.W.dmin[self.start] = -1.0
-        self.evals = scan(&self.W, self.start, INFINITY, self.buf, self.by_row,
-                          self.bottom_up, self.nbottom, self.threads_for(self.n), &self.reach)
+        self.evals = self.scan(&self.W, self.start, INFINITY, self.threads_for(self.n),
+                               &self.reach)
         self.step_evals[0] = self.evals
         self.done = 1
 
@@ -615,8 +615,7 @@ cdef class Farthest:
         W.looked = 0
         if self.reach >= self.scan_min:
             self.scan_steps += 1
-            last = scan(W, c, r, self.buf, self.by_row, self.bottom_up, self.nbottom,
-                        self.threads_for(self.reach), &inball)
+            last = self.scan(W, c, r, self.threads_for(self.reach), &inball)
         elif self.par != NULL and self.reach >= self.parallel_min:
             self.parallel_steps += 1
             last = search(W, c, self.par)

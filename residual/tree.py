@@ -319,9 +319,7 @@ class CoverTree(_persist.Persistent):
                 nodes.append(kids[starts + np.arange(counts.sum())])
             order = np.concatenate(nodes)
             self._search_layout = _search.SearchLayout(
-                order, np.diff(ptr).astype(np.int64), self.aliases_ptr.astype(np.int64),
-                self.aliases, self.radii, self.parent_distances, self.min_index,
-                self._metric.take(order), self._slack)
+                self, order, self._metric.take(order), self._slack)
         return self._search_layout
 
     def _depth_first_order(self):
