@@ -39,6 +39,7 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
+from residual._workspace cimport carve, span, workspace_new
 from residual._tiles cimport (Block, Metric, Points, closer, pair_key, sqdist, residual_cov_tile,
                               residual_key, sqdist_direct_tile)
 
@@ -472,12 +473,17 @@ cdef class TreeBuilder:
     cdef int _children_tiles(self, const Children* C, int num_threads) noexcept nogil:
         """C.tile2[off_k + r * n_kids + j] = d(visitor r of net node k, child j of k).
 
-        Returns 0, or 1 if a thread could not allocate its workspace (tile2 is then
-        incomplete and must not be read)."""
+        Returns 0, or 1 if a thread could not allocate its workspace (_workspace.pxd; tile2
+        is then incomplete and must not be read)."""
         cdef int failed = 0
-        cdef int* failed_flag = &failed     # written through a pointer: shared, not private
         cdef intp_t k, r, j, t, nm, nk, dim = self.P.dim, m = self.P.m, b, c
         cdef intp_t mw = max(m, 1)
+        cdef size_t f = sizeof(float64_t)
+        cdef size_t size = (span(C.nb * dim * f) + span(C.nb * mw * f) + span(C.nb * f) +
+                            span(C.max_kids * dim * f) + span(C.max_kids * mw * f) +
+                            span(C.max_kids * f))
+        cdef char* work
+        cdef char* at
         cdef float64_t* qx
         cdef float64_t* qv
         cdef float64_t* qs
@@ -486,20 +492,18 @@ cdef class TreeBuilder:
         cdef float64_t* ks
         cdef Block rows, cols
         with parallel(num_threads=num_threads):
-            qx = <float64_t*>malloc(C.nb * dim * sizeof(float64_t))
-            qv = <float64_t*>malloc(C.nb * mw * sizeof(float64_t))
-            qs = <float64_t*>malloc(C.nb * sizeof(float64_t))
-            kxt = <float64_t*>malloc(C.max_kids * dim * sizeof(float64_t))
-            kv = <float64_t*>malloc(C.max_kids * mw * sizeof(float64_t))
-            ks = <float64_t*>malloc(C.max_kids * sizeof(float64_t))
+            work = workspace_new(size, &failed)
+            at = work
+            qx = <float64_t*>carve(&at, C.nb * dim * f)
+            qv = <float64_t*>carve(&at, C.nb * mw * f)
+            qs = <float64_t*>carve(&at, C.nb * f)
+            kxt = <float64_t*>carve(&at, C.max_kids * dim * f)
+            kv = <float64_t*>carve(&at, C.max_kids * mw * f)
+            ks = <float64_t*>carve(&at, C.max_kids * f)
             for k in prange(C.nc, schedule='dynamic', chunksize=16):
                 nm = C.members_ptr[k + 1] - C.members_ptr[k]
                 nk = C.kids_ptr[k + 1] - C.kids_ptr[k]
-                if qx == NULL or qv == NULL or qs == NULL or kxt == NULL or kv == NULL \
-                        or ks == NULL:
-                    failed_flag[0] = 1
-                    continue
-                if nm == 0 or nk == 0:
+                if work == NULL or nm == 0 or nk == 0:
                     continue
                 for r in range(nm):            # the visitors' rows, from the batch workspace
                     b = C.members[C.members_ptr[k] + r]
@@ -519,12 +523,7 @@ cdef class TreeBuilder:
                 cols = Block(n=nk, ld=nk, x=kxt, v=kv, s=ks)
                 self._distance_rows(&rows, &cols, C.tile2 + C.tile2_off[k], nk)
             # end: prange
-            free(qx)
-            free(qv)
-            free(qs)
-            free(kxt)
-            free(kv)
-            free(ks)
+            free(work)
         return failed
 
     cdef intp_t _net_pass(self, intp_t p, const float64_t* net_d, const intp_t* net,

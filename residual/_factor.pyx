@@ -15,7 +15,7 @@
 # block. The caller holds BLAS to one thread while this runs.
 
 from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 from libc.string cimport memcpy
 
 import numpy as np
@@ -24,6 +24,7 @@ from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._blas cimport potrf_lower_rm, syrk_lower_rm, trsv_lower_trans_rm
 from residual._tiles cimport Block, KernelSpec, kernel_tile
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
+from residual._workspace cimport workspace_new
 
 # Row status codes returned to Python.
 cdef enum:
@@ -100,24 +101,22 @@ cdef unsigned char _row(const Problem* P, intp_t i, float64_t* work) noexcept no
 
 cdef int _run(Problem* P, intp_t n, intp_t max_row, Interrupt* stop,
               int num_threads) noexcept nogil:
-    """prange over row blocks; returns 0, or -1 if a workspace could not be allocated. Checks
-    for Ctrl-C before each block (a million rows are seconds of work)."""
+    """prange over row blocks, one workspace per thread (_workspace.pxd); returns 0, or 1 if a
+    thread could not allocate its workspace. Checks for Ctrl-C before each block (a million
+    rows are seconds of work)."""
     cdef intp_t n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK, c, i
     cdef intp_t size = max_row * (2 * P.dim + P.m + max_row)
     cdef float64_t* work
     cdef int failed = 0
-    cdef int* failed_flag = &failed   # written through a pointer: it is shared, not private
     with parallel(num_threads=num_threads):
-        work = <float64_t*>malloc(size * sizeof(float64_t))
-        if work == NULL:
-            failed_flag[0] = 1
+        work = <float64_t*>workspace_new(size * sizeof(float64_t), &failed)
         for c in prange(n_tasks, schedule='dynamic'):
             if work != NULL and not interrupted(stop):
                 for i in range(c * ROWS_PER_TASK, min((c + 1) * ROWS_PER_TASK, n)):
                     P.status[i] = _row(P, i, work)
         # end: prange
         free(work)
-    return -1 if failed else 0
+    return failed
 
 
 def vecchia_factor(kernel, const float64_t[:, ::1] xs, v,
