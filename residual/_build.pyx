@@ -32,13 +32,13 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt, fabs, ldexp, frexp
 from libc.stdlib cimport malloc, realloc, free
 from libc.stdint cimport int32_t
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
-from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
+from residual._interrupt cimport (Interrupt, interrupt_init, interrupted, monotonic_seconds,
+                                  reraise)
 from residual._workspace cimport carve, span, workspace_new
 from residual._tiles cimport (Block, Metric, Points, closer, pair_key, sqdist, residual_cov_tile,
                               residual_key, sqdist_direct_tile)
@@ -53,12 +53,6 @@ cdef enum:
                                # up to a time slice next to another busy process)
     NO_NODE = -1
     INSERTED = -2147483647   # a batch point's pending level once it has joined the tree
-
-
-cdef inline float64_t _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
 cdef inline int level_below(float64_t d) noexcept nogil:
@@ -372,7 +366,7 @@ cdef class TreeBuilder:
         cdef Entered E = Entered(net=&net[0], net_d=&tile[0, 0], enter=&enter[0, 0],
                                  n_enter=&n_enter[0], row_of=&row_of[0, 0], ld=tile.shape[1],
                                  best_d=&best_d[0], best_q=&best_q[0])
-        cdef float64_t t0 = _now()
+        cdef float64_t t0 = monotonic_seconds()
         if not self.P.residual:
             # a Euclidean distance costs less than a tile's bookkeeping, and the descent's
             # parent-distance test skips most of the net nodes' children unevaluated: no
@@ -412,7 +406,7 @@ cdef class TreeBuilder:
                 for b in range(r0, r0 + nr):
                     n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc,
                                                 &enter[b, 0], &best_d[b], &best_q[b])
-        self.t_net += _now() - t0
+        self.t_net += monotonic_seconds() - t0
         self.kernel_tiles += n_items if nc > 0 else 0
         self.kernel_elements += nb * nc
         # B. group by net node: who enters it (its rows in the second tile), and its children
@@ -451,12 +445,12 @@ cdef class TreeBuilder:
         cdef Children C = Children(nc=nc, nb=nb, max_kids=max_kids, members_ptr=&members_ptr[0],
                                    members=&members[0], kids_ptr=&kids_ptr[0], kids=&kids[0],
                                    tile2_off=&tile2_off[0], tile2=&tile2[0])
-        cdef float64_t t1 = _now()
+        cdef float64_t t1 = monotonic_seconds()
         if tile2_off[nc] > 0:
             if self._children_tiles(&C, threads_for(num_threads,
                                                     tile2_off[nc] * self.pair_cost)):
                 raise MemoryError("could not allocate the children-tile workspaces")
-        self.t_kids += _now() - t1
+        self.t_kids += monotonic_seconds() - t1
         self.kernel_elements += tile2_off[nc]
         # D. each point descends on its own below that, one pair at a time
         with nogil, parallel(num_threads=threads):
@@ -789,7 +783,7 @@ cdef class TreeBuilder:
                 n_pending += 1
         while n_pending > 0:
             self.rounds += 1
-            t0 = _now()
+            t0 = monotonic_seconds()
             i = lev[pending[0]]
             for j in range(n_pending):
                 i = max(i, lev[pending[j]])
@@ -803,12 +797,12 @@ cdef class TreeBuilder:
             # and the round's members, nothing of the metric
             self.conflict_edges += conflict_graph(block, nb, in_round, nl, radius, adj_ptr, adj,
                                                   threads_for(num_threads, nl * nl))
-            self.t_conflict += _now() - t0
-            t0 = _now()
+            self.t_conflict += monotonic_seconds() - t0
+            t0 = monotonic_seconds()
             greedy_mis(nl, adj_ptr, adj, chosen)
-            self.t_mis += _now() - t0
+            self.t_mis += monotonic_seconds() - t0
             # attach the MIS at level i; pending points re-check the new nodes only
-            t0 = _now()
+            t0 = monotonic_seconds()
             n_new = 0
             for j in range(nl):
                 if chosen[j]:
@@ -847,7 +841,7 @@ cdef class TreeBuilder:
                     pending[e] = pending[j]
                     e += 1
             n_pending = e
-            self.t_attach += _now() - t0
+            self.t_attach += monotonic_seconds() - t0
 
     cdef inline bint _settle(self, intp_t a, const intp_t* batch, const float64_t* best_d,
                              const intp_t* best_q, int32_t* lev) noexcept nogil:

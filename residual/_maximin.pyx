@@ -51,12 +51,12 @@
 from cython.parallel cimport prange, parallel, threadid
 from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport sqrt, fabs, INFINITY
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Metric, Points, closer, pair_key, sqdist
+from residual._interrupt cimport monotonic_seconds
 
 
 cdef struct Data:
@@ -103,12 +103,6 @@ cdef inline float64_t dist(const Data* D, intp_t c, intp_t x) noexcept nogil:
     if D.row != NULL:
         return sqrt(pair_key(&D.P, D.row[c], D.row[x]))
     return sqrt(pair_key(&D.P, c, x))
-
-
-cdef inline float64_t now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
 cdef inline float64_t offer(Walk* W, intp_t x, float64_t dx) noexcept nogil:
@@ -525,13 +519,13 @@ cdef class Farthest:
         """Place points for about `seconds` (at least one step), or until all are placed;
         returns how many are placed. Raises KeyboardInterrupt (or what a signal handler
         raised) if a signal came meanwhile."""
-        cdef float64_t t_end = now() + seconds
+        cdef float64_t t_end = monotonic_seconds() + seconds
         with nogil:
             if self.done == 0:
                 self.first()
             while self.done < self.n:
                 self.step()
-                if now() >= t_end:
+                if monotonic_seconds() >= t_end:
                     break
         PyErr_CheckSignals()
         return self.done

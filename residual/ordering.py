@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from residual import _maximin
-from residual.tree import CoverTree, _SLACK_EUCLIDEAN_REL
+from residual.tree import CoverTree, euclidean_slack
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._tiles import Metric
 from residual._validate import as_points, check_int
@@ -178,7 +178,7 @@ def _kd_layout(coords):
     x = np.ascontiguousarray(coords, dtype=np.float64)
     row, children_ptr, alias_ptr, radius, pdist, bottom_up, evals = _maximin.kd_layout(
         x, LEAF_SIZE)
-    slack = _SLACK_EUCLIDEAN_REL * max(float(radius[0]), 1e-300)
+    slack = euclidean_slack(float(radius[0]))
     metric = Metric.euclidean(x[row])
     return metric, (row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up), evals
 
