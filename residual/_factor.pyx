@@ -124,10 +124,10 @@ def vecchia_factor(kernel, const float64_t[:, ::1] xs, v,
                    float64_t nugget, float64_t min_pivot, int num_threads):
     """Values of the Vecchia factor on a CSR pattern; arguments already validated.
 
-    kernel: the Kernel (its code and variance are read); xs: ordered, centred, lengthscale-scaled coordinates; v: ordered V rows (residual
-    covariance) or None (kernel covariance); indptr/indices: the pattern of
-    ``VecchiaNeighbors.to_csr()``. Returns ``(data, status)``: data in the pattern's order,
-    status per row (0 ok, 1 singular block: data of that row undefined).
+    kernel: the Kernel (its code and variance are read); xs: ordered, centred, lengthscale-scaled
+    coordinates; v: ordered V rows (residual covariance) or None (kernel covariance);
+    indptr/indices: the pattern of ``VecchiaNeighbors.to_csr()``. Returns ``(data, status)``: data
+    in the pattern's order, status per row (0 ok, 1 singular block: data of that row undefined).
     """
     cdef Problem P
     cdef intp_t n = xs.shape[0], i, max_row = 1

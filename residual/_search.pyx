@@ -17,13 +17,12 @@
 # prunes what cannot be among the k nearest (ties stay reachable), so answers are unchanged.
 #
 # Queries are independent and read-only: prange over queries (Euclidean) or over groups of
-# consecutive queries that share one traversal (residual, see _search_group), one Scratch
-# workspace per thread (_workspace.pxd: a thread that cannot get one sets the shared flag, and
-# knn() raises MemoryError). Distances are float64, one pair at a time, on a breadth-first copy of the tree
-# (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and
-# their rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the
-# shared ones of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group
-# (_interrupt.pxd).
+# consecutive queries that share one traversal (residual, see _search_group), one Scratch workspace
+# per thread (_workspace.pxd: a thread that cannot get one sets the shared flag, and knn() raises
+# MemoryError). Distances are float64, one pair at a time, on a breadth-first copy of the tree
+# (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and their
+# rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the shared ones
+# of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY

@@ -1,8 +1,8 @@
 # One thread's workspace in a parallel region: the one scaffold of the compiled code's parallel
-# loops (build, brute force, factor, and the search's Scratch). Inside `with parallel()`, each thread
-# takes one block with workspace_new(), carves its buffers out of it with carve(), skips its
-# work items if it got NULL, and frees the block at the end. A thread that gets NULL sets the
-# shared flag; the caller, back with the GIL, raises MemoryError if it is set.
+# loops (build, brute force, factor, and the search's Scratch). Inside `with parallel()`, each
+# thread takes one block with workspace_new(), carves its buffers out of it with carve(), skips its
+# work items if it got NULL, and frees the block at the end. A thread that gets NULL sets the shared
+# flag; the caller, back with the GIL, raises MemoryError if it is set.
 
 from libc.stdlib cimport malloc
 
