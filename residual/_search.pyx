@@ -198,19 +198,19 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t
             evals += 1
     if count == k:
         key0 = hd[0]
-    # the k best from here on: what _offer_node reads (only eligibility and the heap)
+    # the k best from here on (count entries): _offer_node reads eligibility and the heap
     cdef Query q
     q.self_index = self_index
     q.limit = limit
-    q.count = 0
     q.hd = hd
     q.hi = hi
+    count = 0
     key = sqdist(xq, P.x, P.dim)
     d0 = sqrt(key)
     if key <= key0:
-        _offer_node(T, 0, key, k, &q)
+        _offer_node(T, 0, key, k, &q, &count)
     frontier_push(fl, fd, fn, &size, 0.0, d0, 0)
-    tau = sqrt(hd[0]) if q.count == k else sqrt(key0)
+    tau = sqrt(hd[0]) if count == k else sqrt(key0)
     while size > 0:
         lb = fl[0]
         du = fd[0]
@@ -228,9 +228,9 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t
             evals += 1
             # else c and its aliases cannot enter the k best (with the seeds' bound: k eligible
             # points are no farther than key0, and the search offers them all)
-            if key <= key0 and (q.count < k or key <= hd[0]):
-                _offer_node(T, c, key, k, &q)
-                tau = sqrt(hd[0]) if q.count == k else sqrt(key0)
+            if key <= key0 and (count < k or key <= hd[0]):
+                _offer_node(T, c, key, k, &q, &count)
+                tau = sqrt(hd[0]) if count == k else sqrt(key0)
             if nc.child_end == nc.child_begin:
                 continue                    # a leaf: nothing to enter
             dc = sqrt(key)
@@ -240,7 +240,7 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t
                 prefetch(&T.node[nc.child_begin])
                 prefetch(P.x + nc.child_begin * P.dim)
                 frontier_push(fl, fd, fn, &size, lb if lb > 0.0 else 0.0, dc, c)
-    found[0] = q.count
+    found[0] = count
     return evals
 
 
@@ -277,17 +277,18 @@ cdef void _emit(float64_t* hd, intp_t* hi, intp_t count, intp_t k, float64_t* ou
         out_i[j] = -1
 
 
-cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t k,
-                             Query* q) noexcept nogil:
-    """Offer node c's row and its aliases (same key d) to q's k best if eligible for q."""
+cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t k, const Query* q,
+                             intp_t* count) noexcept nogil:
+    """Offer node c's row and its aliases (same key d) to q's k best (q.hd, q.hi and count
+    entries) if eligible for q (q.self_index, q.limit)."""
     cdef intp_t t, a
     cdef const Node* nc = &T.node[c]
     if nc.point != q.self_index and nc.point < q.limit:
-        best_offer(q.hd, q.hi, &q.count, k, d, nc.point)
+        best_offer(q.hd, q.hi, count, k, d, nc.point)
     for t in range(nc.alias_begin, nc.alias_end):
         a = T.aliases[t]
         if a != q.self_index and a < q.limit:
-            best_offer(q.hd, q.hi, &q.count, k, d, a)
+            best_offer(q.hd, q.hi, count, k, d, a)
 
 
 # -- residual metric: queries in groups ----------------------------------------------------------
@@ -396,7 +397,7 @@ cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
                         intp_t k) noexcept nogil:
     """Offer node c (and its aliases) to q's k best if it can enter them; update q's bound."""
     if key <= q.key0 and (q.count < k or key <= q.hd[0]):
-        _offer_node(T, c, key, k, q)
+        _offer_node(T, c, key, k, q, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
 
 
@@ -497,7 +498,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
             q.key0 = q.hd[0]
         q.count = 0
         if keys[r] <= q.key0:
-            _offer_node(T, 0, keys[r], k, q)
+            _offer_node(T, 0, keys[r], k, q, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
     pool.n_free = 0
     pool.used = 0
