@@ -396,14 +396,13 @@ cdef int64_t fill_ahead(const Walk* W, Ahead* A, intp_t c, int num_threads) noex
 cdef class Farthest:
     """The farthest-first loop over a relabelled tree, advanced in slices by run().
 
-    Parameters (all arrays already checked and in label order, see ordering._layout)
+    Parameters (all arrays already checked and in label order, see ordering.Layout)
     ----------
     metric : Metric
         The tree's metric, its rows in label order for Euclidean.
-    layout : tuple
-        ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label -> row
-        index, the CSR ranges of children and aliases (labels), covering radii and parent
-        distances, the tree's slack, and every node, each after its children.
+    layout : ordering.Layout
+        label -> row index, the CSR ranges of children and aliases (labels), covering radii
+        and parent distances, the tree's slack, and every node, each after its children.
     start : int
         Label of the first point.
     order, out_dist, step_evals : ndarray
@@ -439,17 +438,16 @@ cdef class Farthest:
     cdef int64_t* step_evals
     cdef object keep             # the arrays the pointers above point into
 
-    def __init__(self, Metric metric, tuple layout, intp_t start, int64_t[::1] order,
+    def __init__(self, Metric metric, layout, intp_t start, int64_t[::1] order,
                  float64_t[::1] out_dist, int64_t[::1] step_evals, int num_threads,
                  tuple limits):
         cdef bint residual = metric.P.residual
-        row_a, children_ptr_a, alias_ptr_a, radius_a, pdist_a, slack, bottom_up_a = layout
-        cdef const int64_t[::1] row = row_a
-        cdef const int64_t[::1] children_ptr = children_ptr_a
-        cdef const int64_t[::1] alias_ptr = alias_ptr_a
-        cdef const float64_t[::1] radius = radius_a
-        cdef const float64_t[::1] pdist = pdist_a
-        cdef const int64_t[::1] bottom_up = bottom_up_a
+        cdef const int64_t[::1] row = layout.row
+        cdef const int64_t[::1] children_ptr = layout.children_ptr
+        cdef const int64_t[::1] alias_ptr = layout.alias_ptr
+        cdef const float64_t[::1] radius = layout.radius
+        cdef const float64_t[::1] pdist = layout.pdist
+        cdef const int64_t[::1] bottom_up = layout.bottom_up
         cdef intp_t n = row.shape[0], nn, j
         self.D.P = metric.P
         self.D.row = &row[0] if residual else NULL
@@ -457,7 +455,7 @@ cdef class Farthest:
         self.T.alias_ptr = &alias_ptr[0]
         self.T.radius = &radius[0]
         self.T.pdist = &pdist[0]
-        self.T.slack = slack
+        self.T.slack = layout.slack
         self.n, self.start, self.num_threads = n, start, num_threads
         self.parallel_min, ahead_min, self.scan_min = limits
         self.bottom_up = &bottom_up[0]
@@ -694,7 +692,7 @@ cdef void select_nth(intp_t* idx, float64_t* xs, intp_t dim, intp_t lo, intp_t h
 
 
 def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
-    """The k-d ball tree of the rows of x, as ordering._layout's tuple less the slack, plus
+    """The k-d ball tree of the rows of x, as ordering.Layout's fields less the slack, plus
     the distance evaluations its radii took: ``(row, children_ptr, alias_ptr, radius,
     pdist, bottom_up, evals)``."""
     cdef intp_t n = x.shape[0], dim = x.shape[1], j, lo, hi, mid, a, b, t, best, axis
