@@ -4,6 +4,8 @@ from residual._typedefs cimport float32_t, float64_t, intp_t
 # change this one typedef.
 ctypedef int blas_int
 
+# dgemm_rm / sgemm_rm take BLAS's own 13 arguments, in its order, so that a call reads like the
+# GEMM it is (the one exception to the eight-parameter limit of the compiled code).
 cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
                    float64_t alpha, const float64_t* a, intp_t lda,
                    const float64_t* b, intp_t ldb,

@@ -14,6 +14,24 @@ from scipy.linalg.cython_blas cimport ddot, dgemm, dsyrk, dtrsv, sgemm
 from scipy.linalg.cython_lapack cimport dpotrf
 
 
+cdef struct ColMajor:
+    # A row-major GEMM's arguments as column-major BLAS takes them (see the algebra above).
+    char ta, tb
+    blas_int m, n, k, lda, ldb, ldc
+
+
+cdef inline ColMajor _col_major(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
+                                intp_t lda, intp_t ldb, intp_t ldc) noexcept nogil:
+    """The swap: BLAS computes C^T = op(B)^T op(A)^T, so m and n trade places and each
+    operand keeps its own transpose flag (ta is B's, tb is A's)."""
+    cdef ColMajor g
+    g.ta = b'T' if trans_b else b'N'
+    g.tb = b'T' if trans_a else b'N'
+    g.m, g.n, g.k = <blas_int>n, <blas_int>m, <blas_int>k
+    g.lda, g.ldb, g.ldc = <blas_int>lda, <blas_int>ldb, <blas_int>ldc
+    return g
+
+
 cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
                    float64_t alpha, const float64_t* a, intp_t lda,
                    const float64_t* b, intp_t ldb,
@@ -23,12 +41,9 @@ cdef void dgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
     NumPy equivalent: ``C[:] = alpha * (A.T if trans_a else A) @ (B.T if trans_b else B) + beta * C``.
     lda/ldb/ldc are the row strides (in elements) of the stored arrays.
     """
-    cdef char ta = b'T' if trans_b else b'N'
-    cdef char tb = b'T' if trans_a else b'N'
-    cdef blas_int bm = <blas_int>n, bn = <blas_int>m, bk = <blas_int>k
-    cdef blas_int l_b = <blas_int>ldb, l_a = <blas_int>lda, l_c = <blas_int>ldc
-    dgemm(&ta, &tb, &bm, &bn, &bk, &alpha, <float64_t*>b, &l_b, <float64_t*>a, &l_a,
-          &beta, c, &l_c)
+    cdef ColMajor g = _col_major(trans_a, trans_b, m, n, k, lda, ldb, ldc)
+    dgemm(&g.ta, &g.tb, &g.m, &g.n, &g.k, &alpha, <float64_t*>b, &g.ldb,
+          <float64_t*>a, &g.lda, &beta, c, &g.ldc)
 
 
 cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
@@ -36,12 +51,9 @@ cdef void sgemm_rm(bint trans_a, bint trans_b, intp_t m, intp_t n, intp_t k,
                    const float32_t* b, intp_t ldb,
                    float32_t beta, float32_t* c, intp_t ldc) noexcept nogil:
     """Single-precision twin of :func:`dgemm_rm` (same algebra)."""
-    cdef char ta = b'T' if trans_b else b'N'
-    cdef char tb = b'T' if trans_a else b'N'
-    cdef blas_int bm = <blas_int>n, bn = <blas_int>m, bk = <blas_int>k
-    cdef blas_int l_b = <blas_int>ldb, l_a = <blas_int>lda, l_c = <blas_int>ldc
-    sgemm(&ta, &tb, &bm, &bn, &bk, &alpha, <float32_t*>b, &l_b, <float32_t*>a, &l_a,
-          &beta, c, &l_c)
+    cdef ColMajor g = _col_major(trans_a, trans_b, m, n, k, lda, ldb, ldc)
+    sgemm(&g.ta, &g.tb, &g.m, &g.n, &g.k, &alpha, <float32_t*>b, &g.ldb,
+          <float32_t*>a, &g.lda, &beta, c, &g.ldc)
 
 
 cdef float64_t ddot_(intp_t n, const float64_t* x, const float64_t* y) noexcept nogil:

@@ -18,14 +18,15 @@
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, INFINITY
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport (KernelSpec, Metric, residual_cov_tile, residual_key,
+from residual._tiles cimport (Block, KernelSpec, Metric, residual_cov_tile, residual_key,
                               sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
+from residual._workspace cimport carve, span, workspace_new
 
 cdef enum:
     # Candidate columns per tile. Tiles start at multiples of TILE and are cut short only at
@@ -67,10 +68,11 @@ cdef struct Problem:
 cdef void _fill_tile(const Problem* P, intp_t q0, intp_t nrows, intp_t t0, intp_t ncols,
                      float64_t* tile) noexcept nogil:
     """tile[r, j] (row stride TILE): residual covariance C or Euclidean r^2, query q0+r vs t0+j."""
+    cdef Block q, c
     if P.metric == METRIC_RESIDUAL:
-        residual_cov_tile(P.spec, P.xq + q0 * P.dim, P.vq + q0 * P.m, nrows,
-                          P.xct + t0, P.n_cand, P.vc + t0 * P.m, ncols,
-                          P.dim, P.m, tile, TILE)
+        q = Block(n=nrows, ld=P.dim, x=P.xq + q0 * P.dim, v=P.vq + q0 * P.m, s=NULL)
+        c = Block(n=ncols, ld=P.n_cand, x=P.xct + t0, v=P.vc + t0 * P.m, s=NULL)
+        residual_cov_tile(P.spec, &q, &c, P.dim, P.m, tile, TILE)
     else:
         sqdist_direct_tile(P.xq + q0 * P.dim, nrows, P.xct + t0, P.n_cand, ncols, P.dim,
                            tile, TILE)
@@ -152,34 +154,35 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
 
 
 cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
-    """prange over query chunks; per-thread workspaces allocated once inside the parallel block.
+    """prange over query chunks, one workspace per thread (_workspace.pxd).
 
-    Returns 0, or -1 if a workspace could not be allocated.
+    Returns 0, or 1 if a thread could not allocate its workspace.
     """
     cdef intp_t n_chunks = (P.n_queries + chunk - 1) // chunk, c, q0, q1
     cdef intp_t cap = 2 * P.k + 64
+    cdef size_t n_tile = chunk * TILE * sizeof(float64_t), n_tops = chunk * sizeof(TopK)
+    cdef size_t n_cands = chunk * cap * sizeof(Candidate)
+    cdef char* work
+    cdef char* at
     cdef float64_t* tile
     cdef TopK* tops
     cdef Candidate* cands
     cdef int failed = 0
-    cdef int* failed_flag = &failed   # written through a pointer: it is shared, not private
     with parallel(num_threads=num_threads):
-        tile = <float64_t*>malloc(chunk * TILE * sizeof(float64_t))
-        tops = <TopK*>malloc(chunk * sizeof(TopK))
-        cands = <Candidate*>malloc(chunk * cap * sizeof(Candidate))
-        if tile == NULL or tops == NULL or cands == NULL:
-            failed_flag[0] = 1
+        work = workspace_new(span(n_tile) + span(n_tops) + span(n_cands), &failed)
+        at = work
+        tile = <float64_t*>carve(&at, n_tile)
+        tops = <TopK*>carve(&at, n_tops)
+        cands = <Candidate*>carve(&at, n_cands)
         # dynamic: predecessor chunks grow with their index, so static slices would be uneven.
         for c in prange(n_chunks, schedule='dynamic'):
-            if tile != NULL and tops != NULL and cands != NULL and not interrupted(P.stop):
+            if work != NULL and not interrupted(P.stop):
                 q0 = c * chunk
                 q1 = min(q0 + chunk, P.n_queries)
                 _chunk(P, q0, q1, tile, tops, cands, cap)
         # end: prange
-        free(tile)
-        free(tops)
-        free(cands)
-    return -1 if failed else 0
+        free(work)
+    return failed
 
 
 cdef _solve(Problem* P, intp_t chunk, int num_threads):

@@ -32,14 +32,15 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt, fabs, ldexp, frexp
 from libc.stdlib cimport malloc, realloc, free
 from libc.stdint cimport int32_t
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._heap cimport frontier_push, frontier_pop, prefetch
-from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
-from residual._tiles cimport (Metric, Points, closer, pair_key, sqdist, residual_cov_tile,
+from residual._interrupt cimport (Interrupt, interrupt_init, interrupted, monotonic_seconds,
+                                  reraise)
+from residual._workspace cimport carve, span, workspace_new
+from residual._tiles cimport (Block, Metric, Points, closer, pair_key, sqdist, residual_cov_tile,
                               residual_key, sqdist_direct_tile)
 
 cdef enum:
@@ -52,12 +53,6 @@ cdef enum:
                                # up to a time slice next to another busy process)
     NO_NODE = -1
     INSERTED = -2147483647   # a batch point's pending level once it has joined the tree
-
-
-cdef inline float64_t _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
 cdef inline int level_below(float64_t d) noexcept nogil:
@@ -124,6 +119,33 @@ cdef struct Kid:
     float64_t radius         # its covering radius
     int64_t start            # its own children's run: kids[start : start + count]
     int64_t count
+
+
+cdef struct Entered:
+    # What the net pass left for the batch rows: row b's entries are at b * ld. Read-only by
+    # the descents but for each row's best cover so far (best_d[b], best_q[b]).
+    const intp_t* net           # the net's nodes
+    const float64_t* net_d      # d(batch[b], net node k)
+    const int32_t* enter        # the net positions row b enters, n_enter[b] of them
+    const intp_t* n_enter
+    const int32_t* row_of       # row b's row in each entered node's children tile
+    intp_t ld
+    float64_t* best_d
+    intp_t* best_q
+
+
+cdef struct Children:
+    # The children tiles of the entered net nodes (traverse's stage C): net node k's visitors
+    # (batch positions) members[members_ptr[k]:members_ptr[k + 1]], its children
+    # kids[kids_ptr[k]:kids_ptr[k + 1]], and their tile at tile2[tile2_off[k]:], visitors x
+    # children, row-major. nb and max_kids bound the per-thread workspaces.
+    intp_t nc, nb, max_kids
+    const intp_t* members_ptr
+    const intp_t* members
+    const intp_t* kids_ptr
+    const intp_t* kids
+    const intp_t* tile2_off
+    float64_t* tile2
 
 
 cdef class TreeBuilder:
@@ -338,7 +360,13 @@ cdef class TreeBuilder:
         cdef intp_t[::1] net = self.net
         cdef int32_t[:, ::1] enter = self.net_enter
         cdef int32_t[:, ::1] row_of = self.net_row
-        cdef float64_t t0 = _now()
+        # the net's rows: the column side of every point's first tile
+        cdef Block rows, net_cols = Block(n=nc, ld=self.net_xt.shape[1], x=&self.net_xt[0, 0],
+                                          v=&self.net_v[0, 0], s=&self.net_s[0])
+        cdef Entered E = Entered(net=&net[0], net_d=&tile[0, 0], enter=&enter[0, 0],
+                                 n_enter=&n_enter[0], row_of=&row_of[0, 0], ld=tile.shape[1],
+                                 best_d=&best_d[0], best_q=&best_q[0])
+        cdef float64_t t0 = monotonic_seconds()
         if not self.P.residual:
             # a Euclidean distance costs less than a tile's bookkeeping, and the descent's
             # parent-distance test skips most of the net nodes' children unevaluated: no
@@ -354,15 +382,12 @@ cdef class TreeBuilder:
                         continue
                     r0 = c * chunk
                     nr = min(chunk, nb - r0)
-                    self._distance_rows(&self.gx[r0, 0], NULL, NULL, nr, &self.net_xt[0, 0],
-                                        self.net_xt.shape[1], NULL, NULL, nc, &tile[r0, 0],
-                                        tile.shape[1])
+                    rows = Block(n=nr, ld=self.P.dim, x=&self.gx[r0, 0], v=NULL, s=NULL)
+                    self._distance_rows(&rows, &net_cols, &tile[r0, 0], tile.shape[1])
                     for b in range(r0, r0 + nr):
                         n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc,
                                                     &enter[b, 0], &best_d[b], &best_q[b])
-                        evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
-                                                 &enter[b, 0], &tile[b, 0], NULL, NULL, NULL,
-                                                 NULL, &best_d[b], &best_q[b])
+                        evals[b] = self._descend(b, batch[b], fl, fd, fn, &E, NULL)
                 # end: prange
             reraise(&stop)
             self.traversal_evals += int(np.sum(evals)) + nb * nc
@@ -375,14 +400,13 @@ cdef class TreeBuilder:
                 r0 = c * BLOCK_ROWS
                 nr = min(<intp_t>BLOCK_ROWS, nb - r0)
                 if nc > 0:
-                    self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
-                                        &self.net_xt[0, 0], self.net_xt.shape[1],
-                                        &self.net_v[0, 0], &self.net_s[0], nc,
-                                        &tile[r0, 0], tile.shape[1])
+                    rows = Block(n=nr, ld=self.P.dim, x=&self.gx[r0, 0], v=&self.gv[r0, 0],
+                                 s=&self.gs[r0])
+                    self._distance_rows(&rows, &net_cols, &tile[r0, 0], tile.shape[1])
                 for b in range(r0, r0 + nr):
                     n_enter[b] = self._net_pass(batch[b], &tile[b, 0], &net[0], nc,
                                                 &enter[b, 0], &best_d[b], &best_q[b])
-        self.t_net += _now() - t0
+        self.t_net += monotonic_seconds() - t0
         self.kernel_tiles += n_items if nc > 0 else 0
         self.kernel_elements += nb * nc
         # B. group by net node: who enters it (its rows in the second tile), and its children
@@ -418,13 +442,15 @@ cdef class TreeBuilder:
                 for j in range(kids_ptr[k + 1] - kk):
                     kids[kk + j] = self.kids[self.kid_start[net[k]] + j].node
         # C. one tile per entered net node: its visitors x its children (BLAS), in parallel
-        cdef float64_t t1 = _now()
+        cdef Children C = Children(nc=nc, nb=nb, max_kids=max_kids, members_ptr=&members_ptr[0],
+                                   members=&members[0], kids_ptr=&kids_ptr[0], kids=&kids[0],
+                                   tile2_off=&tile2_off[0], tile2=&tile2[0])
+        cdef float64_t t1 = monotonic_seconds()
         if tile2_off[nc] > 0:
-            if self._children_tiles(nc, &members_ptr[0], &members[0], &kids_ptr[0], &kids[0],
-                                    &tile2_off[0], &tile2[0], nb, max_kids,
-                                    threads_for(num_threads, tile2_off[nc] * self.pair_cost)):
+            if self._children_tiles(&C, threads_for(num_threads,
+                                                    tile2_off[nc] * self.pair_cost)):
                 raise MemoryError("could not allocate the children-tile workspaces")
-        self.t_kids += _now() - t1
+        self.t_kids += monotonic_seconds() - t1
         self.kernel_elements += tile2_off[nc]
         # D. each point descends on its own below that, one pair at a time
         with nogil, parallel(num_threads=threads):
@@ -434,70 +460,64 @@ cdef class TreeBuilder:
             for b in prange(nb, schedule='dynamic', chunksize=chunk):
                 if interrupted(&stop):
                     continue
-                evals[b] = self._descend(batch[b], fl, fd, fn, &net[0], n_enter[b],
-                                         &enter[b, 0], &tile[b, 0], &row_of[b, 0],
-                                         &kids_ptr[0], &tile2_off[0], &tile2[0],
-                                         &best_d[b], &best_q[b])
+                evals[b] = self._descend(b, batch[b], fl, fd, fn, &E, &C)
         reraise(&stop)
         self.traversal_evals += int(np.sum(evals)) + nb * nc + tile2_off[nc]
 
-    cdef int _children_tiles(self, intp_t nc, const intp_t* members_ptr,
-                             const intp_t* members, const intp_t* kids_ptr,
-                             const intp_t* kids, const intp_t* tile2_off, float64_t* tile2,
-                             intp_t nb, intp_t max_kids, int num_threads) noexcept nogil:
-        """tile2[off_k + r * n_kids + j] = d(visitor r of net node k, child j of k).
+    cdef int _children_tiles(self, const Children* C, int num_threads) noexcept nogil:
+        """C.tile2[off_k + r * n_kids + j] = d(visitor r of net node k, child j of k).
 
-        Returns 0, or 1 if a thread could not allocate its workspace (tile2 is then
-        incomplete and must not be read)."""
+        Returns 0, or 1 if a thread could not allocate its workspace (_workspace.pxd; tile2
+        is then incomplete and must not be read)."""
         cdef int failed = 0
-        cdef int* failed_flag = &failed     # written through a pointer: shared, not private
         cdef intp_t k, r, j, t, nm, nk, dim = self.P.dim, m = self.P.m, b, c
         cdef intp_t mw = max(m, 1)
+        cdef size_t f = sizeof(float64_t)
+        cdef size_t size = (span(C.nb * dim * f) + span(C.nb * mw * f) + span(C.nb * f) +
+                            span(C.max_kids * dim * f) + span(C.max_kids * mw * f) +
+                            span(C.max_kids * f))
+        cdef char* work
+        cdef char* at
         cdef float64_t* qx
         cdef float64_t* qv
         cdef float64_t* qs
         cdef float64_t* kxt
         cdef float64_t* kv
         cdef float64_t* ks
+        cdef Block rows, cols
         with parallel(num_threads=num_threads):
-            qx = <float64_t*>malloc(nb * dim * sizeof(float64_t))
-            qv = <float64_t*>malloc(nb * mw * sizeof(float64_t))
-            qs = <float64_t*>malloc(nb * sizeof(float64_t))
-            kxt = <float64_t*>malloc(max_kids * dim * sizeof(float64_t))
-            kv = <float64_t*>malloc(max_kids * mw * sizeof(float64_t))
-            ks = <float64_t*>malloc(max_kids * sizeof(float64_t))
-            for k in prange(nc, schedule='dynamic', chunksize=16):
-                nm = members_ptr[k + 1] - members_ptr[k]
-                nk = kids_ptr[k + 1] - kids_ptr[k]
-                if qx == NULL or qv == NULL or qs == NULL or kxt == NULL or kv == NULL \
-                        or ks == NULL:
-                    failed_flag[0] = 1
-                    continue
-                if nm == 0 or nk == 0:
+            work = workspace_new(size, &failed)
+            at = work
+            qx = <float64_t*>carve(&at, C.nb * dim * f)
+            qv = <float64_t*>carve(&at, C.nb * mw * f)
+            qs = <float64_t*>carve(&at, C.nb * f)
+            kxt = <float64_t*>carve(&at, C.max_kids * dim * f)
+            kv = <float64_t*>carve(&at, C.max_kids * mw * f)
+            ks = <float64_t*>carve(&at, C.max_kids * f)
+            for k in prange(C.nc, schedule='dynamic', chunksize=16):
+                nm = C.members_ptr[k + 1] - C.members_ptr[k]
+                nk = C.kids_ptr[k + 1] - C.kids_ptr[k]
+                if work == NULL or nm == 0 or nk == 0:
                     continue
                 for r in range(nm):            # the visitors' rows, from the batch workspace
-                    b = members[members_ptr[k] + r]
+                    b = C.members[C.members_ptr[k] + r]
                     for t in range(dim):
                         qx[r * dim + t] = self.gx[b, t]
                     for t in range(m):
                         qv[r * m + t] = self.gv[b, t]
                     qs[r] = self.gs[b]
                 for j in range(nk):            # the children's rows
-                    c = kids[kids_ptr[k] + j]
+                    c = C.kids[C.kids_ptr[k] + j]
                     for t in range(dim):
                         kxt[t * nk + j] = self.P.x[c * dim + t]
                     for t in range(m):
                         kv[j * m + t] = self.P.v[c * m + t]
                     ks[j] = self.P.s[c] if self.P.residual else 0.0
-                self._distance_rows(qx, qv, qs, nm, kxt, nk, kv, ks, nk,
-                                    tile2 + tile2_off[k], nk)
+                rows = Block(n=nm, ld=dim, x=qx, v=qv, s=qs)
+                cols = Block(n=nk, ld=nk, x=kxt, v=kv, s=ks)
+                self._distance_rows(&rows, &cols, C.tile2 + C.tile2_off[k], nk)
             # end: prange
-            free(qx)
-            free(qv)
-            free(qs)
-            free(kxt)
-            free(kv)
-            free(ks)
+            free(work)
         return failed
 
     cdef intp_t _net_pass(self, intp_t p, const float64_t* net_d, const intp_t* net,
@@ -536,15 +556,11 @@ cdef class TreeBuilder:
         if self.kid_x != NULL:
             prefetch(self.kid_x + start * self.P.dim)
 
-    cdef int64_t _descend(self, intp_t p, float64_t* fl, float64_t* fd, intp_t* fn,
-                          const intp_t* net, intp_t n_enter, const int32_t* enter,
-                          const float64_t* net_d, const int32_t* row_of,
-                          const intp_t* kids_ptr, const intp_t* tile2_off,
-                          const float64_t* tile2, float64_t* best_d,
-                          intp_t* best_q) noexcept nogil:
-        """Best-first search below the net for the nearest covering node, starting from the
-        best cover the net gave; returns the pair evaluations it made (the children of the
-        entered net nodes come from their tiles).
+    cdef int64_t _descend(self, intp_t b, intp_t p, float64_t* fl, float64_t* fd, intp_t* fn,
+                          const Entered* E, const Children* C) noexcept nogil:
+        """Best-first search below the net for the nearest covering node of batch row b
+        (point p), starting from the best cover the net gave; returns the pair evaluations it
+        made (the children of the entered net nodes come from their tiles; C NULL: none).
 
         Subtrees are entered in order of their lower bound d(p, c) - R(c), so the best cover
         falls fast and the search stops once no bound can beat it; a child whose parent
@@ -558,7 +574,13 @@ cdef class TreeBuilder:
         cdef const float64_t* row
         cdef const float64_t* xp = self.P.x + p * dim
         cdef const Kid* kid
-        if tile2 == NULL:                   # no children tiles: enter the net nodes
+        cdef const intp_t* net = E.net
+        cdef const int32_t* enter = E.enter + b * E.ld
+        cdef const float64_t* net_d = E.net_d + b * E.ld
+        cdef intp_t n_enter = E.n_enter[b]
+        cdef float64_t* best_d = E.best_d + b
+        cdef intp_t* best_q = E.best_q + b
+        if C == NULL:                       # no children tiles: enter the net nodes
             for t in range(n_enter):
                 k = enter[t]
                 slot = self.kid_slot[net[k]]
@@ -568,8 +590,8 @@ cdef class TreeBuilder:
             n_enter = 0
         for t in range(n_enter):
             k = enter[t]
-            nk = kids_ptr[k + 1] - kids_ptr[k]
-            row = tile2 + tile2_off[k] + row_of[t] * nk
+            nk = C.kids_ptr[k + 1] - C.kids_ptr[k]
+            row = C.tile2 + C.tile2_off[k] + E.row_of[b * E.ld + t] * nk
             start = self.kid_start[net[k]]
             for j in range(nk):             # same order as the tile's columns
                 dc = row[j]
@@ -663,26 +685,22 @@ cdef class TreeBuilder:
                 self.net_s[c] = self.P.s[p]
             self.net_count += 1
 
-    cdef void _distance_rows(self, const float64_t* xq, const float64_t* vq,
-                             const float64_t* sq, intp_t nr,
-                             const float64_t* xct, intp_t ldxct, const float64_t* vc,
-                             const float64_t* sc, intp_t nc,
-                             float64_t* out, intp_t ldo) noexcept nogil:
+    cdef void _distance_rows(self, const Block* q, const Block* c, float64_t* out,
+                             intp_t ldo) noexcept nogil:
         """out[r, j] = d(query r, column j): one tile (BLAS for the residual part), then sqrt."""
         cdef intp_t r, j
         cdef float64_t* row
         if self.P.residual:
-            residual_cov_tile(self.P.spec, xq, vq, nr, xct, ldxct, vc, nc,
-                              self.P.dim, self.P.m, out, ldo)
-            for r in range(nr):
+            residual_cov_tile(self.P.spec, q, c, self.P.dim, self.P.m, out, ldo)
+            for r in range(q.n):
                 row = out + r * ldo
-                for j in range(nc):
-                    row[j] = sqrt(residual_key(row[j], sq[r], sc[j]))
+                for j in range(c.n):
+                    row[j] = sqrt(residual_key(row[j], q.s[r], c.s[j]))
         else:
-            sqdist_direct_tile(xq, nr, xct, ldxct, nc, self.P.dim, out, ldo)
-            for r in range(nr):
+            sqdist_direct_tile(q.x, q.n, c.x, c.ld, c.n, self.P.dim, out, ldo)
+            for r in range(q.n):
                 row = out + r * ldo
-                for j in range(nc):
+                for j in range(c.n):
                     row[j] = sqrt(row[j])
 
     # -- stage 2: the pairwise block ------------------------------------------------------------
@@ -700,15 +718,18 @@ cdef class TreeBuilder:
         cdef const float64_t[:, ::1] xct = self.gxt
         cdef const float64_t[:, ::1] vc = self.gv
         cdef const float64_t[::1] sc = self.gs
+        cdef Block rows, cols
         cdef int threads = threads_for(num_threads, 0.5 * nb * nb * self.pair_cost)
         with nogil, parallel(num_threads=threads):
             for c in prange(n_chunks, schedule='dynamic'):
                 r0 = c * BLOCK_ROWS
                 nr = min(<intp_t>BLOCK_ROWS, nb - r0)
                 # only columns >= r0: the rest is mirrored below
-                self._distance_rows(&self.gx[r0, 0], &self.gv[r0, 0], &self.gs[r0], nr,
-                                    &xct[0, r0], xct.shape[1], &vc[r0, 0], &sc[r0], nb - r0,
-                                    &block[r0, r0], nb)
+                rows = Block(n=nr, ld=self.P.dim, x=&self.gx[r0, 0], v=&self.gv[r0, 0],
+                             s=&self.gs[r0])
+                cols = Block(n=nb - r0, ld=xct.shape[1], x=&xct[0, r0], v=&vc[r0, 0],
+                             s=&sc[r0])
+                self._distance_rows(&rows, &cols, &block[r0, r0], nb)
                 for a in range(r0, r0 + nr):
                     block[a, a] = 0.0          # a point is at distance 0 from itself
             # end: prange (its barrier: the upper triangle is complete)
@@ -762,7 +783,7 @@ cdef class TreeBuilder:
                 n_pending += 1
         while n_pending > 0:
             self.rounds += 1
-            t0 = _now()
+            t0 = monotonic_seconds()
             i = lev[pending[0]]
             for j in range(n_pending):
                 i = max(i, lev[pending[j]])
@@ -776,12 +797,12 @@ cdef class TreeBuilder:
             # and the round's members, nothing of the metric
             self.conflict_edges += conflict_graph(block, nb, in_round, nl, radius, adj_ptr, adj,
                                                   threads_for(num_threads, nl * nl))
-            self.t_conflict += _now() - t0
-            t0 = _now()
+            self.t_conflict += monotonic_seconds() - t0
+            t0 = monotonic_seconds()
             greedy_mis(nl, adj_ptr, adj, chosen)
-            self.t_mis += _now() - t0
+            self.t_mis += monotonic_seconds() - t0
             # attach the MIS at level i; pending points re-check the new nodes only
-            t0 = _now()
+            t0 = monotonic_seconds()
             n_new = 0
             for j in range(nl):
                 if chosen[j]:
@@ -820,7 +841,7 @@ cdef class TreeBuilder:
                     pending[e] = pending[j]
                     e += 1
             n_pending = e
-            self.t_attach += _now() - t0
+            self.t_attach += monotonic_seconds() - t0
 
     cdef inline bint _settle(self, intp_t a, const intp_t* batch, const float64_t* best_d,
                              const intp_t* best_q, int32_t* lev) noexcept nogil:

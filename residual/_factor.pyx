@@ -15,15 +15,16 @@
 # block. The caller holds BLAS to one thread while this runs.
 
 from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
 from libc.string cimport memcpy
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._blas cimport potrf_lower_rm, syrk_lower_rm, trsv_lower_trans_rm
-from residual._tiles cimport KernelSpec, kernel_tile
+from residual._tiles cimport Block, KernelSpec, kernel_tile
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
+from residual._workspace cimport workspace_new
 
 # Row status codes returned to Python.
 cdef enum:
@@ -71,8 +72,11 @@ cdef unsigned char _row(const Problem* P, intp_t i, float64_t* work) noexcept no
             memcpy(vg + a * m, P.v + src * m, m * sizeof(float64_t))
     # s (nr x nr, row stride nr), its lower triangle only (all that potrf reads; 1.2x faster
     # per row than the full tile at k = 30); gt is (dim x nr) with row stride nr
+    cdef Block row, cols
     for a in range(nr):
-        kernel_tile(P.spec, g + a * dim, 1, gt, nr, a + 1, dim, s + a * nr, nr)
+        row = Block(n=1, ld=dim, x=g + a * dim, v=NULL, s=NULL)
+        cols = Block(n=a + 1, ld=nr, x=gt, v=NULL, s=NULL)
+        kernel_tile(P.spec, &row, &cols, dim, s + a * nr, nr)
     if m:
         # S -= V_g V_g^T on the lower triangle only (all that potrf reads): half the
         # products of _tiles.residual_cov_tile's dgemm, 1.2x faster per row at k = 30, m = 200
@@ -97,35 +101,33 @@ cdef unsigned char _row(const Problem* P, intp_t i, float64_t* work) noexcept no
 
 cdef int _run(Problem* P, intp_t n, intp_t max_row, Interrupt* stop,
               int num_threads) noexcept nogil:
-    """prange over row blocks; returns 0, or -1 if a workspace could not be allocated. Checks
-    for Ctrl-C before each block (a million rows are seconds of work)."""
+    """prange over row blocks, one workspace per thread (_workspace.pxd); returns 0, or 1 if a
+    thread could not allocate its workspace. Checks for Ctrl-C before each block (a million
+    rows are seconds of work)."""
     cdef intp_t n_tasks = (n + ROWS_PER_TASK - 1) // ROWS_PER_TASK, c, i
     cdef intp_t size = max_row * (2 * P.dim + P.m + max_row)
     cdef float64_t* work
     cdef int failed = 0
-    cdef int* failed_flag = &failed   # written through a pointer: it is shared, not private
     with parallel(num_threads=num_threads):
-        work = <float64_t*>malloc(size * sizeof(float64_t))
-        if work == NULL:
-            failed_flag[0] = 1
+        work = <float64_t*>workspace_new(size * sizeof(float64_t), &failed)
         for c in prange(n_tasks, schedule='dynamic'):
             if work != NULL and not interrupted(stop):
                 for i in range(c * ROWS_PER_TASK, min((c + 1) * ROWS_PER_TASK, n)):
                     P.status[i] = _row(P, i, work)
         # end: prange
         free(work)
-    return -1 if failed else 0
+    return failed
 
 
-def vecchia_factor(int kind, float64_t variance, const float64_t[:, ::1] xs, v,
+def vecchia_factor(kernel, const float64_t[:, ::1] xs, v,
                    const int64_t[::1] indptr, const int64_t[::1] indices,
                    float64_t nugget, float64_t min_pivot, int num_threads):
     """Values of the Vecchia factor on a CSR pattern; arguments already validated.
 
-    xs: ordered, centred, lengthscale-scaled coordinates; v: ordered V rows (residual
-    covariance) or None (kernel covariance); indptr/indices: the pattern of
-    ``VecchiaNeighbors.to_csr()``. Returns ``(data, status)``: data in the pattern's order,
-    status per row (0 ok, 1 singular block: data of that row undefined).
+    kernel: the Kernel (its code and variance are read); xs: ordered, centred, lengthscale-scaled
+    coordinates; v: ordered V rows (residual covariance) or None (kernel covariance);
+    indptr/indices: the pattern of ``VecchiaNeighbors.to_csr()``. Returns ``(data, status)``: data
+    in the pattern's order, status per row (0 ok, 1 singular block: data of that row undefined).
     """
     cdef Problem P
     cdef intp_t n = xs.shape[0], i, max_row = 1
@@ -134,8 +136,8 @@ def vecchia_factor(int kind, float64_t variance, const float64_t[:, ::1] xs, v,
     cdef Interrupt stop
     if indptr.shape[0] != n + 1 or indices.shape[0] != indptr[n]:
         raise ValueError("the pattern does not match the points")
-    P.spec.kind = kind
-    P.spec.variance = variance
+    P.spec.kind = kernel._code
+    P.spec.variance = kernel.variance
     P.dim = xs.shape[1]
     P.xs = &xs[0, 0]
     P.m = 0

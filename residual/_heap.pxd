@@ -9,6 +9,22 @@ from residual._typedefs cimport float64_t, intp_t
 from residual._tiles cimport closer
 
 
+cdef inline void _frontier_move(float64_t* fl, float64_t* fd, intp_t* fn, intp_t dst,
+                                intp_t src) noexcept nogil:
+    """Entry src of the frontier to position dst (one step of a sift)."""
+    fl[dst] = fl[src]
+    fd[dst] = fd[src]
+    fn[dst] = fn[src]
+
+
+cdef inline void _frontier_put(float64_t* fl, float64_t* fd, intp_t* fn, intp_t pos,
+                               float64_t lb, float64_t d, intp_t node) noexcept nogil:
+    """(lb, d, node) at position pos of the frontier (the end of a sift)."""
+    fl[pos] = lb
+    fd[pos] = d
+    fn[pos] = node
+
+
 cdef inline void frontier_push(float64_t* fl, float64_t* fd, intp_t* fn, intp_t* size,
                                float64_t lb, float64_t d, intp_t node) noexcept nogil:
     """Push (lower bound, distance, node) onto the min-heap keyed by the bound."""
@@ -18,13 +34,9 @@ cdef inline void frontier_push(float64_t* fl, float64_t* fd, intp_t* fn, intp_t*
         parent = (pos - 1) // 2
         if fl[parent] <= lb:
             break
-        fl[pos] = fl[parent]
-        fd[pos] = fd[parent]
-        fn[pos] = fn[parent]
+        _frontier_move(fl, fd, fn, pos, parent)
         pos = parent
-    fl[pos] = lb
-    fd[pos] = d
-    fn[pos] = node
+    _frontier_put(fl, fd, fn, pos, lb, d, node)
 
 
 cdef inline void frontier_pop(float64_t* fl, float64_t* fd, intp_t* fn,
@@ -48,13 +60,9 @@ cdef inline void frontier_pop(float64_t* fl, float64_t* fd, intp_t* fn,
             child += 1
         if lb <= fl[child]:
             break
-        fl[pos] = fl[child]
-        fd[pos] = fd[child]
-        fn[pos] = fn[child]
+        _frontier_move(fl, fd, fn, pos, child)
         pos = child
-    fl[pos] = lb
-    fd[pos] = d
-    fn[pos] = node
+    _frontier_put(fl, fd, fn, pos, lb, d, node)
 
 
 # The bounded top-k of a search: a max-heap of (squared distance, index) pairs in two parallel

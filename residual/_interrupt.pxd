@@ -76,6 +76,8 @@ cdef extern from *:
     """
     ctypedef struct Interrupt "residual_interrupt":
         pass
+    # the monotonic clock in seconds (also the build's stage timers and maximin's time slices)
+    double monotonic_seconds "residual_interrupt_now"() noexcept nogil
     void interrupt_init "residual_interrupt_init"(Interrupt* it) noexcept nogil
     bint interrupted "residual_interrupted"(Interrupt* it) noexcept nogil
     int reraise "residual_reraise"(Interrupt* it) except -1

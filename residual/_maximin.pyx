@@ -51,12 +51,12 @@
 from cython.parallel cimport prange, parallel, threadid
 from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport sqrt, fabs, INFINITY
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Metric, Points, closer, pair_key, sqdist
+from residual._interrupt cimport monotonic_seconds
 
 
 cdef struct Data:
@@ -103,12 +103,6 @@ cdef inline float64_t dist(const Data* D, intp_t c, intp_t x) noexcept nogil:
     if D.row != NULL:
         return sqrt(pair_key(&D.P, D.row[c], D.row[x]))
     return sqrt(pair_key(&D.P, c, x))
-
-
-cdef inline float64_t now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + 1e-9 * ts.tv_nsec
 
 
 cdef inline float64_t offer(Walk* W, intp_t x, float64_t dx) noexcept nogil:
@@ -259,43 +253,6 @@ cdef inline void restore_sub(Walk* W, intp_t u) noexcept nogil:
     W.top[u] = at
 
 
-cdef int64_t scan(Walk* W, intp_t c, float64_t r, float64_t* buf, const intp_t* by_row,
-                  const int64_t* bottom_up, intp_t nnodes, int num_threads,
-                  int64_t* inball) noexcept nogil:
-    """One step by a plain scan of the points; returns the distance evaluations and, in
-    inball, how many points lie within r of c (what a tree search must reach at least).
-
-    For steps that reach most of the tree anyway (r near the diameter); on num_threads
-    threads, or on this one if num_threads is 1. Points go in storage order (by_row: row ->
-    label where the rows are not stored in label order, else NULL), so the rows stream
-    from memory. The distances come from the same routine, so the updates are the tree
-    search's. sub and top are then rebuilt for every node, children first (bottom_up: every
-    node, each after all of its children).
-    """
-    cdef intp_t x, i, q
-    W.c = c
-    W.evals = 0
-    inball[0] = 0
-    if num_threads > 1:
-        for q in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
-            x = q if by_row == NULL else by_row[q]
-            if W.dmin[x] > 0.0:             # chosen points (-1) and points at 0 cannot change
-                buf[x] = dist(W.D, c, x)
-    else:
-        for q in range(W.D.P.n):
-            x = q if by_row == NULL else by_row[q]
-            if W.dmin[x] > 0.0:
-                buf[x] = dist(W.D, c, x)
-    for x in range(W.D.P.n):
-        if W.dmin[x] > 0.0:
-            W.evals += 1
-            inball[0] += buf[x] <= r
-            offer(W, x, buf[x])
-    for i in range(nnodes):
-        restore_sub(W, bottom_up[i])
-    return W.evals
-
-
 # -- evaluating the root's children for the next few centres at once -----------------------------
 #
 # Where the root is wide (the residual metric's net: thousands of children, most of which every
@@ -439,14 +396,13 @@ cdef int64_t fill_ahead(const Walk* W, Ahead* A, intp_t c, int num_threads) noex
 cdef class Farthest:
     """The farthest-first loop over a relabelled tree, advanced in slices by run().
 
-    Parameters (all arrays already checked and in label order, see ordering._layout)
+    Parameters (all arrays already checked and in label order, see ordering.Layout)
     ----------
     metric : Metric
         The tree's metric, its rows in label order for Euclidean.
-    layout : tuple
-        ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``: label -> row
-        index, the CSR ranges of children and aliases (labels), covering radii and parent
-        distances, the tree's slack, and every node, each after its children.
+    layout : ordering.Layout
+        label -> row index, the CSR ranges of children and aliases (labels), covering radii
+        and parent distances, the tree's slack, and every node, each after its children.
     start : int
         Label of the first point.
     order, out_dist, step_evals : ndarray
@@ -482,17 +438,16 @@ cdef class Farthest:
     cdef int64_t* step_evals
     cdef object keep             # the arrays the pointers above point into
 
-    def __init__(self, Metric metric, tuple layout, intp_t start, int64_t[::1] order,
+    def __init__(self, Metric metric, layout, intp_t start, int64_t[::1] order,
                  float64_t[::1] out_dist, int64_t[::1] step_evals, int num_threads,
                  tuple limits):
         cdef bint residual = metric.P.residual
-        row_a, children_ptr_a, alias_ptr_a, radius_a, pdist_a, slack, bottom_up_a = layout
-        cdef const int64_t[::1] row = row_a
-        cdef const int64_t[::1] children_ptr = children_ptr_a
-        cdef const int64_t[::1] alias_ptr = alias_ptr_a
-        cdef const float64_t[::1] radius = radius_a
-        cdef const float64_t[::1] pdist = pdist_a
-        cdef const int64_t[::1] bottom_up = bottom_up_a
+        cdef const int64_t[::1] row = layout.row
+        cdef const int64_t[::1] children_ptr = layout.children_ptr
+        cdef const int64_t[::1] alias_ptr = layout.alias_ptr
+        cdef const float64_t[::1] radius = layout.radius
+        cdef const float64_t[::1] pdist = layout.pdist
+        cdef const int64_t[::1] bottom_up = layout.bottom_up
         cdef intp_t n = row.shape[0], nn, j
         self.D.P = metric.P
         self.D.row = &row[0] if residual else NULL
@@ -500,7 +455,7 @@ cdef class Farthest:
         self.T.alias_ptr = &alias_ptr[0]
         self.T.radius = &radius[0]
         self.T.pdist = &pdist[0]
-        self.T.slack = slack
+        self.T.slack = layout.slack
         self.n, self.start, self.num_threads = n, start, num_threads
         self.parallel_min, ahead_min, self.scan_min = limits
         self.bottom_up = &bottom_up[0]
@@ -562,13 +517,13 @@ cdef class Farthest:
         """Place points for about `seconds` (at least one step), or until all are placed;
         returns how many are placed. Raises KeyboardInterrupt (or what a signal handler
         raised) if a signal came meanwhile."""
-        cdef float64_t t_end = now() + seconds
+        cdef float64_t t_end = monotonic_seconds() + seconds
         with nogil:
             if self.done == 0:
                 self.first()
             while self.done < self.n:
                 self.step()
-                if now() >= t_end:
+                if monotonic_seconds() >= t_end:
                     break
         PyErr_CheckSignals()
         return self.done
@@ -582,13 +537,50 @@ cdef class Farthest:
         """The threads for a step predicted to reach `reach` points."""
         return self.num_threads if reach >= self.parallel_min else 1
 
+    cdef int64_t scan(self, Walk* W, intp_t c, float64_t r, int num_threads,
+                      int64_t* inball) noexcept nogil:
+        """One step by a plain scan of the points; returns the distance evaluations and, in
+        inball, how many points lie within r of c (what a tree search must reach at least).
+
+        For steps that reach most of the tree anyway (r near the diameter); on num_threads
+        threads, or on this one if num_threads is 1. Points go in storage order (by_row: row ->
+        label where the rows are not stored in label order, else NULL), so the rows stream
+        from memory. The distances come from the same routine, so the updates are the tree
+        search's. sub and top are then rebuilt for every node, children first (bottom_up: every
+        node, each after all of its children).
+        """
+        cdef intp_t x, i, q
+        cdef float64_t* buf = self.buf
+        cdef const intp_t* by_row = self.by_row
+        W.c = c
+        W.evals = 0
+        inball[0] = 0
+        if num_threads > 1:
+            for q in prange(W.D.P.n, num_threads=num_threads, schedule='static'):
+                x = q if by_row == NULL else by_row[q]
+                if W.dmin[x] > 0.0:             # chosen points (-1) and points at 0 cannot change
+                    buf[x] = dist(W.D, c, x)
+        else:
+            for q in range(W.D.P.n):
+                x = q if by_row == NULL else by_row[q]
+                if W.dmin[x] > 0.0:
+                    buf[x] = dist(W.D, c, x)
+        for x in range(W.D.P.n):
+            if W.dmin[x] > 0.0:
+                W.evals += 1
+                inball[0] += buf[x] <= r
+                offer(W, x, buf[x])
+        for i in range(self.nbottom):
+            restore_sub(W, self.bottom_up[i])
+        return W.evals
+
     cdef void first(self) noexcept nogil:
         """The first centre: every point is at distance inf, so the search reaches all."""
         self.order[0] = self.W.row[self.start]
         self.out_dist[0] = INFINITY
         self.W.dmin[self.start] = -1.0
-        self.evals = scan(&self.W, self.start, INFINITY, self.buf, self.by_row,
-                          self.bottom_up, self.nbottom, self.threads_for(self.n), &self.reach)
+        self.evals = self.scan(&self.W, self.start, INFINITY, self.threads_for(self.n),
+                               &self.reach)
         self.step_evals[0] = self.evals
         self.done = 1
 
@@ -615,8 +607,7 @@ cdef class Farthest:
         W.looked = 0
         if self.reach >= self.scan_min:
             self.scan_steps += 1
-            last = scan(W, c, r, self.buf, self.by_row, self.bottom_up, self.nbottom,
-                        self.threads_for(self.reach), &inball)
+            last = self.scan(W, c, r, self.threads_for(self.reach), &inball)
         elif self.par != NULL and self.reach >= self.parallel_min:
             self.parallel_steps += 1
             last = search(W, c, self.par)
@@ -701,7 +692,7 @@ cdef void select_nth(intp_t* idx, float64_t* xs, intp_t dim, intp_t lo, intp_t h
 
 
 def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
-    """The k-d ball tree of the rows of x, as ordering._layout's tuple less the slack, plus
+    """The k-d ball tree of the rows of x, as ordering.Layout's fields less the slack, plus
     the distance evaluations its radii took: ``(row, children_ptr, alias_ptr, radius,
     pdist, bottom_up, evals)``."""
     cdef intp_t n = x.shape[0], dim = x.shape[1], j, lo, hi, mid, a, b, t, best, axis

@@ -17,18 +17,18 @@
 # prunes what cannot be among the k nearest (ties stay reachable), so answers are unchanged.
 #
 # Queries are independent and read-only: prange over queries (Euclidean) or over groups of
-# consecutive queries that share one traversal (residual, see _search_group), one Scratch
-# workspace per thread (a thread that cannot get one marks its queries, and knn() raises
+# consecutive queries that share one traversal (residual, see _search_group), one Scratch workspace
+# per thread (_workspace.pxd: a thread that cannot get one sets the shared flag, and knn() raises
 # MemoryError). Distances are float64, one pair at a time, on a breadth-first copy of the tree
-# (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and
-# their rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the
-# shared ones of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group
-# (_interrupt.pxd).
+# (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and their
+# rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the shared ones
+# of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
 from libc.stdlib cimport calloc, malloc, realloc, free
 from libc.stdint cimport uint64_t
+from libc.string cimport memset
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Metric, Points, closer, residual_key, sqdist, kernel_of_sqdist
 from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
+from residual._workspace cimport carve, span, workspace_new
 
 
 cdef struct Node:
@@ -72,10 +73,15 @@ cdef class SearchLayout:
     cdef readonly object aliases
     cdef readonly object node_of      # row -> its node's number (an alias: its node's)
 
-    def __cinit__(self, const int64_t[::1] order, const int64_t[::1] child_count,
-                  const int64_t[::1] alias_ptr, aliases, const float64_t[::1] radius,
-                  const float64_t[::1] pdist, const int64_t[::1] min_index, Metric metric,
-                  float64_t slack):
+    def __cinit__(self, tree, const int64_t[::1] order, Metric metric, float64_t slack):
+        """tree: a CoverTree (its node arrays are read); order: its nodes breadth-first;
+        metric: its metric with the rows in that order; slack: its slack."""
+        cdef const int64_t[::1] child_count = np.diff(tree.children_ptr).astype(np.int64)
+        cdef const int64_t[::1] alias_ptr = tree.aliases_ptr.astype(np.int64)
+        cdef const float64_t[::1] radius = tree.radii
+        cdef const float64_t[::1] pdist = tree.parent_distances
+        cdef const int64_t[::1] min_index = tree.min_index
+        aliases = tree.aliases
         cdef intp_t j, u, nn = order.shape[0]
         cdef int64_t nxt = 1
         self.n_nodes = nn
@@ -155,7 +161,8 @@ cdef struct Job:
     intp_t row_offset, k, n
     float64_t* out_dist      # (n_queries, k), row-major
     int64_t* out_idx
-    int64_t* ev              # distance evaluations per query; -1: no workspace
+    int64_t* ev              # distance evaluations per query
+    int* failed              # set when a thread got no workspace (knn raises MemoryError)
     const int64_t* visit
     int num_threads
     intp_t chunk
@@ -191,11 +198,17 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t
             evals += 1
     if count == k:
         key0 = hd[0]
+    # the k best from here on (count entries): _offer_node reads eligibility and the heap
+    cdef Query q
+    q.self_index = self_index
+    q.limit = limit
+    q.hd = hd
+    q.hi = hi
     count = 0
     key = sqdist(xq, P.x, P.dim)
     d0 = sqrt(key)
     if key <= key0:
-        _offer_node(T, 0, key, self_index, limit, k, hd, hi, &count)
+        _offer_node(T, 0, key, k, &q, &count)
     frontier_push(fl, fd, fn, &size, 0.0, d0, 0)
     tau = sqrt(hd[0]) if count == k else sqrt(key0)
     while size > 0:
@@ -216,7 +229,7 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t
             # else c and its aliases cannot enter the k best (with the seeds' bound: k eligible
             # points are no farther than key0, and the search offers them all)
             if key <= key0 and (count < k or key <= hd[0]):
-                _offer_node(T, c, key, self_index, limit, k, hd, hi, &count)
+                _offer_node(T, c, key, k, &q, &count)
                 tau = sqrt(hd[0]) if count == k else sqrt(key0)
             if nc.child_end == nc.child_begin:
                 continue                    # a leaf: nothing to enter
@@ -264,18 +277,18 @@ cdef void _emit(float64_t* hd, intp_t* hi, intp_t count, intp_t k, float64_t* ou
         out_i[j] = -1
 
 
-cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t self_index,
-                             intp_t limit, intp_t k, float64_t* hd, intp_t* hi,
+cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t k, const Query* q,
                              intp_t* count) noexcept nogil:
-    """Offer node c's row and its aliases (same key d) if eligible."""
+    """Offer node c's row and its aliases (same key d) to q's k best (q.hd, q.hi and count
+    entries) if eligible for q (q.self_index, q.limit)."""
     cdef intp_t t, a
     cdef const Node* nc = &T.node[c]
-    if nc.point != self_index and nc.point < limit:
-        best_offer(hd, hi, count, k, d, nc.point)
+    if nc.point != q.self_index and nc.point < q.limit:
+        best_offer(q.hd, q.hi, count, k, d, nc.point)
     for t in range(nc.alias_begin, nc.alias_end):
         a = T.aliases[t]
-        if a != self_index and a < limit:
-            best_offer(hd, hi, count, k, d, a)
+        if a != q.self_index and a < q.limit:
+            best_offer(q.hd, q.hi, count, k, d, a)
 
 
 # -- residual metric: queries in groups ----------------------------------------------------------
@@ -384,7 +397,7 @@ cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
                         intp_t k) noexcept nogil:
     """Offer node c (and its aliases) to q's k best if it can enter them; update q's bound."""
     if key <= q.key0 and (q.count < k or key <= q.hd[0]):
-        _offer_node(T, c, key, q.self_index, q.limit, k, q.hd, q.hi, &q.count)
+        _offer_node(T, c, key, k, q, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
 
 
@@ -485,7 +498,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
             q.key0 = q.hd[0]
         q.count = 0
         if keys[r] <= q.key0:
-            _offer_node(T, 0, keys[r], q.self_index, q.limit, k, q.hd, q.hi, &q.count)
+            _offer_node(T, 0, keys[r], k, q, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
     pool.n_free = 0
     pool.used = 0
@@ -567,32 +580,35 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     return 0
 
 
-cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier,
-                          bint grouped) noexcept nogil:
-    """One thread's Scratch for in_flight queries at a time (the seeds start empty), or NULL
-    if any allocation failed. The one workspace scaffold of knn(): a thread that gets NULL
-    marks its queries' evaluations -1, and knn() raises MemoryError."""
+cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint grouped,
+                          int* failed) noexcept nogil:
+    """One thread's Scratch for in_flight queries at a time (the seeds start empty): one
+    workspace block (_workspace.pxd) and, for the groups, the frontier pool, which grows.
+    NULL, with failed[0] set, if any allocation failed."""
     cdef intp_t j
-    cdef bint ok
-    cdef Scratch* W = <Scratch*>calloc(1, sizeof(Scratch))
+    cdef size_t nq = in_flight * sizeof(Query) if grouped else 0
+    cdef size_t nd = in_flight * k * sizeof(float64_t), ni = in_flight * k * sizeof(intp_t)
+    cdef size_t fd = frontier * sizeof(float64_t), fi = frontier * sizeof(intp_t)
+    cdef size_t ns = (k + 1) * sizeof(int64_t)
+    cdef char* at = workspace_new(span(sizeof(Scratch)) + span(nq) + span(nd) + span(ni) +
+                                  2 * span(fd) + span(fi) + span(ns), failed)
+    cdef Scratch* W = <Scratch*>carve(&at, sizeof(Scratch))
     if W == NULL:
         return NULL
-    W.hd = <float64_t*>malloc(in_flight * k * sizeof(float64_t))
-    W.hi = <intp_t*>malloc(in_flight * k * sizeof(intp_t))
-    W.fl = <float64_t*>malloc(frontier * sizeof(float64_t))
-    W.fd = <float64_t*>malloc(frontier * sizeof(float64_t))
-    W.fn = <intp_t*>malloc(frontier * sizeof(intp_t))
-    W.seeds = <int64_t*>malloc((k + 1) * sizeof(int64_t))
-    ok = (W.hd != NULL and W.hi != NULL and W.fl != NULL and W.fd != NULL and W.fn != NULL
-          and W.seeds != NULL)
-    if ok and grouped:
-        W.Q = <Query*>malloc(in_flight * sizeof(Query))
+    memset(W, 0, sizeof(Scratch))
+    W.hd = <float64_t*>carve(&at, nd)
+    W.hi = <intp_t*>carve(&at, ni)
+    W.fl = <float64_t*>carve(&at, fd)
+    W.fd = <float64_t*>carve(&at, fd)
+    W.fn = <intp_t*>carve(&at, fi)
+    W.seeds = <int64_t*>carve(&at, ns)
+    if grouped:
+        W.Q = <Query*>carve(&at, nq)
         W.pool = <Pool*>calloc(1, sizeof(Pool))
-        ok = (W.Q != NULL and W.pool != NULL
-              and _pool_init(W.pool, min(frontier, <intp_t>POOL_START)) == 0)
-    if not ok:
-        _scratch_free(W)
-        return NULL
+        if W.pool == NULL or _pool_init(W.pool, min(frontier, <intp_t>POOL_START)) != 0:
+            failed[0] = 1
+            _scratch_free(W)
+            return NULL
     for j in range(in_flight if grouped else 0):
         W.Q[j].hd = W.hd + j * k
         W.Q[j].hi = W.hi + j * k
@@ -602,15 +618,9 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier,
 
 
 cdef void _scratch_free(Scratch* W) noexcept nogil:
+    """Free a Scratch: its pool, then its block (W itself is the block's start)."""
     if W == NULL:
         return
-    free(W.Q)
-    free(W.hd)
-    free(W.hi)
-    free(W.fl)
-    free(W.fd)
-    free(W.fn)
-    free(W.seeds)
     if W.pool != NULL:
         _pool_free(W.pool)
     free(W.pool)
@@ -641,6 +651,7 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     cdef const int64_t[::1] node_of = layout.node_of
     cdef Scratch* W
     cdef intp_t found
+    cdef int failed = 0
     evals = np.zeros(nq, dtype=np.int64)
     cdef int64_t[::1] ev = evals
     cdef Interrupt stop
@@ -659,17 +670,15 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
         J.k, J.n = k, n
         J.out_dist, J.out_idx, J.ev = &out_dist[0, 0], &out_idx[0, 0], &ev[0]
         J.visit = &visit_order[0]
-        J.num_threads, J.chunk, J.stop = num_threads, chunk, &stop
+        J.num_threads, J.chunk, J.stop, J.failed = num_threads, chunk, &stop, &failed
         with nogil:
             _knn_groups(P, &T, layout.n_nodes, &J)
     else:                               # Euclidean: one query at a time (see _search_group)
         with nogil, parallel(num_threads=num_threads):
-            W = _scratch_new(1, k, n, False)
+            W = _scratch_new(1, k, n, False, &failed)
             for pos in prange(nq, schedule='dynamic', chunksize=chunk):
                 q = visit_order[pos]
-                if W == NULL:
-                    ev[q] = -1
-                elif not interrupted(&stop):
+                if W != NULL and not interrupted(&stop):
                     ev[q] = _search(P, &T, &xq[q, 0], row_offset + q if in_sample else -1,
                                     row_offset + q if predecessors else n, k, W, &found)
                     _emit(W.hd, W.hi, found, k, &out_dist[q, 0], &out_idx[q, 0])
@@ -677,7 +686,7 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
             # end: prange
             _scratch_free(W)
     reraise(&stop)
-    if evals.min() < 0:
+    if failed:
         raise MemoryError("could not allocate the search workspaces")
     return evals
 
@@ -685,20 +694,16 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
 cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                       const Job* J) noexcept nogil:
     """knn() for the residual metric: GROUP consecutive queries of the visit order per
-    traversal; a thread without its workspace marks its queries' evaluations -1."""
+    traversal; a thread without its workspace sets J.failed and skips its queries."""
     cdef const Points* X = J.queries
     cdef intp_t nq = X.n, k = J.k, n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, q, p0
     cdef Scratch* W
     with parallel(num_threads=J.num_threads):
-        W = _scratch_new(GROUP, k, n_nodes, True)
+        W = _scratch_new(GROUP, k, n_nodes, True, J.failed)
         for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, J.chunk // GROUP)):
             p0 = gi * GROUP
             g = min(<intp_t>GROUP, nq - p0)
-            if interrupted(J.stop):
-                continue
-            if W == NULL:
-                for r in range(g):
-                    J.ev[J.visit[p0 + r]] = -1
+            if W == NULL or interrupted(J.stop):
                 continue
             for r in range(g):
                 q = J.visit[p0 + r]
@@ -708,8 +713,7 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 W.Q[r].self_index = J.row_offset + q if J.in_sample else -1
                 W.Q[r].limit = J.row_offset + q if J.predecessors else J.n
             if _search_group(P, T, W.Q, g, k, W) != 0:
-                for r in range(g):
-                    J.ev[J.visit[p0 + r]] = -1
+                J.failed[0] = 1             # its frontier pool could not grow
                 continue
             for r in range(g):
                 q = J.visit[p0 + r]

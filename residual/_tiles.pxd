@@ -15,17 +15,22 @@ cdef struct KernelSpec:
     float64_t variance
 
 # Tiles: query rows against candidate columns, written to out with row stride ldo. Coordinates
-# are the model's centred, lengthscale-scaled rows; candidates for the direct r^2 are stored
-# transposed (dim x n, row stride ldxct) so the inner loop runs over contiguous columns.
-cdef void kernel_tile(KernelSpec spec, const float64_t* xq, intp_t nrows,
-                      const float64_t* xct, intp_t ldxct, intp_t ncols,
-                      intp_t dim, float64_t* out, intp_t ldo) noexcept nogil
+# are the model's centred, lengthscale-scaled rows.
+#
+# One side of a tile: n rows of a metric. Query side: x row-major (n x dim). Column side: x
+# transposed (dim x n, row stride ld), so the inner loop runs over contiguous columns. v: the
+# V rows (n x m, row stride m) and s: 1/sqrt(p), residual only (NULL where not read).
+cdef struct Block:
+    intp_t n, ld
+    const float64_t* x
+    const float64_t* v
+    const float64_t* s
 
-cdef void residual_cov_tile(KernelSpec spec,
-                            const float64_t* xq, const float64_t* vq, intp_t nrows,
-                            const float64_t* xct, intp_t ldxct, const float64_t* vc,
-                            intp_t ncols,
-                            intp_t dim, intp_t m, float64_t* out, intp_t ldo) noexcept nogil
+cdef void kernel_tile(KernelSpec spec, const Block* q, const Block* c, intp_t dim,
+                      float64_t* out, intp_t ldo) noexcept nogil
+
+cdef void residual_cov_tile(KernelSpec spec, const Block* q, const Block* c, intp_t dim,
+                            intp_t m, float64_t* out, intp_t ldo) noexcept nogil
 
 cdef void kernel_of_sqdist(KernelSpec spec, float64_t* r2, intp_t n) noexcept nogil
 

@@ -62,31 +62,27 @@ cdef void kernel_of_sqdist(KernelSpec spec, float64_t* r2, intp_t n) noexcept no
     _kernel_of_sqdist(spec, r2, n)
 
 
-cdef void kernel_tile(KernelSpec spec, const float64_t* xq, intp_t nrows,
-                      const float64_t* xct, intp_t ldxct, intp_t ncols,
-                      intp_t dim, float64_t* out, intp_t ldo) noexcept nogil:
-    """out[r, j] = k(xq[r], column j of xct) for the stationary kernel `spec` (kernels.py).
+cdef void kernel_tile(KernelSpec spec, const Block* q, const Block* c, intp_t dim,
+                      float64_t* out, intp_t ldo) noexcept nogil:
+    """out[r, j] = k(q.x[r], column j of c.x) for the stationary kernel `spec` (kernels.py).
 
-    xq (nrows x dim) and xct (dim x ncols, row stride ldxct) are centred, lengthscale-scaled.
+    NumPy: ``K(q.x, c.x.T)``.
     """
     cdef intp_t r
-    for r in range(nrows):      # row by row, so r^2 is still in L1 when the kernel reads it
-        sqdist_direct_tile(xq + r * dim, 1, xct, ldxct, ncols, dim, out + r * ldo, ldo)
-        _kernel_of_sqdist(spec, out + r * ldo, ncols)
+    for r in range(q.n):        # row by row, so r^2 is still in L1 when the kernel reads it
+        sqdist_direct_tile(q.x + r * dim, 1, c.x, c.ld, c.n, dim, out + r * ldo, ldo)
+        _kernel_of_sqdist(spec, out + r * ldo, c.n)
 
 
-cdef void residual_cov_tile(KernelSpec spec,
-                            const float64_t* xq, const float64_t* vq, intp_t nrows,
-                            const float64_t* xct, intp_t ldxct, const float64_t* vc,
-                            intp_t ncols,
-                            intp_t dim, intp_t m, float64_t* out, intp_t ldo) noexcept nogil:
-    """out[r, j] = k(xq[r], x_j) - vq[r] . vc[j]  (the residual covariance C).
+cdef void residual_cov_tile(KernelSpec spec, const Block* q, const Block* c, intp_t dim,
+                            intp_t m, float64_t* out, intp_t ldo) noexcept nogil:
+    """out[r, j] = k(q.x[r], x_j) - q.v[r] . c.v[j]  (the residual covariance C).
 
-    NumPy: ``K(xq, xct.T) - vq @ vc.T``.
+    NumPy: ``K(q.x, c.x.T) - q.v @ c.v.T``.
     """
-    kernel_tile(spec, xq, nrows, xct, ldxct, ncols, dim, out, ldo)
-    # out (nrows x ncols) += -1 * vq (nrows x m, ld m) @ vc^T (vc: ncols x m, ld m)
-    dgemm_rm(False, True, nrows, ncols, m, -1.0, vq, m, vc, m, 1.0, out, ldo)
+    kernel_tile(spec, q, c, dim, out, ldo)
+    # out (q.n x c.n) += -1 * q.v (q.n x m, ld m) @ c.v^T (c.v: c.n x m, ld m)
+    dgemm_rm(False, True, q.n, c.n, m, -1.0, q.v, m, c.v, m, 1.0, out, ldo)
 
 
 cdef void sqdist_direct_tile(const float64_t* xq, intp_t nrows,
@@ -122,9 +118,8 @@ def kernel_matrix(int kind, float64_t variance, const float64_t[:, ::1] xq,
     """Kernel matrix k(xq, xct.T) of shape (len(xq), xct.shape[1]), row chunks in parallel."""
     cdef intp_t n = xq.shape[0], ncols = xct.shape[1], dim = xq.shape[1]
     cdef intp_t chunk = KERNEL_CHUNK, n_chunks = (n + chunk - 1) // chunk, c, r0, nr
-    cdef KernelSpec spec
-    spec.kind = kind
-    spec.variance = variance
+    cdef KernelSpec spec = KernelSpec(kind=kind, variance=variance)
+    cdef Block q, cols
     if xct.shape[0] != dim:
         raise ValueError("xq and xct disagree on the dimension")
     out = np.empty((n, ncols))
@@ -135,7 +130,9 @@ def kernel_matrix(int kind, float64_t variance, const float64_t[:, ::1] xq,
         for c in prange(n_chunks, num_threads=num_threads, schedule='static'):
             r0 = c * chunk
             nr = min(chunk, n - r0)
-            kernel_tile(spec, &xq[r0, 0], nr, &xct[0, 0], ncols, ncols, dim, &o[r0, 0], ncols)
+            q = Block(n=nr, ld=dim, x=&xq[r0, 0], v=NULL, s=NULL)
+            cols = Block(n=ncols, ld=ncols, x=&xct[0, 0], v=NULL, s=NULL)
+            kernel_tile(spec, &q, &cols, dim, &o[r0, 0], ncols)
     return out
 
 
@@ -160,15 +157,15 @@ def residual_cov_matrix(int kind, float64_t variance,
                         const float64_t[:, ::1] xc, const float64_t[:, ::1] vc):
     """Test hook: residual covariance k(xq, xc) - vq @ vc.T through residual_cov_tile."""
     cdef intp_t n = xq.shape[0], ncols = xc.shape[0]
-    cdef KernelSpec spec
-    spec.kind = kind
-    spec.variance = variance
+    cdef KernelSpec spec = KernelSpec(kind=kind, variance=variance)
     cdef const float64_t[:, ::1] xct = np.ascontiguousarray(np.asarray(xc).T)
     out = np.empty((n, ncols))
     cdef float64_t[:, ::1] o = out
+    cdef Block q, c
     if n and ncols:
-        residual_cov_tile(spec, &xq[0, 0], &vq[0, 0], n, &xct[0, 0], ncols, &vc[0, 0],
-                          ncols, xq.shape[1], vq.shape[1], &o[0, 0], ncols)
+        q = Block(n=n, ld=xq.shape[1], x=&xq[0, 0], v=&vq[0, 0], s=NULL)
+        c = Block(n=ncols, ld=ncols, x=&xct[0, 0], v=&vc[0, 0], s=NULL)
+        residual_cov_tile(spec, &q, &c, xq.shape[1], vq.shape[1], &o[0, 0], ncols)
     return out
 
 

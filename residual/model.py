@@ -178,8 +178,7 @@ class ResidualCorrelation(_persist.Persistent):
             seed = resolve_seed(seed)      # last: a Generator is drawn from only for valid calls
 
         self = cls.__new__(cls)
-        with np.errstate(over="ignore", invalid="ignore"):
-            centre = X.mean(axis=0)
+        centre = _column_mean(X)
         xs = self._scale(X, kernel, centre)
         rows = points = None
         if not isinstance(inducing, str):
@@ -212,7 +211,7 @@ class ResidualCorrelation(_persist.Persistent):
             raise ValueError("the inducing-point factorisation is not finite: check the "
                              "kernel parameters and the scale of X")
         self._setup(X, kernel, V, p, nugget=nugget, inducing=rows, inducing_points=points,
-                    jitter=jitter, L=L, xs=xs, centre=centre)
+                    jitter=jitter, L=L, xs=xs, centre=centre, us=us)
         return self
 
     # -- internals ------------------------------------------------------------------------------
@@ -221,8 +220,8 @@ class ResidualCorrelation(_persist.Persistent):
     def _scale(X, kernel, centre=None, name="X"):
         """Centred, lengthscale-scaled coordinates (float64, C-contiguous)."""
         scale = 1.0 / kernel.lengthscales(X.shape[1])
+        centre = _column_mean(X) if centre is None else centre
         with np.errstate(over="ignore", invalid="ignore"):
-            centre = X.mean(axis=0) if centre is None else centre
             xs = np.ascontiguousarray((X - centre) * scale)
         if not np.isfinite(xs).all():
             raise ValueError(f"{name} divided by the lengthscale overflows float64: rescale "
@@ -230,7 +229,7 @@ class ResidualCorrelation(_persist.Persistent):
         return xs
 
     def _setup(self, X, kernel, V, p, *, nugget, inducing, inducing_points, jitter, L, xs=None,
-               centre=None):
+               centre=None, us=None):
         self.X = X
         self.kernel = kernel
         self.V = V
@@ -242,11 +241,11 @@ class ResidualCorrelation(_persist.Persistent):
         self.L = L
         if xs is None:
             xs = self._scale(X, kernel, centre)         # refuses overflowing X first
-        self._centre = X.mean(axis=0) if centre is None else centre
+        self._centre = _column_mean(X) if centre is None else centre
         self._scale_inv = 1.0 / kernel.lengthscales(X.shape[1])
-        # scaled inducing points, for new points' k(Y, U)
-        self._us = (None if inducing_points is None
-                    else self._scale(inducing_points, kernel, self._centre, "inducing"))
+        if us is None and inducing_points is not None:
+            us = self._scale(inducing_points, kernel, self._centre, "inducing")
+        self._us = us           # scaled inducing points, for new points' k(Y, U)
         self.degenerate, inv_sqrt_p = _inv_sqrt_p(p, nugget, kernel.variance)
         #: the compiled code's view of the rows (scaled x, V, 1/sqrt(p), kernel), made once
         self.metric = Metric.residual_correlation(kernel._code, kernel.variance, xs, V,
@@ -378,6 +377,13 @@ class ResidualCorrelation(_persist.Persistent):
         nugget = f", nugget={self.nugget!r}" if self.nugget else ""
         return (f"ResidualCorrelation(n_samples={self.n_samples}, n_features={self.n_features}, "
                 f"n_inducing={self.n_inducing}, kernel={self.kernel!r}{nugget})")
+
+
+def _column_mean(X):
+    """The centre of X's rows; a column whose mean overflows gives inf or nan, which _scale
+    then refuses with its own message."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return X.mean(axis=0)
 
 
 def _inv_sqrt_p(p, nugget, variance):

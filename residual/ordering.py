@@ -6,11 +6,12 @@ range search and why the answer is exact.
 """
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from residual import _maximin
-from residual.tree import CoverTree, _SLACK_EUCLIDEAN_REL
+from residual.tree import CoverTree, euclidean_slack
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._tiles import Metric
 from residual._validate import as_points, check_int
@@ -153,9 +154,26 @@ def maximin_order(X_or_model, *, start=None, num_threads=None, tree=None,
     return out[0] if len(out) == 1 else out
 
 
+class Layout(NamedTuple):
+    """A tree relabelled for the farthest-first loop (``_maximin.Farthest`` reads it).
+
+    row: label -> the point's row; children_ptr, alias_ptr: the children and aliases of label
+    u as the label ranges ``ptr[u]:ptr[u + 1]``; radius, pdist: covering radii and parent
+    distances by label; slack: the tree's slack; bottom_up: the node labels by ascending
+    level (each node after its children). Integer arrays are int64, all C-contiguous.
+    """
+    row: np.ndarray
+    children_ptr: np.ndarray
+    alias_ptr: np.ndarray
+    radius: np.ndarray
+    pdist: np.ndarray
+    slack: float
+    bottom_up: np.ndarray
+
+
 def _run(metric, layout, start, order, dist, nt, progress):
     """The compiled farthest-first loop over a relabelled tree, in slices of SLICE_SECONDS."""
-    row = layout[0]
+    row = layout.row
     label = np.empty_like(row)
     label[row] = np.arange(row.size)
     width = metric.dim + metric.m                             # numbers read per distance
@@ -173,25 +191,19 @@ def _run(metric, layout, start, order, dist, nt, progress):
 
 
 def _kd_layout(coords):
-    """The metric, layout (see :func:`_layout`) and distance evaluations of the k-d ball
+    """The metric, :class:`Layout` and distance evaluations of the k-d ball
     tree over coordinates (``_maximin.kd_layout``), the rows copied in label order."""
     x = np.ascontiguousarray(coords, dtype=np.float64)
     row, children_ptr, alias_ptr, radius, pdist, bottom_up, evals = _maximin.kd_layout(
         x, LEAF_SIZE)
-    slack = _SLACK_EUCLIDEAN_REL * max(float(radius[0]), 1e-300)
+    slack = euclidean_slack(float(radius[0]))
     metric = Metric.euclidean(x[row])
-    return metric, (row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up), evals
+    return metric, Layout(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up), evals
 
 
 def _layout(tree):
-    """The cover tree's metric and the tree relabelled for the loop (see ``_maximin.pyx``,
-    Layout), Euclidean rows copied in label order.
-
-    The layout is ``(row, children_ptr, alias_ptr, radius, pdist, slack, bottom_up)``:
-    label -> row, the children and aliases of label u as the label ranges
-    ``ptr[u]:ptr[u + 1]``, covering radii and parent distances by label, the tree's slack
-    and the node labels by ascending level (each node after its children).
-    """
+    """The cover tree's metric and the tree relabelled for the loop (a :class:`Layout`),
+    Euclidean rows copied in label order."""
     ptr, kids, aptr = tree.children_ptr, tree.children, tree.aliases_ptr
     nodes = [np.array([tree.root], dtype=np.int64)]
     while True:                              # breadth-first, one depth at a time
@@ -210,7 +222,7 @@ def _layout(tree):
     alias_ptr[:nn] = nn + np.cumsum(acount) - acount
     bottom_up = np.argsort(tree.levels[nodes], kind="stable").astype(np.int64)
     metric = tree._metric if tree.residual else tree._metric.take(row)
-    return metric, (
+    return metric, Layout(
         row, children_ptr, alias_ptr, np.ascontiguousarray(tree.radii[row]),
         np.ascontiguousarray(tree.parent_distances[row]), tree._slack, bottom_up)
 

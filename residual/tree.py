@@ -34,6 +34,12 @@ _SLACK_RESIDUAL = 1e-4
 _SLACK_EUCLIDEAN_REL = 1e-10
 
 
+def euclidean_slack(far):
+    """The Euclidean slack of a tree whose root is at most `far` from every point: relative
+    to the data's scale (the build and maximin's k-d tree both use it)."""
+    return _SLACK_EUCLIDEAN_REL * max(far, 1e-300)
+
+
 class CoverTree(_persist.Persistent):
     """Compressed cover tree (Elkin & Kurlin) over the rows of X or of a residual model.
 
@@ -126,7 +132,7 @@ class CoverTree(_persist.Persistent):
         else:
             far = self._distances(np.full(n, root), np.arange(n), nt).max()
             root_level = _level_at_least(far)
-            slack = _SLACK_EUCLIDEAN_REL * max(far, 1e-300)
+            slack = euclidean_slack(far)
 
         seconds = dict.fromkeys(("traversal", "pairwise", "conflict", "mis", "attach",
                                  "radii", "finalise"), 0.0)
@@ -319,9 +325,7 @@ class CoverTree(_persist.Persistent):
                 nodes.append(kids[starts + np.arange(counts.sum())])
             order = np.concatenate(nodes)
             self._search_layout = _search.SearchLayout(
-                order, np.diff(ptr).astype(np.int64), self.aliases_ptr.astype(np.int64),
-                self.aliases, self.radii, self.parent_distances, self.min_index,
-                self._metric.take(order), self._slack)
+                self, order, self._metric.take(order), self._slack)
         return self._search_layout
 
     def _depth_first_order(self):

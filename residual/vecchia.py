@@ -312,8 +312,8 @@ class VecchiaNeighbors:
         indices = pattern.indices.astype(np.int64, copy=False)
         min_pivot = DEGENERATE_P_RTOL * (kernel.variance + nugget)
         with single_threaded_blas():
-            data, status = _factor.vecchia_factor(kernel._code, kernel.variance, xs, v, indptr,
-                                                  indices, nugget, min_pivot, num_threads)
+            data, status = _factor.vecchia_factor(kernel, xs, v, indptr, indices, nugget,
+                                                  min_pivot, num_threads)
         bad = np.flatnonzero(status)
         if bad.size:
             pos = int(bad[0])
