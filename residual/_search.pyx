@@ -19,7 +19,8 @@
 # Queries are independent and read-only: prange over queries (Euclidean) or over groups of
 # consecutive queries that share one traversal (residual, see _search_group), one Scratch workspace
 # per thread (_workspace.pxd: a thread that cannot get one sets the shared flag, and knn() raises
-# MemoryError). Distances are float64, one pair at a time, on a breadth-first copy of the tree
+# MemoryError). Distances are float64 (the residual dot products in small tiles, see
+# RESIDUAL_DOT_TILE), on a breadth-first copy of the tree
 # (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and their
 # rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the shared ones
 # of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group (_interrupt.pxd).
@@ -152,6 +153,8 @@ cdef struct Scratch:
     intp_t* fn
     int64_t* seeds           # the previous answer and its row: the next query's seeds (k + 1)
     Pool* pool               # residual groups: the frontier pool
+    float64_t* tile          # residual groups: dot products of the queries with a tile of
+    intp_t* tile_nodes       # children (GROUP x TILE_NODES), and those children
 
 
 cdef struct Job:
@@ -306,91 +309,140 @@ cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t k, con
 cdef extern from *:
     """
     #include <string.h>
-    /* The dot products of one row c with NQ query rows q[0..NQ), each in one fixed order:
-       eight partial sums per query (lanes j mod 8, two 4-wide vectors), combined as
-       (v0 + v1), then its lanes as (l0 + l1) + (l2 + l3), then the tail in order. Every
-       variant (NQ = 1..4) is this one text and none is inlined; a query's lanes never mix
+    /* The dot products of four query rows q[0..4) with NC rows c[0..NC) (NC = 1..4), each pair
+       summed in one fixed order: eight partial sums (lanes j mod 8, one 8-wide vector),
+       combined as (lanes 0-3 + lanes 4-7), then (l0 + l1) + (l2 + l3), then the tail in
+       order. Every variant is this one text and none is inlined; a pair's lanes never mix
        with another's, and C11 mode (meson.build) keeps GCC from fusing multiply-adds (a
-       compiler that did would fuse the same expression in every variant). So a query's sum
-       is the same bits whichever variant computes it and whatever the other queries are: a
-       pair's key does not depend on where it is evaluated. c's row is read once for the NQ
-       queries. */
-    #define RESIDUAL_DOTS(NAME, NQ)                                                     \
+       compiler that did would fuse the same expression in every variant). So a pair's sum is
+       the same bits whichever variant computes it and whatever the other rows are: a pair's
+       key does not depend on the tile it is evaluated in (and equals the old one-row kernels'
+       bits: lanes 0-3 and 4-7 were their two 4-wide sums). Each loaded query vector serves
+       NC rows and each row vector four queries. out is 4 x NC, row stride 4. */
+    #define RESIDUAL_DOT_TILE(NAME, NC)                                                 \
     __attribute__((noinline))                                                           \
-    static void NAME(const double* c, const double* const* q, Py_ssize_t m,             \
+    static void NAME(const double* const* q, const double* const* c, Py_ssize_t m,      \
                      double* out) {                                                     \
+        typedef double v8d __attribute__((vector_size(64)));                            \
         typedef double v4d __attribute__((vector_size(32)));                            \
-        const v4d zero = {0.0, 0.0, 0.0, 0.0};                                          \
-        v4d a[NQ][2], c0, c1, x;                                                        \
+        const v8d zero = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                      \
+        v8d a[4][NC], y[NC], x;                                                         \
         Py_ssize_t j = 0, t;                                                            \
-        int i;                                                                          \
-        for (i = 0; i < NQ; i++) { a[i][0] = zero; a[i][1] = zero; }                    \
+        int i, u;                                                                       \
+        for (i = 0; i < 4; i++)                                                         \
+            for (u = 0; u < NC; u++) a[i][u] = zero;                                    \
         for (; j + 8 <= m; j += 8) {                                                    \
-            memcpy(&c0, c + j, sizeof c0);                                              \
-            memcpy(&c1, c + j + 4, sizeof c1);                                          \
-            for (i = 0; i < NQ; i++) {                                                  \
+            for (u = 0; u < NC; u++) memcpy(&y[u], c[u] + j, sizeof x);                 \
+            for (i = 0; i < 4; i++) {                                                   \
                 memcpy(&x, q[i] + j, sizeof x);                                         \
-                a[i][0] += x * c0;                                                      \
-                memcpy(&x, q[i] + j + 4, sizeof x);                                     \
-                a[i][1] += x * c1;                                                      \
+                for (u = 0; u < NC; u++) a[i][u] += x * y[u];                           \
             }                                                                           \
         }                                                                               \
-        for (i = 0; i < NQ; i++) {                                                      \
-            v4d v = a[i][0] + a[i][1];                                                  \
-            double s = (v[0] + v[1]) + (v[2] + v[3]);                                   \
-            for (t = j; t < m; t++)                                                     \
-                s += q[i][t] * c[t];                                                    \
-            out[i] = s;                                                                 \
-        }                                                                               \
+        for (i = 0; i < 4; i++)                                                         \
+            for (u = 0; u < NC; u++) {                                                  \
+                v4d lo, hi, v;                                                          \
+                memcpy(&lo, &a[i][u], sizeof lo);                                       \
+                memcpy(&hi, (const char*)&a[i][u] + sizeof lo, sizeof hi);              \
+                v = lo + hi;                                                            \
+                double s = (v[0] + v[1]) + (v[2] + v[3]);                               \
+                for (t = j; t < m; t++)                                                 \
+                    s += q[i][t] * c[u][t];                                             \
+                out[4 * i + u] = s;                                                     \
+            }                                                                           \
     }
-    RESIDUAL_DOTS(residual_dot1, 1)
-    RESIDUAL_DOTS(residual_dot2, 2)
-    RESIDUAL_DOTS(residual_dot3, 3)
-    RESIDUAL_DOTS(residual_dot4, 4)
+    RESIDUAL_DOT_TILE(residual_dot_tile1, 1)
+    RESIDUAL_DOT_TILE(residual_dot_tile2, 2)
+    RESIDUAL_DOT_TILE(residual_dot_tile3, 3)
+    RESIDUAL_DOT_TILE(residual_dot_tile4, 4)
     """
-    void _dot1 "residual_dot1"(const float64_t* c, const float64_t* const* q, intp_t m,
-                               float64_t* out) noexcept nogil
-    void _dot2 "residual_dot2"(const float64_t* c, const float64_t* const* q, intp_t m,
-                               float64_t* out) noexcept nogil
-    void _dot3 "residual_dot3"(const float64_t* c, const float64_t* const* q, intp_t m,
-                               float64_t* out) noexcept nogil
-    void _dot4 "residual_dot4"(const float64_t* c, const float64_t* const* q, intp_t m,
-                               float64_t* out) noexcept nogil
+    void _dot_tile1 "residual_dot_tile1"(const float64_t* const* q, const float64_t* const* c,
+                                         intp_t m, float64_t* out) noexcept nogil
+    void _dot_tile2 "residual_dot_tile2"(const float64_t* const* q, const float64_t* const* c,
+                                         intp_t m, float64_t* out) noexcept nogil
+    void _dot_tile3 "residual_dot_tile3"(const float64_t* const* q, const float64_t* const* c,
+                                         intp_t m, float64_t* out) noexcept nogil
+    void _dot_tile4 "residual_dot_tile4"(const float64_t* const* q, const float64_t* const* c,
+                                         intp_t m, float64_t* out) noexcept nogil
 
 
 cdef enum:
     GROUP = 64          # queries per shared traversal (<= 64: one bit each in a mask)
     POOL_START = 64     # frontier entries a thread's pool holds at first (it doubles as needed)
+    TILE_NODES = 256    # children scored per dot-product tile (a thread's tile: GROUP x this)
+
+
+cdef void _dot_tile(const Points* P, const Query* Q, const intp_t* act, intp_t na,
+                    const intp_t* nodes, intp_t nn, float64_t* out, intp_t ldo) noexcept nogil:
+    """out[t * ldo + j] = V_q . V_c for query act[t] (t < na) and node c = nodes[j] (j < nn),
+    in 4 x (1..4) blocks of the RESIDUAL_DOT_TILE kernels (a short block repeats its last
+    query, whose extra results are dropped)."""
+    cdef const float64_t* qv[4]
+    cdef const float64_t* cv[4]
+    cdef float64_t block[16]
+    cdef intp_t t, j, i, u, nq, nc, line
+    j = 0
+    while j < nn:
+        nc = min(4, nn - j)
+        for u in range(nc):
+            cv[u] = P.v + nodes[j + u] * P.m
+        # the next block's rows come from memory while this block is summed
+        for u in range(j + 4, min(j + 8, nn)):
+            for line in range(0, P.m, 8):
+                prefetch(P.v + nodes[u] * P.m + line)
+        t = 0
+        while t < na:
+            nq = min(4, na - t)
+            for i in range(4):
+                qv[i] = Q[act[t + min(i, nq - 1)]].v
+            if nc == 4:
+                _dot_tile4(qv, cv, P.m, block)
+            elif nc == 3:
+                _dot_tile3(qv, cv, P.m, block)
+            elif nc == 2:
+                _dot_tile2(qv, cv, P.m, block)
+            else:
+                _dot_tile1(qv, cv, P.m, block)
+            for i in range(nq):
+                for u in range(nc):
+                    out[(t + i) * ldo + j + u] = block[4 * i + u]
+            t += 4
+        j += 4
 
 
 cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t na,
-                     intp_t c, float64_t* keys) noexcept nogil:
+                     intp_t c, const float64_t* dots, intp_t ld, float64_t* keys) noexcept nogil:
     """keys[t] = squared residual distance between query act[t] and node c (query_key's
-    quantity), t < na: kernels in one flat loop, dot products four queries at a time."""
-    cdef intp_t t, u, nb
+    quantity), t < na, from their dot products V_q . V_c at dots[t * ld]: kernels in one flat
+    loop."""
+    cdef intp_t t
     cdef const float64_t* xc = P.x + c * P.dim
-    cdef const float64_t* vc = P.v + c * P.m
-    cdef const float64_t* qv[4]
-    cdef float64_t dots[4]
     for t in range(na):
         keys[t] = sqdist(Q[act[t]].x, xc, P.dim)
     kernel_of_sqdist(P.spec, keys, na)
-    t = 0
-    while t < na:
-        nb = min(4, na - t)
-        for u in range(nb):
-            qv[u] = Q[act[t + u]].v
-        if nb == 4:
-            _dot4(vc, qv, P.m, dots)
-        elif nb == 3:
-            _dot3(vc, qv, P.m, dots)
-        elif nb == 2:
-            _dot2(vc, qv, P.m, dots)
-        else:
-            _dot1(vc, qv, P.m, dots)
-        for u in range(nb):
-            keys[t + u] = residual_key(keys[t + u] - dots[u], Q[act[t + u]].s, P.s[c])
-        t += 4
+    for t in range(na):
+        keys[t] = residual_key(keys[t] - dots[t * ld], Q[act[t]].s, P.s[c])
+
+
+cdef void _lone_node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t na,
+                          intp_t c, float64_t* keys) noexcept nogil:
+    """_node_keys for one node c, its dot products computed here (the seeds and the root)."""
+    cdef float64_t dots[GROUP]
+    _dot_tile(P, Q, act, na, &c, 1, dots, 1)
+    _node_keys(P, Q, act, na, c, dots, 1, keys)
+
+
+cdef inline uint64_t _child_mask(const Node* nc, const Query* Q, intp_t g, uint64_t mask,
+                                 const float64_t* du, float64_t slack) noexcept nogil:
+    """The queries of mask that must score child nc: the lone search's tests, query by query
+    (its subtree holds an eligible row, and the parent distance du does not rule it out)."""
+    cdef uint64_t cmask = 0, bit
+    cdef intp_t r
+    for r in range(g):
+        bit = <uint64_t>1 << r
+        if mask & bit and nc.min_index < Q[r].limit and \
+                fabs(du[r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
+            cmask |= bit
+    return cmask
 
 
 cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
@@ -449,6 +501,50 @@ cdef intp_t _pool_take(Pool* pool) noexcept nogil:
     return pool.used - 1
 
 
+cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot, intp_t c,
+                const intp_t* act, intp_t na, const float64_t* dots, const Scratch* W,
+                intp_t* size) noexcept nogil:
+    """Score child c (of the node in pool slot `slot`) for the queries act[0..na), whose dot
+    products with it are dots[0..na): offer it to each, and push it with the distances of
+    the queries that may find something below it. Returns 0, or -1 when the pool could not
+    grow."""
+    cdef Pool* pool = W.pool
+    cdef const Node* nc = &T.node[c]
+    cdef float64_t keys[GROUP]
+    cdef float64_t d, b, lbc = INFINITY, slack = T.slack
+    cdef intp_t t, r, cslot = -1
+    cdef uint64_t pmask = 0
+    cdef Query* q
+    _node_keys(P, Q, act, na, c, dots, 1, keys)
+    if nc.child_end > nc.child_begin:
+        cslot = _pool_take(pool)        # where c's distances go if it is pushed
+        if cslot < 0:
+            return -1
+    for t in range(na):
+        r = act[t]
+        q = &Q[r]
+        q.evals += 1
+        _offer(T, q, c, keys[t], k)
+        if cslot < 0:
+            continue                    # a leaf: nothing to enter
+        d = sqrt(keys[t])
+        b = d - nc.radius
+        if b <= q.tau + slack:
+            pool.d[cslot * GROUP + r] = d
+            pmask |= <uint64_t>1 << r
+            lbc = min(lbc, b if b > 0.0 else 0.0)
+    if pmask:
+        pool.node[cslot] = c
+        pool.mask[cslot] = pmask
+        prefetch(&T.node[nc.child_begin])
+        prefetch(P.x + nc.child_begin * P.dim)
+        frontier_push(W.fl, W.fd, W.fn, size, lbc, 0.0, cslot)
+    elif cslot >= 0:
+        pool.free_slots[pool.n_free] = cslot
+        pool.n_free += 1
+    return 0
+
+
 cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
                        const Scratch* W) noexcept nogil:
     """The k nearest eligible points for each of the g <= GROUP queries in Q.
@@ -458,18 +554,19 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     by the smallest lower bound among their queries. Returns 0, or -1 when the pool could not
     grow (the answers are then incomplete).
     """
-    cdef intp_t r, j, t, u, c, na, slot, cslot, size = 0
-    cdef uint64_t mask, cmask, pmask, bit
+    cdef intp_t r, j, t, u, c, c0, c1, na, nn, slot, size = 0
+    cdef uint64_t mask, cmask, bit, needed
     cdef float64_t* du
-    cdef float64_t key, d, b, lbc, tau_max, slack = T.slack
-    cdef const Node* nc
+    cdef float64_t tau_max, slack = T.slack
     cdef Query* q
     cdef float64_t* fl = W.fl
     cdef float64_t* fd = W.fd
     cdef intp_t* fn = W.fn
     cdef Pool* pool = W.pool
-    cdef intp_t act[GROUP]              # the queries a node is scored against, and the keys
+    cdef intp_t act[GROUP]              # the queries a node is scored against, their dot
+    cdef float64_t dots[GROUP]          # products with it and their keys
     cdef float64_t keys[GROUP]
+    cdef intp_t row_of[GROUP]           # query -> its row in the tile
     for r in range(g):
         q = &Q[r]
         q.count = 0
@@ -484,14 +581,14 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
             if t != Q[r].self_index and t < Q[r].limit:
                 act[na] = r
                 na += 1
-        _node_keys(P, Q, act, na, T.node_of[t], keys)
+        _lone_node_keys(P, Q, act, na, T.node_of[t], keys)
         for u in range(na):
             q = &Q[act[u]]
             best_offer(q.hd, q.hi, &q.count, k, keys[u], t)
             q.evals += 1
     for r in range(g):
         act[r] = r
-    _node_keys(P, Q, act, g, 0, keys)   # the root
+    _lone_node_keys(P, Q, act, g, 0, keys)     # the root
     for r in range(g):
         q = &Q[r]
         if q.count == k:
@@ -527,54 +624,57 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
             pool.free_slots[pool.n_free] = slot
             pool.n_free += 1
             continue
-        for c in range(T.node[u].child_begin, T.node[u].child_end):
-            nc = &T.node[c]
-            cmask = 0                   # the lone search's tests, query by query
-            for r in range(g):
-                bit = <uint64_t>1 << r
-                if mask & bit and nc.min_index < Q[r].limit and \
-                        fabs(du[r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
-                    cmask |= bit
-            if cmask == 0:
-                continue
-            na = 0                      # c's row is read once, for every query that needs it
-            for r in range(g):
-                if cmask & (<uint64_t>1 << r):
-                    act[na] = r
-                    na += 1
-            _node_keys(P, Q, act, na, c, keys)
-            pmask = 0
-            lbc = INFINITY
-            cslot = -1
-            if nc.child_end > nc.child_begin:
-                cslot = _pool_take(pool)    # where c's distances go if it is pushed
-                if cslot < 0:
+        if u == 0:
+            # The root's children are candidates for nearly every query: their dot products
+            # in dense tiles of TILE_NODES children, for the queries that need at least one
+            # of them with the bounds at the tile's start. Then child by child as below, the
+            # tests redone with the bounds of the moment (they only shrink, so every pair
+            # they admit is in the tile; the others were computed and are dropped).
+            c0 = T.node[u].child_begin
+            while c0 < T.node[u].child_end:
+                c1 = min(T.node[u].child_end, c0 + TILE_NODES)
+                nn = 0
+                needed = 0
+                for c in range(c0, c1):
+                    cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
+                    if cmask:
+                        W.tile_nodes[nn] = c
+                        nn += 1
+                        needed |= cmask
+                c0 = c1
+                na = 0
+                for r in range(g):
+                    if needed & (<uint64_t>1 << r):
+                        row_of[r] = na
+                        act[na] = r
+                        na += 1
+                _dot_tile(P, Q, act, na, W.tile_nodes, nn, W.tile, TILE_NODES)
+                for j in range(nn):
+                    c = W.tile_nodes[j]
+                    cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
+                    na = 0
+                    for r in range(g):
+                        if cmask & (<uint64_t>1 << r):
+                            act[na] = r
+                            dots[na] = W.tile[row_of[r] * TILE_NODES + j]
+                            na += 1
+                    if na and _enter(P, T, Q, k, slot, c, act, na, dots, W, &size) != 0:
+                        return -1
+                    du = pool.d + slot * GROUP  # the pool may have moved
+        else:
+            for c in range(T.node[u].child_begin, T.node[u].child_end):
+                cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
+                na = 0                  # c's row is read once, for every query that needs it
+                for r in range(g):
+                    if cmask & (<uint64_t>1 << r):
+                        act[na] = r
+                        na += 1
+                if na == 0:
+                    continue
+                _dot_tile(P, Q, act, na, &c, 1, dots, 1)
+                if _enter(P, T, Q, k, slot, c, act, na, dots, W, &size) != 0:
                     return -1
-                du = pool.d + slot * GROUP  # the pool may have moved
-            for t in range(na):
-                r = act[t]
-                bit = <uint64_t>1 << r
-                q = &Q[r]
-                key = keys[t]
-                q.evals += 1
-                _offer(T, q, c, key, k)
-                if nc.child_end == nc.child_begin:
-                    continue            # a leaf: nothing to enter
-                d = sqrt(key)
-                b = d - nc.radius
-                if b <= q.tau + slack:
-                    pool.d[cslot * GROUP + r] = d
-                    pmask |= bit
-                    lbc = min(lbc, b if b > 0.0 else 0.0)
-            if pmask:
-                pool.node[cslot] = c
-                pool.mask[cslot] = pmask
-                prefetch(&T.node[nc.child_begin])
-                prefetch(P.x + nc.child_begin * P.dim)
-                frontier_push(fl, fd, fn, &size, lbc, 0.0, cslot)
-            elif cslot >= 0:
-                pool.free_slots[pool.n_free] = cslot
-                pool.n_free += 1
+                du = pool.d + slot * GROUP      # the pool may have moved
         pool.free_slots[pool.n_free] = slot     # u is done
         pool.n_free += 1
     return 0
@@ -590,8 +690,11 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
     cdef size_t nd = in_flight * k * sizeof(float64_t), ni = in_flight * k * sizeof(intp_t)
     cdef size_t fd = frontier * sizeof(float64_t), fi = frontier * sizeof(intp_t)
     cdef size_t ns = (k + 1) * sizeof(int64_t)
+    cdef size_t nt = GROUP * TILE_NODES * sizeof(float64_t) if grouped else 0
+    cdef size_t nn = TILE_NODES * sizeof(intp_t) if grouped else 0
     cdef char* at = workspace_new(span(sizeof(Scratch)) + span(nq) + span(nd) + span(ni) +
-                                  2 * span(fd) + span(fi) + span(ns), failed)
+                                  2 * span(fd) + span(fi) + span(ns) + span(nt) + span(nn),
+                                  failed)
     cdef Scratch* W = <Scratch*>carve(&at, sizeof(Scratch))
     if W == NULL:
         return NULL
@@ -604,6 +707,8 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
     W.seeds = <int64_t*>carve(&at, ns)
     if grouped:
         W.Q = <Query*>carve(&at, nq)
+        W.tile = <float64_t*>carve(&at, nt)
+        W.tile_nodes = <intp_t*>carve(&at, nn)
         W.pool = <Pool*>calloc(1, sizeof(Pool))
         if W.pool == NULL or _pool_init(W.pool, min(frontier, <intp_t>POOL_START)) != 0:
             failed[0] = 1
