@@ -161,7 +161,8 @@ cdef struct Job:
     # One knn() call as the residual groups read it (see knn's docstring).
     const Points* queries
     bint in_sample, predecessors
-    intp_t row_offset, k, n
+    const int64_t* rows      # in-sample: the point each query is
+    intp_t k, n
     float64_t* out_dist      # (n_queries, k), row-major
     int64_t* out_idx
     int64_t* ev              # distance evaluations per query
@@ -733,12 +734,13 @@ cdef void _scratch_free(Scratch* W) noexcept nogil:
 
 
 def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
-        intp_t row_offset, tuple out, const int64_t[::1] visit_order, tuple parallel_plan):
+        const int64_t[::1] rows, tuple out, const int64_t[::1] visit_order,
+        tuple parallel_plan):
     """Exact kNN for every query row; returns the distance evaluations per query.
 
     queries: the query rows, prepared like the indexed points (same kernel). In-sample queries
-    are the indexed points themselves, in row order from row row_offset on: query q is point
-    i = row_offset + q, which excludes itself and, with predecessors, considers only j < i.
+    are indexed points themselves: query q is point i = rows[q], which excludes itself and,
+    with predecessors, considers only j < i (rows is not read for new points).
     out = (dist, idx), each (n_queries, k), filled. Queries are answered in visit_order (a
     permutation of the rows): neighbouring queries in that order share the tree nodes they
     touch, so they find them in cache. parallel_plan = (num_threads, chunk).
@@ -767,11 +769,12 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     T.slack = layout.slack
     if nq == 0:
         return evals
-    if visit_order.shape[0] != nq:
-        raise ValueError("visit_order must be a permutation of the query rows")
+    if visit_order.shape[0] != nq or (in_sample and rows.shape[0] != nq):
+        raise ValueError("visit_order and rows must have one entry per query")
     if P.residual:
         J.queries = &queries.P
-        J.in_sample, J.predecessors, J.row_offset = in_sample, predecessors, row_offset
+        J.in_sample, J.predecessors = in_sample, predecessors
+        J.rows = &rows[0] if in_sample else NULL
         J.k, J.n = k, n
         J.out_dist, J.out_idx, J.ev = &out_dist[0, 0], &out_idx[0, 0], &ev[0]
         J.visit = &visit_order[0]
@@ -784,10 +787,10 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
             for pos in prange(nq, schedule='dynamic', chunksize=chunk):
                 q = visit_order[pos]
                 if W != NULL and not interrupted(&stop):
-                    ev[q] = _search(P, &T, &xq[q, 0], row_offset + q if in_sample else -1,
-                                    row_offset + q if predecessors else n, k, W, &found)
+                    ev[q] = _search(P, &T, &xq[q, 0], rows[q] if in_sample else -1,
+                                    rows[q] if predecessors else n, k, W, &found)
                     _emit(W.hd, W.hi, found, k, &out_dist[q, 0], &out_idx[q, 0])
-                    _set_seeds(W.seeds, &out_idx[q, 0], k, row_offset + q if in_sample else -1)
+                    _set_seeds(W.seeds, &out_idx[q, 0], k, rows[q] if in_sample else -1)
             # end: prange
             _scratch_free(W)
     reraise(&stop)
@@ -815,8 +818,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 W.Q[r].x = X.x + q * X.dim
                 W.Q[r].v = X.v + q * X.m
                 W.Q[r].s = X.s[q]
-                W.Q[r].self_index = J.row_offset + q if J.in_sample else -1
-                W.Q[r].limit = J.row_offset + q if J.predecessors else J.n
+                W.Q[r].self_index = J.rows[q] if J.in_sample else -1
+                W.Q[r].limit = J.rows[q] if J.predecessors else J.n
             if _search_group(P, T, W.Q, g, k, W) != 0:
                 J.failed[0] = 1             # its frontier pool could not grow
                 continue
@@ -826,7 +829,7 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                       J.out_idx + q * k)
                 J.ev[q] = W.Q[r].evals
             q = J.visit[p0 + g - 1]
-            _set_seeds(W.seeds, J.out_idx + q * k, k, J.row_offset + q if J.in_sample else -1)
+            _set_seeds(W.seeds, J.out_idx + q * k, k, J.rows[q] if J.in_sample else -1)
         # end: prange
         _scratch_free(W)
 

@@ -479,6 +479,8 @@ def _summary(out, res, args, kernel, n_inducing, shape, source, output):
     lines = [f"residual: Vecchia neighbours of {source}",
              f"  n = {shape[0]}, D = {shape[1]}, k = {res.k}, metric = {res.metric} "
              f"({model}), ordering = {args.ordering}, method = {res.method}"]
+    if "auto" in res.stats:
+        lines.append(f"  method chosen by auto: {res.stats['auto']['reason']}")
     lines += [f"  {name:<9}{s[name]:10.3f} s" for name in STAGES + ("total",)]
     lines += [f"  distance evaluations  {res.stats['distance_evaluations']:,}",
               f"  neighbours per second {res.stats['neighbors_per_second']:,.0f} "

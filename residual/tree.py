@@ -26,6 +26,9 @@ DEFAULT_BATCH_SIZE = 512
 #: Batch points per traversal work item when ``chunk_size`` is None.
 DEFAULT_TRAVERSAL_CHUNK = 8
 
+# Seconds between two progress reports of the build.
+_REPORT_EVERY = 0.1
+
 # Extra room in the pruning tests of the build and the search, in distance units. It absorbs
 # rounding in the triangle inequality; it can only make a search wider, never wrong. For the
 # residual metric it grows with 1/sqrt(min(p + nugget)) (see CoverTree.__init__), from a floor
@@ -61,6 +64,10 @@ class CoverTree(_persist.Persistent):
     schedule : {"doubling", "fixed"}, default="doubling"
         Batch sizes 1, 2, 4, ... up to ``batch_size`` (prefix doubling, Gu et al.) or
         ``batch_size`` throughout.
+    progress : callable, default=None
+        ``progress(done, total)``: points inserted so far, out of n_samples; called about
+        every 0.1 s during the build and once at its end. An exception it raises stops the
+        build and propagates (Ctrl-C stops it too).
 
     Attributes
     ----------
@@ -104,7 +111,7 @@ class CoverTree(_persist.Persistent):
     """
 
     def __init__(self, X_or_model, *, num_threads=None, chunk_size=None, batch_size=None,
-                 seed=0, schedule="doubling"):
+                 seed=0, schedule="doubling", progress=None):
         t_start = time.perf_counter()
         self.model, x = as_points(X_or_model)
         self.residual = self.model is not None
@@ -117,6 +124,8 @@ class CoverTree(_persist.Persistent):
         batch_size = min(batch_size, max(n - 1, 1))    # workspaces are batch_size^2
         if schedule not in ("doubling", "fixed"):
             raise ValueError(f"schedule must be 'doubling' or 'fixed', got {schedule!r}")
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be None or a callable, got {type(progress).__name__}")
         seed = resolve_seed(seed)          # last: a Generator is drawn from only for valid calls
 
         order = np.random.default_rng(seed).permutation(n)
@@ -152,6 +161,7 @@ class CoverTree(_persist.Persistent):
         block = np.empty(batch_size * batch_size)        # reused, viewed as nb x nb
         best_d = np.empty(batch_size)
         best_q = np.empty(batch_size, dtype=np.intp)
+        inserted, t_report = 1, time.perf_counter()
         with single_threaded_blas():
             for batch in batches:
                 nb = len(batch)
@@ -168,6 +178,10 @@ class CoverTree(_persist.Persistent):
                 seconds["traversal"] += t1 - t
                 seconds["pairwise"] += t2 - t1
                 seconds["radii"] += time.perf_counter() - t3
+                inserted += nb
+                if progress is not None and time.perf_counter() - t_report >= _REPORT_EVERY:
+                    progress(inserted, n)
+                    t_report = time.perf_counter()
         seconds["traversal_net"] = builder.t_net      # traversal's batch x net tiles
         seconds["traversal_children"] = builder.t_kids  # and its visitors x children tiles
         seconds["conflict"] = builder.t_conflict
@@ -178,6 +192,8 @@ class CoverTree(_persist.Persistent):
         self._finalise(builder, root, nt, spatial)
         seconds["finalise"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - t_start
+        if progress is not None:
+            progress(n, n)
         counters = {
             "traversal_evaluations": builder.traversal_evals,
             "pairwise_evaluations": builder.block_evals,
@@ -246,30 +262,35 @@ class CoverTree(_persist.Persistent):
 
     def _query(self, Y, k, predecessors, rows, nt, chunk=16):
         """:meth:`query` on checked arguments: new points Y, or None for the in-sample rows
-        ``rows = (start, stop)``; ``nt`` threads."""
+        ``rows = (start, stop)``, or for the rows of an int64 array (answered in its order,
+        so neighbouring rows should be neighbours: residual/_auto.py's pilot); ``nt``
+        threads."""
         t0 = time.perf_counter()
         n = self.n_samples
         in_sample = Y is None
-        start, stop = rows
-        if in_sample:
+        if in_sample and not isinstance(rows, tuple):
+            row_ids = rows
+            queries = self._metric.take(row_ids)
+            visit = np.arange(row_ids.size, dtype=np.int64)
+        elif in_sample:  # the tree's depth-first order: neighbouring queries share cache lines
+            start, stop = rows
+            row_ids = np.arange(start, stop, dtype=np.int64)
             queries = self._metric.take(slice(start, stop))
-        elif self.residual:
-            queries = self.model._query_metric(Y, nt)
-        else:
-            queries = Metric.euclidean(Y)
-        nq = queries.n
-        dist = np.empty((nq, k))
-        idx = np.empty((nq, k), dtype=np.int64)
-        if in_sample:   # the tree's depth-first order: neighbouring queries share cache lines
             visit = self._depth_first_order()
             if (start, stop) != (0, n):
                 visit = visit[(visit >= start) & (visit < stop)] - start
         else:           # new points along a space-filling curve, for the same reasons
+            row_ids = np.empty(0, dtype=np.int64)
+            queries = (self.model._query_metric(Y, nt) if self.residual
+                       else Metric.euclidean(Y))
             visit = _spatial_order(queries.x)
-            visit = np.arange(nq) if visit is None else visit
+            visit = np.arange(queries.n) if visit is None else visit
             visit = visit.astype(np.int64)
+        nq = queries.n
+        dist = np.empty((nq, k))
+        idx = np.empty((nq, k), dtype=np.int64)
         with single_threaded_blas():
-            evals = _search.knn(self._layout(), queries, in_sample, predecessors, start,
+            evals = _search.knn(self._layout(), queries, in_sample, predecessors, row_ids,
                                 (dist, idx), visit, (nt, chunk))
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":

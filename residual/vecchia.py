@@ -16,7 +16,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from residual import _factor
+from residual import _auto, _factor
 from residual.bruteforce import in_sample_rows
 from residual.kernels import Kernel
 from residual.model import (DEGENERATE_P_RTOL, ResidualCorrelation, check_inducing,
@@ -375,14 +375,20 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random
     metric : {"residual", "euclidean"}, default="residual"
     method : {"auto", "tree", "brute"}, default="auto"
         ``"brute"``: :func:`residual.brute_force_knn`; ``"tree"``: :class:`residual.CoverTree`
-        then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path (docs/benchmarks.md):
-        brute force for the residual metric, the tree for Euclidean.
+        then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path: the tree for
+        Euclidean; for the residual metric, the brute force below 32768 rows, else whichever
+        a pilot measured at run time projects to be faster (the brute force on the last 64
+        rows; the tree, built within a budget of 0.1x the brute force's projection, on 128
+        rows spread over the data). ``method`` and ``stats["auto"]`` of the result say what
+        was chosen and why. Both paths return the same neighbours.
     num_threads : int, default=None
         Threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative counts
         back from them).
     progress : callable, default=None
         ``progress(stage, done, total)``, called at the start (``done=0``) and end
         (``done=total``) of each stage ``"model"``, ``"ordering"``, ``"build"``, ``"query"``.
+        For ``"ordering"`` (maximin) and ``"build"``, ``total`` is ``n_samples`` and ``done``
+        counts the points placed or inserted, reported about every 0.1 s.
         For ``"query"``, ``total`` is ``n_samples`` and ``done`` counts the rows answered,
         reported after each of up to 50 row blocks of about equal work. Results do not
         depend on it (a block equals those rows of the whole query, bit for bit).
@@ -480,10 +486,23 @@ class _Call:
         self.ordered = _permute(base, self.order)
         seconds["ordering"] = _stage_end(report, "ordering", total, t)
 
-        t = _stage_start(report, "build", 1)
-        self.tree = (CoverTree(self.ordered, num_threads=self.num_threads)
-                     if args["method"] == "tree" else None)
-        seconds["build"] = _stage_end(report, "build", 1, t)
+        # the build reports the points inserted; auto's pilot and build count as the build
+        t = _stage_start(report, "build", self.n)
+        self.method, self.auto = args["method"], None
+        if self.method == "auto":
+            self.tree, self.auto = _auto.choose(self.ordered, self.k, self.num_threads,
+                                                progress=self._report_build)
+            self.method = self.auto["method"]
+        elif self.method == "tree":
+            self.tree = CoverTree(self.ordered, num_threads=self.num_threads,
+                                  progress=self._report_build)
+        else:
+            self.tree = None
+        seconds["build"] = _stage_end(report, "build", self.n, t)
+
+    def _report_build(self, done, total):
+        if done < total:                # the stage's end is reported once, by prepare
+            self.report("build", done, total)
 
     @property
     def searcher(self):
@@ -535,6 +554,8 @@ class _Call:
         stats = {"seconds": seconds, "distance_evaluations": int(evals),
                  "n_neighbors": n_neighbors,
                  "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
+        if self.auto is not None:
+            stats["auto"] = self.auto
         # what the factor needs: the ordered model, or the coordinates, kernel and a lazy model
         model = self.ordered if isinstance(self.ordered, ResidualCorrelation) else None
         kernel = args["X"].kernel if args["is_model"] else args["kernel"]
@@ -542,7 +563,7 @@ class _Call:
         if model is None and kernel is not None:
             make_model = functools.partial(_ordered_residual_model, args, self.order)
         return VecchiaNeighbors(self.order, idx, dist, stats, metric=args["metric"],
-                                method=args["method"], model=model, X=args["coords"],
+                                method=self.method, model=model, X=args["coords"],
                                 kernel=kernel, make_model=make_model)
 
 
@@ -593,8 +614,8 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         raise TypeError(f"progress must be None or a callable, got {type(progress).__name__}")
     nt = resolve_num_threads(num_threads)
     seed = resolve_seed(seed)          # last: a Generator is drawn from only for valid calls
-    if method == "auto":
-        method = "brute" if metric == "residual" else "tree"
+    if method == "auto" and metric == "euclidean":
+        method = "tree"                 # residual: decided by a pilot (residual/_auto.py)
     return {"X": X, "coords": coords, "is_model": is_model, "kernel": kernel, "n": n, "k": k,
             "n_inducing": n_inducing, "ordering": ordering, "seed": seed, "metric": metric,
             "method": method, "num_threads": nt, "inducing": inducing, "nugget": nugget,

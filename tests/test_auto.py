@@ -1,0 +1,98 @@
+"""method="auto" for residual conditioning sets (residual/_auto.py): each path is chosen in a
+case built for it, the choice is reported, and it never changes the neighbours."""
+
+import numpy as np
+import pytest
+
+import residual
+from residual import _auto
+from residual.__main__ import main
+from residual.vecchia import vecchia_neighbors
+from conftest import harness_like
+
+
+def _pilot_everywhere(monkeypatch, budget):
+    """Run the pilot at any n, with the build's budget scaled by `budget`."""
+    monkeypatch.setattr(_auto, "AUTO_MIN_ROWS", 0)
+    monkeypatch.setattr(_auto, "BUILD_BUDGET", budget)
+
+
+def test_small_n_takes_the_brute_force_without_a_pilot():
+    res = vecchia_neighbors(harness_like(400), residual.RBF(), k=8, n_inducing=30)
+    assert res.method == "brute"
+    auto = res.stats["auto"]
+    assert auto["method"] == "brute" and "no pilot" in auto["reason"]
+    assert auto["brute_s"] is None and auto["build_s"] is None
+
+
+def test_the_tree_where_it_prunes_nearly_everything(monkeypatch):
+    # 1-D, ten lengthscales, p ~ 0.2: a query scores about 75 of its 4000 predecessors
+    _pilot_everywhere(monkeypatch, budget=1e9)
+    X = np.random.default_rng(1).uniform(0, 5, size=(8000, 1))
+    kw = dict(k=5, n_inducing=8, seed=2)
+    res = vecchia_neighbors(X, residual.Matern(nu=1.5, lengthscale=0.5), **kw)
+    auto = res.stats["auto"]
+    assert res.method == auto["method"] == "tree", auto
+    assert auto["tree_query_s"] < auto["brute_s"] and auto["build_s"] > 0
+    brute = vecchia_neighbors(X, residual.Matern(nu=1.5, lengthscale=0.5), method="brute",
+                              **kw)
+    np.testing.assert_array_equal(res.neighbors, brute.neighbors)
+    # close pairs (d ~ 1e-4, key ~ 1e-8) keep the rounding of C = k - v.V in the key, which
+    # the tree and the brute force sum in different orders; sqrt magnifies it in d
+    np.testing.assert_allclose(res.distances, brute.distances, rtol=1e-9, atol=1e-8)
+    # the tree the pilot built answered the query: its evaluations are far below the brute's
+    assert res.stats["distance_evaluations"] < brute.stats["distance_evaluations"] / 10
+
+
+def test_the_brute_force_where_the_tree_cannot_prune(monkeypatch):
+    # D = 8, Matern 1/2: almost every pair is ~1 apart, the tree scores nearly all of them
+    _pilot_everywhere(monkeypatch, budget=1e9)
+    X = harness_like(3000, dim=8, seed=3)
+    kw = dict(k=10, n_inducing=60, seed=2)
+    kern = residual.Matern(nu=0.5, lengthscale=1.0)
+    res = vecchia_neighbors(X, kern, **kw)
+    auto = res.stats["auto"]
+    assert res.method == auto["method"] == "brute", auto
+    assert auto["tree_query_s"] >= auto["brute_s"]
+    brute = vecchia_neighbors(X, kern, method="brute", **kw)
+    np.testing.assert_array_equal(res.neighbors, brute.neighbors)
+    np.testing.assert_array_equal(res.distances, brute.distances)
+
+
+def test_a_build_over_its_budget_is_stopped(monkeypatch):
+    _pilot_everywhere(monkeypatch, budget=0.0)
+    calls = []
+    res = vecchia_neighbors(harness_like(1500), residual.RBF(), k=6, n_inducing=30,
+                            progress=lambda *a: calls.append(a))
+    auto = res.stats["auto"]
+    assert res.method == "brute" and "budget" in auto["reason"]
+    assert auto["brute_s"] > 0 and auto["tree_query_s"] is None
+    build = [(d, t) for s, d, t in calls if s == "build"]
+    assert build[0] == (0, 1500) and build[-1] == (1500, 1500)
+
+
+def test_euclidean_auto_is_the_tree():
+    res = vecchia_neighbors(harness_like(300), k=5, metric="euclidean")
+    assert res.method == "tree" and "auto" not in res.stats
+
+
+def test_cli_prints_the_choice(monkeypatch, capsys):
+    assert main(["--n", "300", "--dim", "2", "--k", "5", "--n-inducing", "20", "--quiet"]) == 0
+    out = capsys.readouterr()[0]
+    assert "method = brute" in out and "method chosen by auto:" in out and "no pilot" in out
+
+
+@pytest.mark.parametrize("bad", [lambda d, t: None, None])
+def test_tree_build_progress(bad):
+    X = harness_like(3000)
+    calls = []
+    tree = residual.CoverTree(X, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (3000, 3000) and all(t == 3000 for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    again = residual.CoverTree(X, progress=bad)
+    np.testing.assert_array_equal(tree.parents, again.parents)
+
+
+def test_tree_build_progress_must_be_callable():
+    with pytest.raises(TypeError, match="progress must be None or a callable"):
+        residual.CoverTree(harness_like(50), progress=3)
