@@ -457,6 +457,34 @@ def case_euclidean_pipeline(args):
                    _filter_to_predecessors(nbrs, k))
 
 
+def case_scale(args):
+    """Issue 12's table: the harness (D=3, RBF, m, k) at growing n, tree against brute force.
+
+    Each n runs in its own process (benchmarks/scale_worker.py), so peak RSS is that n's. Large
+    n are sampled and projected (*): see the worker's docstring.
+    """
+    nt = resolve_num_threads(args.threads)
+    print(f"\nscale: predecessor kNN of all points, harness D=3 RBF m={args.m} k={args.k}, "
+          f"threads={nt}; * = sampled and projected (benchmarks/scale_worker.py)")
+    print(f"{'n':>8s} {'model s':>8s} {'build s':>8s} {'query s':>9s} {'tree s':>9s} "
+          f"{'brute s':>10s} {'tree/brute':>10s} {'evals/q':>8s} {'build ev/pt':>11s} "
+          f"{'peak RSS':>9s} {'RSS/V':>6s} {'rows same':>10s}")
+    worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scale_worker.py")
+    for n in args.scale_n:
+        argv = [sys.executable, worker, str(n), "--k", str(args.k), "--m", str(args.m),
+                "--sample", str(args.sample), "--threads", str(nt)]
+        r = json.loads(subprocess.run(argv, capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1])
+        tq, tb = ("*" if r["tree_projected"] else " "), ("*" if r["brute_projected"] else " ")
+        tree = r["model_s"] + r["build_s"] + r["tree_query_s"]
+        brute = r["model_s"] + r["brute_s"]
+        print(f"{n:8d} {r['model_s']:8.1f} {r['build_s']:8.1f} {r['tree_query_s']:8.1f}{tq} "
+              f"{tree:8.1f}{tq} {brute:9.1f}{tb} {tree / brute:10.2f} "
+              f"{r['tree_evals_per_query']:8.0f} {r['build_evals_per_point']:11.0f} "
+              f"{r['peak_rss_bytes'] / 2**30:8.2f}G {r['peak_rss_bytes'] / r['v_bytes']:6.2f} "
+              f"{100 * r['rows_identical']:9.1f}% of {r['rows_compared']}")
+
+
 # competitors for --case busy: each prints "ready" once it is in its loop
 _COMPETITORS = {
     "BLAS job": ("import numpy as np\n"
@@ -544,6 +572,7 @@ CASES = {
     "euclidean-pipeline": case_euclidean_pipeline,
     "overheads": case_overheads,
     "busy": case_busy,
+    "scale": case_scale,
 }
 
 
@@ -563,6 +592,9 @@ def main(argv=None):
     p.add_argument("--sample", type=int, default=2048, help="table: covertreex sample rows")
     p.add_argument("--engine", action="append", choices=COVERTREEX_ENGINES,
                    help="table: covertreex engine (repeatable; default: all)")
+    p.add_argument("--scale-n", type=lambda v: [int(x) for x in v.split(",")],
+                   default=[32768, 131072, 262144, 1048576],
+                   help="scale: n values, comma-separated")
     p.add_argument("--euclid-n", type=int, default=1 << 20)
     p.add_argument("--euclid-k", type=int, default=30)
     p.add_argument("--euclid-contenders", type=lambda v: v.split(","),
