@@ -273,7 +273,10 @@ class ResidualCorrelation(_persist.Persistent):
         vars(out).update(vars(self))
         for name in ("X", "V", "p_diag", "degenerate"):
             setattr(out, name, np.ascontiguousarray(getattr(self, name)[order]))
-        out.metric = self.metric.take(order)
+        # the metric reads the model's own V, as in _setup (one copy of V, not two)
+        out.metric = Metric.residual_correlation(self.kernel._code, self.kernel.variance,
+                                                 self.metric.x[order], out.V,
+                                                 self.metric.s[order])
         if self.inducing is not None:
             where = np.empty_like(order)
             where[order] = np.arange(order.size)
