@@ -470,6 +470,7 @@ def case_scale(args):
           f"{'brute s':>10s} {'tree/brute':>10s} {'evals/q':>8s} {'build ev/pt':>11s} "
           f"{'peak RSS':>9s} {'RSS/V':>6s} {'rows same':>10s}")
     worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scale_worker.py")
+    rows = []
     for n in args.scale_n:
         argv = [sys.executable, worker, str(n), "--k", str(args.k), "--m", str(args.m),
                 "--sample", str(args.sample), "--threads", str(nt)]
@@ -483,6 +484,41 @@ def case_scale(args):
               f"{r['tree_evals_per_query']:8.0f} {r['build_evals_per_point']:11.0f} "
               f"{r['peak_rss_bytes'] / 2**30:8.2f}G {r['peak_rss_bytes'] / r['v_bytes']:6.2f} "
               f"{100 * r['rows_identical']:9.1f}% of {r['rows_compared']}")
+        rows.append(r)
+    if args.scale_json:         # for benchmarks/plot_scale.py
+        with open(args.scale_json, "w") as f:
+            json.dump({"machine": _machine(nt), "rows": rows}, f, indent=1)
+
+
+AUTO_VARIANTS = {
+    "harness": (3, lambda: residual.RBF(1.0)),
+    "matern52": (3, lambda: residual.Matern(nu=2.5, lengthscale=1.0)),
+    "D=8": (8, lambda: residual.RBF(1.0)),
+}
+
+
+def case_auto(args):
+    """vecchia_neighbors(method="auto") against both fixed paths, end to end (model, build,
+    query; random order; m=512), per variant and n: auto should be within 1.2x of the faster."""
+    nt = resolve_num_threads(args.threads)
+    print(f"\nauto: vecchia_neighbors, k={args.k}, m={args.m}, threads={nt}")
+    print(f"{'variant':9s} {'n':>7s} {'brute s':>8s} {'tree s':>8s} {'auto s':>8s} "
+          f"{'chose':>6s} {'auto/best':>9s}  why")
+    for name in args.auto_variant or list(AUTO_VARIANTS):
+        dim, kernel = AUTO_VARIANTS[name]
+        for n in args.auto_n:
+            X = np.random.default_rng(0).standard_normal((n, dim))
+            seconds, res = {}, {}
+            for method in ("brute", "tree", "auto"):
+                t = time.perf_counter()
+                res[method] = residual.vecchia_neighbors(X, kernel(), args.k, n_inducing=args.m,
+                                                         method=method, num_threads=nt)
+                seconds[method] = time.perf_counter() - t
+            assert (res["auto"].neighbors == res["brute"].neighbors).all()
+            best = min(seconds["brute"], seconds["tree"])
+            print(f"{name:9s} {n:7d} {seconds['brute']:8.1f} {seconds['tree']:8.1f} "
+                  f"{seconds['auto']:8.1f} {res['auto'].method:>6s} "
+                  f"{seconds['auto'] / best:9.2f}  {res['auto'].stats['auto']['reason']}")
 
 
 # competitors for --case busy: each prints "ready" once it is in its loop
@@ -573,7 +609,13 @@ CASES = {
     "overheads": case_overheads,
     "busy": case_busy,
     "scale": case_scale,
+    "auto": case_auto,
 }
+
+
+def _machine(nt):
+    return (f"residual {residual.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{nt} threads, Python {platform.python_version()}")
 
 
 def main(argv=None):
@@ -595,6 +637,12 @@ def main(argv=None):
     p.add_argument("--scale-n", type=lambda v: [int(x) for x in v.split(",")],
                    default=[32768, 131072, 262144, 1048576],
                    help="scale: n values, comma-separated")
+    p.add_argument("--scale-json", default=None,
+                   help="scale: also write the rows to this JSON file (plot_scale.py reads it)")
+    p.add_argument("--auto-n", type=lambda v: [int(x) for x in v.split(",")],
+                   default=[8192, 32768, 131072], help="auto: n values, comma-separated")
+    p.add_argument("--auto-variant", action="append", choices=sorted(AUTO_VARIANTS),
+                   help="auto: variant (repeatable; default: all)")
     p.add_argument("--euclid-n", type=int, default=1 << 20)
     p.add_argument("--euclid-k", type=int, default=30)
     p.add_argument("--euclid-contenders", type=lambda v: v.split(","),
