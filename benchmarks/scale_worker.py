@@ -10,8 +10,9 @@ rows), predecessor kNN of every row in the given (random) order:
 - tree query: in full up to ``--full-tree`` rows; above, on 8 runs of 256 consecutive points of
   the tree's depth-first order (the order the full query visits them in), spread over it, and
   projected to n rows ("projected").
-- brute force: in full up to ``--full-brute`` rows; above, on ``--sample`` rows in 16 seeded
-  blocks of consecutive rows, projected by the pairs j < i they cover.
+- brute force: in full up to ``--full-brute`` rows; above, on about ``--sample`` rows in seeded
+  blocks of consecutive rows (two chunks per thread each), projected by the pairs j < i they
+  cover.
 - rows identical: the tree's and the brute force's answers on those sampled blocks (all rows
   when both ran in full), indices and order.
 """
@@ -77,8 +78,12 @@ def main(argv=None):
     if not out["tree_projected"]:
         out["tree_evals_per_query"] = tree.stats["query"]["distance_evaluations_per_query"]
 
-    block = max(a.sample // 16, 1)
-    starts = np.sort(np.random.default_rng(0).choice(n // block, 16, replace=False) * block)
+    # blocks of two brute-force chunks per thread, so that the sampled brute force runs as
+    # parallel as the full one
+    block = 2 * residual.bruteforce.DEFAULT_CHUNK_SIZE * nt
+    nblocks = max(a.sample // block, 1)
+    starts = np.sort(np.random.default_rng(0).choice(n // block, nblocks, replace=False)
+                     * block)
     sampled = np.concatenate([np.arange(s, s + block) for s in starts])
     if n <= a.full_brute:
         t = time.perf_counter()

@@ -11,15 +11,15 @@ The rule, for n >= ``AUTO_MIN_ROWS`` (below it the brute force is taken without 
 costs at most a few seconds there, and it was the faster path in every case we measured):
 
 1. Time the brute force on the last rows (the longest predecessor rows; at least
-   ``PILOT_PAIRS`` pairs, so that fixed costs do not count) and project to all rows: pairs
-   j < i cost the same wherever they are.
+   ``PILOT_PAIRS`` pairs, so that fixed costs do not count, and a whole chunk of rows for
+   every thread) and project to all rows: pairs j < i cost the same wherever they are.
 2. Build the tree with a budget of ``BUILD_BUDGET`` times that projection; a build that
    overruns is stopped (through its progress callback) and the brute force runs. When the
    brute force is the faster path, auto costs it at most about ``1 + BUILD_BUDGET`` times.
 3. Prepare the tree's search layout (part of the build's time), then time the tree's query
    on ``PILOT_BLOCKS`` blocks of ``PILOT_BLOCK_ROWS`` points, each a run of the tree's
-   depth-first order (as the full query visits them) and spread over it, and project to all
-   rows; take the tree if that beats the brute force's projection.
+   depth-first order (as the full query visits them) and spread over it, and project the
+   median block to all rows; take the tree if that beats the brute force's projection.
 
 Both paths return the same neighbours (the oracle's); the choice and the estimates it was made
 on are returned for ``stats["auto"]``. Machine load changes the timings, never the answer.
@@ -29,14 +29,14 @@ import time
 
 import numpy as np
 
-from residual.bruteforce import in_sample_rows
+from residual.bruteforce import DEFAULT_CHUNK_SIZE, in_sample_rows
 from residual.tree import CoverTree
 
 #: Below this many rows, auto takes the brute force without a pilot.
 AUTO_MIN_ROWS = 32768
 #: The tree's build may take at most this share of the brute force's projected time.
 BUILD_BUDGET = 0.1
-#: Pairs of the brute-force pilot (the last rows, at least 64 of them).
+#: Pairs of the brute-force pilot, at least (the last rows).
 PILOT_PAIRS = 4_000_000
 #: The tree-query pilot: this many blocks of this many rows, evenly spread (whole groups of
 #: the residual search's 64 queries, so that a block costs per row what the full query does).
@@ -63,7 +63,9 @@ def choose(model, k, num_threads, progress=None):
         report["reason"] = f"n < {AUTO_MIN_ROWS}: the brute force, no pilot"
         return None, report
 
-    start = max(n - max(64, -(-PILOT_PAIRS // n)), 0)
+    # whole chunks for every thread, so that the pilot runs as parallel as the full query
+    unit = DEFAULT_CHUNK_SIZE * num_threads
+    start = max(n - unit * max(1, -(-PILOT_PAIRS // (n * unit))), 0)
     t = time.perf_counter()
     in_sample_rows(model.metric, k, True, start, n, num_threads)
     pilot_pairs = (n * (n - 1) - start * (start - 1)) // 2
@@ -95,10 +97,13 @@ def choose(model, k, num_threads, progress=None):
     rows = min(PILOT_BLOCK_ROWS, n // (2 * PILOT_BLOCKS))
     dfs = tree._depth_first_order()
     starts = np.linspace(0, n - rows, PILOT_BLOCKS + 2).astype(int)[1:-1]
-    t = time.perf_counter()
+    seconds = []
     for a in starts:
+        t = time.perf_counter()
         tree._query(None, k, True, np.ascontiguousarray(dfs[a:a + rows]), num_threads)
-    tree_s = (time.perf_counter() - t) * n / (PILOT_BLOCKS * rows)
+        seconds.append(time.perf_counter() - t)
+    # the median block: one block slowed down by another process does not decide
+    tree_s = float(np.median(seconds)) * n / rows
     report["tree_query_s"] = tree_s
     if tree_s < brute_s:
         report["method"] = "tree"
