@@ -7,8 +7,10 @@ n, each some 4x the cost of a pair inside the brute force's GEMM tiles, so the t
 about 100k rows; at D = 8 nearly every pair must be scored and the tree never wins; for a
 smooth 1-D kernel a query costs a few hundred evaluations and the tree wins early.
 
-The rule, for n >= ``AUTO_MIN_ROWS`` (below it the brute force is taken without a pilot: it
-costs at most a few seconds there, and it was the faster path in every case we measured):
+The rule, for n > ``BRUTE_UP_TO`` (up to it the brute force is taken without a pilot: some 6 s
+on 2 cores at most, and the faster path for all four variants of docs/benchmarks.md's table;
+a metric of very low dimension can make the tree faster sooner, which ``method="tree"``
+reaches):
 
 1. Time the brute force on the last rows (the longest predecessor rows; at least
    ``PILOT_PAIRS`` pairs, so that fixed costs do not count, and a whole chunk of rows for
@@ -32,8 +34,9 @@ import numpy as np
 from residual.bruteforce import DEFAULT_CHUNK_SIZE, in_sample_rows
 from residual.tree import CoverTree
 
-#: Below this many rows, auto takes the brute force without a pilot.
-AUTO_MIN_ROWS = 32768
+#: Up to this many rows, auto takes the brute force without a pilot (the standard harness's
+#: size: there the brute force is 1.5-1.7x faster than the tree).
+BRUTE_UP_TO = 32768
 #: The tree's build may take at most this share of the brute force's projected time.
 BUILD_BUDGET = 0.1
 #: Pairs of the brute-force pilot, at least (the last rows).
@@ -59,8 +62,8 @@ def choose(model, k, num_threads, progress=None):
     n = model.n_samples
     report = {"method": "brute", "reason": "", "brute_s": None, "build_s": None,
               "tree_query_s": None}
-    if n < AUTO_MIN_ROWS:
-        report["reason"] = f"n < {AUTO_MIN_ROWS}: the brute force, no pilot"
+    if n <= BRUTE_UP_TO:
+        report["reason"] = f"n <= {BRUTE_UP_TO}: the brute force, no pilot"
         return None, report
 
     # whole chunks for every thread, so that the pilot runs as parallel as the full query

@@ -376,7 +376,7 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random
     method : {"auto", "tree", "brute"}, default="auto"
         ``"brute"``: :func:`residual.brute_force_knn`; ``"tree"``: :class:`residual.CoverTree`
         then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path: the tree for
-        Euclidean; for the residual metric, the brute force below 32768 rows, else whichever
+        Euclidean; for the residual metric, the brute force up to 32768 rows, else whichever
         a pilot measured at run time projects to be faster (the brute force on the last 64
         rows; the tree, built within a budget of 0.1x the brute force's projection, on 128
         rows spread over the data). ``method`` and ``stats["auto"]`` of the result say what

@@ -18,7 +18,7 @@ from conftest import harness_like
 
 def _pilot_everywhere(monkeypatch, budget):
     """Run the pilot at any n, with the build's budget scaled by `budget`."""
-    monkeypatch.setattr(_auto, "AUTO_MIN_ROWS", 0)
+    monkeypatch.setattr(_auto, "BRUTE_UP_TO", 0)
     monkeypatch.setattr(_auto, "BUILD_BUDGET", budget)
 
 
