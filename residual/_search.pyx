@@ -432,18 +432,36 @@ cdef void _lone_node_keys(const Points* P, const Query* Q, const intp_t* act, in
     _node_keys(P, Q, act, na, c, dots, 1, keys)
 
 
+cdef extern from *:
+    """
+    #define RESIDUAL_LOWEST_BIT(x) ((Py_ssize_t)__builtin_ctzll(x))
+    """
+    intp_t lowest_bit "RESIDUAL_LOWEST_BIT"(uint64_t x) noexcept nogil   # x != 0
+
+
 cdef inline uint64_t _child_mask(const Node* nc, const Query* Q, intp_t g, uint64_t mask,
                                  const float64_t* du, float64_t slack) noexcept nogil:
     """The queries of mask that must score child nc: the lone search's tests, query by query
     (its subtree holds an eligible row, and the parent distance du does not rule it out)."""
     cdef uint64_t cmask = 0, bit
     cdef intp_t r
-    for r in range(g):
+    while mask:                         # the set bits only
+        r = lowest_bit(mask)
         bit = <uint64_t>1 << r
-        if mask & bit and nc.min_index < Q[r].limit and \
-                fabs(du[r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
+        mask ^= bit
+        if nc.min_index < Q[r].limit and fabs(du[r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
             cmask |= bit
     return cmask
+
+
+cdef inline intp_t _members(uint64_t mask, intp_t* act) noexcept nogil:
+    """The queries of mask in increasing order into act; returns their number."""
+    cdef intp_t na = 0
+    while mask:
+        act[na] = lowest_bit(mask)
+        mask &= mask - 1
+        na += 1
+    return na
 
 
 cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
@@ -617,9 +635,12 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         u = pool.node[slot]
         du = pool.d + slot * GROUP
         mask = 0                        # the queries that still need u, with today's bounds
-        for r in range(g):
+        cmask = pool.mask[slot]
+        while cmask:
+            r = lowest_bit(cmask)
             bit = <uint64_t>1 << r
-            if pool.mask[slot] & bit and du[r] - T.node[u].radius <= Q[r].tau + slack:
+            cmask ^= bit
+            if du[r] - T.node[u].radius <= Q[r].tau + slack:
                 mask |= bit
         if mask == 0:
             pool.free_slots[pool.n_free] = slot
@@ -665,13 +686,9 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         else:
             for c in range(T.node[u].child_begin, T.node[u].child_end):
                 cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
-                na = 0                  # c's row is read once, for every query that needs it
-                for r in range(g):
-                    if cmask & (<uint64_t>1 << r):
-                        act[na] = r
-                        na += 1
-                if na == 0:
+                if cmask == 0:
                     continue
+                na = _members(cmask, act)   # c's row is read once, for all of them
                 _dot_tile(P, Q, act, na, &c, 1, dots, 1)
                 if _enter(P, T, Q, k, slot, c, act, na, dots, W, &size) != 0:
                     return -1
