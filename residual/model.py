@@ -24,7 +24,7 @@ import scipy.linalg
 from residual import _persist, _tiles
 from residual.kernels import Kernel, kernel_from_state
 from residual._parallel import in_blocks, resolve_num_threads, single_threaded_blas
-from residual._tiles import Metric
+from residual._tiles import Metric, aligned_rows
 from residual._validate import (as_float_matrix, as_float_vector, as_numeric_array, check_int,
                                 check_positive, resolve_seed)
 
@@ -250,6 +250,7 @@ class ResidualCorrelation(_persist.Persistent):
         #: the compiled code's view of the rows (scaled x, V, 1/sqrt(p), kernel), made once
         self.metric = Metric.residual_correlation(kernel._code, kernel.variance, xs, V,
                                                   inv_sqrt_p)
+        self.V = self.metric.v          # one array, aligned (the metric copies a V that is not)
 
     @property
     def _xs(self):
@@ -271,8 +272,9 @@ class ResidualCorrelation(_persist.Persistent):
         """
         out = ResidualCorrelation.__new__(ResidualCorrelation)
         vars(out).update(vars(self))
-        for name in ("X", "V", "p_diag", "degenerate"):
+        for name in ("X", "p_diag", "degenerate"):
             setattr(out, name, np.ascontiguousarray(getattr(self, name)[order]))
+        out.V = aligned_rows(self.V, order)
         # the metric reads the model's own V, as in _setup (one copy of V, not two)
         out.metric = Metric.residual_correlation(self.kernel._code, self.kernel.variance,
                                                  self.metric.x[order], out.V,
