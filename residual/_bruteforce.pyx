@@ -15,18 +15,39 @@
 #   euclidean: key = r^2 by the exact direct sum
 # Threads: the caller holds BLAS to one thread (threadpoolctl) while this runs. Ctrl-C is
 # checked before every tile (_interrupt.pxd): a chunk can be seconds of work at large n.
+#
+# float32 screen (residual, when Metric.float32_pays or asked; see "float32 screen" in
+# _tiles.pyx for the bound and the rule). A chunk then makes two passes:
+#   1. per tile, one sgemm on the float32 copies of V (half the flops and bytes of dgemm) and
+#      the float64 kernel row as the float64 path computes it; from them each pair's key is
+#      known to lie in [lo, hi]. Each row keeps the pairs whose lo is at most thr = the k-th
+#      smallest hi seen so far (the buffer is compacted when full): every other pair has a key
+#      above the row's k-th float64 key, so it is not a neighbour (decided in float32).
+#   2. the kept pairs (about k plus those the bound cannot separate) are recomputed in
+#      float64 with dgemm's own arithmetic (_blas.pxd gemm_elements: the k-blocked FMA chains,
+#      checked against dgemm once per m by _blas.dgemm_chain) from the kernel value pass 1
+#      kept, and offered to the top-k in ascending index order, as the float64 tiles offer
+#      them. The k nearest, their keys and so their distances are the float64 path's, bit for
+#      bit (tests/test_precision.py).
+# A row whose buffer stays over 3/4 full after a compaction (the bound separates nothing, as
+# for a point of tiny p) sends its whole chunk back to the float64 tiles, which then answer
+# it as if the screen had not run.
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, INFINITY
+from libc.math cimport sqrt, fabs, fmax, INFINITY
 from libc.stdlib cimport free
+from libcpp.algorithm cimport nth_element
 
-from residual._typedefs cimport float64_t, intp_t, int64_t
+from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
+from residual._blas cimport GemmChain, gemm_elements, sgemm_rm
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport (Block, KernelSpec, Metric, residual_cov_tile, residual_key,
-                              sqdist_direct_tile)
+from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, kernel_tile,
+                              residual_cov_tile, residual_key, slack32, sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 from residual._workspace cimport carve, span, workspace_new
+
+import numpy as np
 
 cdef enum:
     # Candidate columns per tile. Tiles start at multiples of TILE and are cut short only at
@@ -41,6 +62,19 @@ cdef enum:
 cdef enum:
     METRIC_EUCLIDEAN = 0
     METRIC_RESIDUAL = 1
+
+cdef enum:
+    # Per chunk, the counters knn returns: pairs offered, pairs recomputed in float64 after
+    # the float32 screen, and 1 if the chunk ran on the float64 tiles.
+    COUNT_PAIRS = 0
+    COUNT_RECOMPUTED = 1
+    COUNT_FLOAT64 = 2
+    N_COUNTS = 3
+
+# A pair kept by the float32 screen: its key lies in [lo, hi]; kval is its float64 kernel value.
+cdef struct Kept:
+    float64_t lo, hi, kval
+    intp_t j
 
 cdef struct Problem:
     int metric
@@ -59,9 +93,18 @@ cdef struct Problem:
     const float64_t* xct    # (dim, n_cand) candidate coordinates, transposed
     const float64_t* vc     # (n_cand, m)                             (residual)
     const float64_t* sc     # (n_cand,)                               (residual)
+    # the float32 screen (screen = False: the float64 tiles only)
+    bint screen
+    const float32_t* vq32   # (n_queries, m) V in float32
+    const float32_t* vc32   # (n_cand, m)
+    const float64_t* nq     # (n_queries,) |v| in float64
+    const float64_t* nc     # (n_cand,)
+    Slack32 slack
+    GemmChain chain
     # outputs
     float64_t* out_dist
     int64_t* out_idx
+    int64_t* counts         # (n_chunks, N_COUNTS)
     Interrupt* stop         # Ctrl-C: checked after every tile
 
 
@@ -108,37 +151,63 @@ cdef inline void _offer_row(TopK* t, const float64_t* keys, intp_t ncols,
         b = end
 
 
+cdef inline intp_t _col_end(const Problem* P, intp_t q1) noexcept nogil:
+    """The columns a chunk ending at query q1 reads: all, or in predecessor mode those before
+    its last point."""
+    return P.row_offset + q1 - 1 if P.predecessors else P.n_cand
+
+
+cdef inline intp_t _tile_cols(const Problem* P, intp_t t0, intp_t col_end) noexcept nogil:
+    """Columns of the tile at t0 (see TILE and COL_ALIGN)."""
+    cdef intp_t ncols = min(<intp_t>TILE, P.n_cand - t0)
+    return min(ncols, (col_end - t0 + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN)
+
+
+cdef inline intp_t _row_cols(const Problem* P, intp_t i, intp_t t0, intp_t ncols) noexcept nogil:
+    """Of a tile's columns t0.., how many point i reads (predecessor mode: those before i)."""
+    return min(ncols, i - t0) if P.predecessors else ncols
+
+
+cdef inline intp_t _self_col(const Problem* P, intp_t i, intp_t t0, intp_t jmax) noexcept nogil:
+    """The tile column of point i itself (not its own neighbour), or -1."""
+    return i - t0 if P.in_sample and t0 <= i < t0 + jmax else -1
+
+
 cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
-                 TopK* tops, Candidate* cands, intp_t cap) noexcept nogil:
-    """Answer queries q0..q1-1 into the output arrays."""
-    cdef intp_t nrows = q1 - q0, r, i, j, jmax, t0, ncols, col_end, count
+                 TopK* tops, Candidate* cands, intp_t cap, int64_t* counts) noexcept nogil:
+    """Answer queries q0..q1-1 into the output arrays with the float64 tiles."""
+    cdef intp_t nrows = q1 - q0, r, i, jmax, t0, ncols, col_end = _col_end(P, q1), me
     cdef float64_t* row
     for r in range(nrows):
         topk_init(&tops[r], cands + r * cap, cap, P.k)
-    col_end = P.n_cand
-    if P.predecessors:
-        col_end = P.row_offset + q1 - 1     # the chunk's last point needs columns before it
     t0 = 0
     while t0 < col_end:
-        ncols = min(<intp_t>TILE, P.n_cand - t0)
-        ncols = min(ncols, (col_end - t0 + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN)
+        ncols = _tile_cols(P, t0, col_end)
         if interrupted(P.stop):
             return
         _fill_tile(P, q0, nrows, t0, ncols, tile)
         for r in range(nrows):
             i = P.row_offset + q0 + r           # the query's point index
-            jmax = ncols
-            if P.predecessors:
-                jmax = min(ncols, i - t0)
+            jmax = _row_cols(P, i, t0, ncols)
             if jmax <= 0:
                 continue
             row = tile + r * TILE
             if P.metric == METRIC_RESIDUAL:
                 _residual_keys(row, P.sq[q0 + r], P.sc + t0, jmax)
-            if P.in_sample and t0 <= i < t0 + jmax:
-                row[i - t0] = INFINITY          # a point is not its own neighbour
+            me = _self_col(P, i, t0, jmax)
+            if me >= 0:
+                row[me] = INFINITY              # a point is not its own neighbour
+            counts[COUNT_PAIRS] += jmax - (me >= 0)
             _offer_row(&tops[r], row, jmax, t0)
         t0 += TILE
+    counts[COUNT_FLOAT64] = 1
+    _write_rows(P, q0, nrows, tops)
+
+
+cdef void _write_rows(const Problem* P, intp_t q0, intp_t nrows, TopK* tops) noexcept nogil:
+    """The top-k of rows q0.. into the outputs: keys to distances, sorted by (distance,
+    index), padded with (inf, -1)."""
+    cdef intp_t r, i, j, count
     for r in range(nrows):
         i = q0 + r                          # output row
         count = topk_finish(&tops[r])
@@ -153,33 +222,242 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
             P.out_idx[i * P.k + j] = -1
 
 
+# -- the float32 screen ------------------------------------------------------------------------
+
+# One thread's buffers for the float32 screen (carved with the float64 tile, see _run).
+cdef struct Screen:
+    float32_t* tile32           # (chunk, TILE) sgemm products, row stride TILE
+    float64_t* krow             # (TILE,) one row's kernel values, aligned like a tile row
+    float64_t* lo               # (TILE,) one row's lower keys
+    Kept* kept                  # (chunk, kcap) the pairs each row keeps, ascending index
+    intp_t* nkept               # (chunk,)
+    float64_t* thr              # (chunk,) k-th smallest upper key kept (+inf before)
+    float64_t* his              # (max(kcap, TILE),) scratch for a k-th smallest upper key
+    const float64_t** ptrs      # (kcap,) V rows of the pairs recomputed in float64
+    float64_t* cov              # (kcap,) their covariances
+    intp_t kcap
+    int64_t recomputed          # pairs recomputed in float64 in the current chunk
+
+
+cdef inline float64_t _slack(float64_t ani, float64_t nj, float64_t a, float64_t kval,
+                             float64_t b, float64_t t) noexcept nogil:
+    """The bound E on |C64 - c| (_tiles.pyx "float32 screen"): ani = a |v_i|, nj = |v_j|,
+    a = |c|, kval the kernel value, b and t the slack's other terms."""
+    return ani * nj + b * (a + fabs(kval)) + t
+
+
+cdef inline void _lower_keys(const Problem* P, const float64_t* krow, const float32_t* prod,
+                             float64_t ani, float64_t si, intp_t t0, intp_t jmax,
+                             float64_t* lo) noexcept nogil:
+    """lo[j] = the smallest key pair (i, t0 + j) can have: residual_key(|c| + E) with
+    c = k - S (a flat loop that vectorises)."""
+    cdef intp_t j
+    cdef float64_t a, b = P.slack.b, t = P.slack.t
+    cdef const float64_t* nc = P.nc + t0
+    cdef const float64_t* sc = P.sc + t0
+    for j in range(jmax):
+        a = fabs(krow[j] - <float64_t>prod[j])
+        lo[j] = residual_key(a + _slack(ani, nc[j], a, krow[j], b, t), si, sc[j])
+
+
+cdef inline float64_t _upper_key(const Problem* P, float64_t kval, float32_t prod,
+                                 float64_t ani, float64_t si, intp_t j) noexcept nogil:
+    """The largest key pair (i, j) can have: residual_key(max(0, |c| - E))."""
+    cdef float64_t a = fabs(kval - <float64_t>prod)
+    return residual_key(fmax(0.0, a - _slack(ani, P.nc[j], a, kval, P.slack.b, P.slack.t)),
+                        si, P.sc[j])
+
+
+cdef inline float64_t _kth_upper(Screen* S, intp_t n, intp_t k) noexcept nogil:
+    """The k-th smallest of S.his[0..n) (n >= k; reorders them)."""
+    nth_element(S.his, S.his + (k - 1), S.his + n)
+    return S.his[k - 1]
+
+
+cdef void _flush(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noexcept nogil:
+    """Recompute row r's kept pairs in float64 with dgemm's arithmetic and offer them to its
+    top-k (in ascending index order, as kept); the buffer is emptied."""
+    cdef intp_t x, n = S.nkept[r], m = P.m
+    cdef Kept* kept = S.kept + r * S.kcap
+    cdef float64_t si = P.sq[q]
+    for x in range(n):
+        S.ptrs[x] = P.vc + kept[x].j * m
+        S.cov[x] = kept[x].kval
+    gemm_elements(S.cov, P.vq + q * m, S.ptrs, n, m, P.chain.q, P.chain.u)
+    for x in range(n):
+        topk_push(top, residual_key(S.cov[x], si, P.sc[kept[x].j]), kept[x].j)
+    S.nkept[r] = 0
+    S.recomputed += n
+
+
+cdef void _compact(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noexcept nogil:
+    """Lower row r's thr to the k-th smallest upper key it keeps (and to its top-k's
+    threshold), drop the pairs whose lower key is above it (order kept); if over 3/4 of the
+    buffer is still taken, the bound cannot separate these pairs: flush them."""
+    cdef Kept* kept = S.kept + r * S.kcap
+    cdef intp_t n = S.nkept[r], x, w = 0
+    cdef float64_t t = min(S.thr[r], top.thr)
+    if n >= P.k:
+        for x in range(n):
+            S.his[x] = kept[x].hi
+        t = min(t, _kth_upper(S, n, P.k))
+    S.thr[r] = t
+    for x in range(n):
+        if kept[x].lo <= t:
+            kept[w] = kept[x]
+            w += 1
+    S.nkept[r] = w
+    if w > S.kcap - S.kcap // 4:
+        _flush(P, S, top, r, q)
+
+
+cdef void _first_threshold(const Problem* P, Screen* S, intp_t r, intp_t q, intp_t t0,
+                           intp_t jmax, intp_t me) noexcept nogil:
+    """Row r's thr from its first tile: the k-th smallest upper key of all its columns, so
+    that the buffer is not filled with pairs a threshold from the first few would keep."""
+    cdef intp_t j
+    cdef float64_t si = P.sq[q], ani = P.slack.a * P.nq[q]
+    cdef const float32_t* prod = S.tile32 + r * TILE
+    if jmax - (me >= 0) < P.k:
+        return
+    for j in range(jmax):
+        S.his[j] = _upper_key(P, S.krow[j], prod[j], ani, si, t0 + j)
+    if me >= 0:
+        S.his[me] = INFINITY
+    S.thr[r] = _kth_upper(S, jmax, P.k)
+
+
+cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q, intp_t t0,
+                      intp_t jmax, intp_t me) noexcept nogil:
+    """Keep the pairs of row r (query q) in this tile whose lower key is at most the row's
+    thr; blocks of SCREEN are counted branch-free first, as in _offer_row."""
+    cdef intp_t b = 0, j, end, hits, n
+    cdef float64_t thr, si = P.sq[q], ani = P.slack.a * P.nq[q]
+    cdef const float64_t* lo = S.lo
+    cdef const float32_t* prod = S.tile32 + r * TILE
+    cdef Kept* kept = S.kept + r * S.kcap
+    while b < jmax:
+        end = min(b + <intp_t>SCREEN, jmax)
+        thr = S.thr[r]
+        hits = 0
+        for j in range(b, end):
+            hits += lo[j] <= thr
+        if hits:
+            for j in range(b, end):
+                if lo[j] <= S.thr[r] and j != me:
+                    n = S.nkept[r]
+                    kept[n].lo = lo[j]
+                    kept[n].hi = _upper_key(P, S.krow[j], prod[j], ani, si, t0 + j)
+                    kept[n].kval = S.krow[j]
+                    kept[n].j = t0 + j
+                    S.nkept[r] = n + 1
+                    if n + 1 == S.kcap:
+                        _compact(P, S, top, r, q)
+        b = end
+
+
+cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, TopK* tops,
+                          Candidate* cands, intp_t cap, int64_t* counts) noexcept nogil:
+    """Answer queries q0..q1-1 with the float32 screen (module comment)."""
+    cdef intp_t nrows = q1 - q0, r, i, q, jmax, t0, ncols, me
+    cdef intp_t col_end = _col_end(P, q1), m = P.m
+    cdef Block qb, cb
+    for r in range(nrows):
+        S.nkept[r] = 0
+        S.thr[r] = INFINITY
+        topk_init(&tops[r], cands + r * cap, cap, P.k)
+    S.recomputed = 0
+    t0 = 0
+    while t0 < col_end:
+        ncols = _tile_cols(P, t0, col_end)
+        if interrupted(P.stop):
+            return
+        # products (nrows x ncols, row stride TILE) = vq32 rows (ld m) @ vc32 rows (ld m)^T
+        sgemm_rm(False, True, nrows, ncols, m, 1.0, P.vq32 + q0 * m, m, P.vc32 + t0 * m, m,
+                 0.0, S.tile32, TILE)
+        for r in range(nrows):
+            q = q0 + r
+            i = P.row_offset + q
+            jmax = _row_cols(P, i, t0, ncols)
+            if jmax <= 0:
+                continue
+            # the kernel row exactly as _fill_tile makes it (same call, all ncols columns)
+            qb = Block(n=1, ld=P.dim, x=P.xq + q * P.dim, v=NULL, s=NULL)
+            cb = Block(n=ncols, ld=P.n_cand, x=P.xct + t0, v=NULL, s=NULL)
+            kernel_tile(P.spec, &qb, &cb, P.dim, S.krow, TILE)
+            me = _self_col(P, i, t0, jmax)
+            counts[COUNT_PAIRS] += jmax - (me >= 0)
+            if t0 == 0:
+                _first_threshold(P, S, r, q, t0, jmax, me)
+            _lower_keys(P, S.krow, S.tile32 + r * TILE, P.slack.a * P.nq[q], P.sq[q], t0,
+                        jmax, S.lo)
+            _screen_row(P, S, &tops[r], r, q, t0, jmax, me)
+        t0 += TILE
+    for r in range(nrows):
+        _compact(P, S, &tops[r], r, q0 + r)       # the final threshold
+        _flush(P, S, &tops[r], r, q0 + r)
+    counts[COUNT_RECOMPUTED] = S.recomputed
+    _write_rows(P, q0, nrows, tops)
+
+
+cdef Screen _screen_carve(char** at, intp_t chunk, intp_t kcap) noexcept nogil:
+    """A thread's Screen buffers, carved from its workspace (see _screen_bytes)."""
+    cdef Screen S
+    S.tile32 = <float32_t*>carve(at, chunk * TILE * sizeof(float32_t))
+    S.krow = <float64_t*>carve(at, TILE * sizeof(float64_t))
+    S.lo = <float64_t*>carve(at, TILE * sizeof(float64_t))
+    S.kept = <Kept*>carve(at, chunk * kcap * sizeof(Kept))
+    S.nkept = <intp_t*>carve(at, chunk * sizeof(intp_t))
+    S.thr = <float64_t*>carve(at, chunk * sizeof(float64_t))
+    S.his = <float64_t*>carve(at, max(kcap, <intp_t>TILE) * sizeof(float64_t))
+    S.ptrs = <const float64_t**>carve(at, kcap * sizeof(float64_t*))
+    S.cov = <float64_t*>carve(at, kcap * sizeof(float64_t))
+    S.kcap = kcap
+    return S
+
+
+cdef size_t _screen_bytes(intp_t chunk, intp_t kcap) noexcept nogil:
+    return (span(chunk * TILE * sizeof(float32_t)) + 2 * span(TILE * sizeof(float64_t))
+            + span(chunk * kcap * sizeof(Kept)) + span(chunk * sizeof(intp_t))
+            + span(chunk * sizeof(float64_t)) + span(max(kcap, <intp_t>TILE) * sizeof(float64_t))
+            + span(kcap * sizeof(float64_t*)) + span(kcap * sizeof(float64_t)))
+
+
 cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
     """prange over query chunks, one workspace per thread (_workspace.pxd).
 
     Returns 0, or 1 if a thread could not allocate its workspace.
     """
     cdef intp_t n_chunks = (P.n_queries + chunk - 1) // chunk, c, q0, q1
-    cdef intp_t cap = 2 * P.k + 64
+    cdef intp_t cap = 2 * P.k + 64, kcap = 4 * P.k + 128
     cdef size_t n_tile = chunk * TILE * sizeof(float64_t), n_tops = chunk * sizeof(TopK)
     cdef size_t n_cands = chunk * cap * sizeof(Candidate)
+    cdef size_t n_screen = _screen_bytes(chunk, kcap) if P.screen else 0
     cdef char* work
     cdef char* at
     cdef float64_t* tile
     cdef TopK* tops
     cdef Candidate* cands
+    cdef Screen S
+    cdef int64_t* counts
     cdef int failed = 0
     with parallel(num_threads=num_threads):
-        work = workspace_new(span(n_tile) + span(n_tops) + span(n_cands), &failed)
+        work = workspace_new(span(n_tile) + span(n_tops) + span(n_cands) + n_screen, &failed)
         at = work
         tile = <float64_t*>carve(&at, n_tile)
         tops = <TopK*>carve(&at, n_tops)
         cands = <Candidate*>carve(&at, n_cands)
+        S = _screen_carve(&at, chunk, kcap)     # (unused unless P.screen)
         # dynamic: predecessor chunks grow with their index, so static slices would be uneven.
         for c in prange(n_chunks, schedule='dynamic'):
             if work != NULL and not interrupted(P.stop):
                 q0 = c * chunk
                 q1 = min(q0 + chunk, P.n_queries)
-                _chunk(P, q0, q1, tile, tops, cands, cap)
+                counts = P.counts + c * N_COUNTS
+                if P.screen:
+                    _chunk_screened(P, q0, q1, &S, tops, cands, cap, counts)
+                else:
+                    _chunk(P, q0, q1, tile, tops, cands, cap, counts)
         # end: prange
         free(work)
     return failed
@@ -198,18 +476,25 @@ cdef _solve(Problem* P, intp_t chunk, int num_threads):
 
 
 def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, intp_t row_offset,
-        tuple out, tuple parallel_plan):
+        tuple out, tuple parallel_plan, tuple screen):
     """kNN of the query rows among the candidate rows; arguments already validated by
     residual.bruteforce.
 
     queries are prepared like the candidates (same metric and kernel). In-sample queries may
-    be a block of rows: query r is candidate row_offset + r. out = (dist, idx), each
-    (n_queries, k), filled; parallel_plan = (chunk, num_threads).
+    be a block of rows: query r is candidate row_offset + r. out = (dist, idx, counts): dist
+    and idx (n_queries, k), filled; counts (n_chunks, 3) int64 zeros, filled with each chunk's
+    pairs offered, pairs recomputed in float64 after the float32 screen, and 1 where the chunk
+    ran on the float64 tiles. parallel_plan = (chunk, num_threads). screen = () for the float64
+    tiles only, or (vq32, nq, vc32, nc, (q, u)) for the float32 screen: the float32 V rows and
+    float64 norms of queries and candidates, and _blas.dgemm_chain(m).
     """
     cdef Problem P
     cdef const float64_t[:, ::1] xct = cands.xt
     cdef float64_t[:, ::1] out_dist = out[0]
     cdef int64_t[:, ::1] out_idx = out[1]
+    cdef int64_t[:, ::1] counts = out[2]
+    cdef const float32_t[:, ::1] vq32, vc32
+    cdef const float64_t[::1] nq, nc
     P.metric = METRIC_RESIDUAL if cands.P.residual else METRIC_EUCLIDEAN
     P.spec = cands.P.spec
     P.dim = cands.P.dim
@@ -228,4 +513,12 @@ def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, intp_t 
     P.sc = cands.P.s
     P.out_dist = &out_dist[0, 0]
     P.out_idx = &out_idx[0, 0]
+    P.counts = &counts[0, 0]
+    P.screen = len(screen) > 0
+    if P.screen:
+        vq32, nq, vc32, nc = screen[0], screen[1], screen[2], screen[3]
+        P.vq32, P.nq, P.vc32, P.nc = &vq32[0, 0], &nq[0], &vc32[0, 0], &nc[0]
+        P.slack = slack32(P.m, max(np.max(screen[1], initial=0.0),
+                                   np.max(screen[3], initial=0.0)))
+        P.chain.q, P.chain.u = screen[4]
     _solve(&P, parallel_plan[0], parallel_plan[1])
