@@ -48,10 +48,14 @@ cdef extern from *:
     /* 8 chains in flight (FMA latency x throughput), written out so that the compiler keeps
        them in scalar registers rather than gathering across b */
     #define RESIDUAL_LANES(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-    static void residual_gemm_elements(double* c, const double* a, const double* const* b,
+    static inline void residual_gemm_elements(double* c, const double* a, const double* const* b,
                                        long count, long m, long q, long u) {
         for (long l0 = 0; l0 < count; l0 += 8) {
             long nl = count - l0 < 8 ? count - l0 : 8;
+            /* the next 8 rows are fetched while these are summed: the rows of scattered
+               pairs are far apart, so no hardware prefetcher sees them coming */
+            for (long l = l0 + 8; l < count && l < l0 + 16; l++)
+                for (long k = 0; k < m; k += 8) __builtin_prefetch(b[l] + k);
             #define RESIDUAL_INIT(l) const double* b##l = b[l0 + (l < nl ? l : 0)]; \
                 double c##l = c[l0 + (l < nl ? l : 0)];
             RESIDUAL_LANES(RESIDUAL_INIT)

@@ -34,7 +34,7 @@
 # it as if the screen had not run.
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, fabs, fmax, INFINITY
+from libc.math cimport sqrt, fabs, INFINITY
 from libc.stdlib cimport free
 from libcpp.algorithm cimport nth_element
 
@@ -58,15 +58,21 @@ cdef enum:
     COL_ALIGN = 64
     # Keys screened per block before any is offered to the top-k (see _offer_row).
     SCREEN = 64
+    # float32 screen: after this many flushes of a row's full buffer the bound is taken not
+    # to separate its pairs and the row is deferred to the float64 tiles. (The first flush
+    # may be a start that kept too much.)
+    DEFER_AFTER = 2
+    # float32 screen: _first_threshold's sampling stride.
+    FIRST_STRIDE = 4
 
 cdef enum:
     METRIC_EUCLIDEAN = 0
     METRIC_RESIDUAL = 1
 
 cdef enum:
-    # Per chunk, the counters knn returns: pairs offered, pairs recomputed in float64 after
-    # the float32 screen, and 1 if the chunk ran on the float64 tiles.
-    COUNT_PAIRS = 0
+    # Per chunk, the counters knn returns: pairs ruled out by the float32 screen, pairs it
+    # kept and recomputed in float64 (in rows it answered), pairs of the float64 tiles.
+    COUNT_SCREENED = 0
     COUNT_RECOMPUTED = 1
     COUNT_FLOAT64 = 2
     N_COUNTS = 3
@@ -83,6 +89,7 @@ cdef struct Problem:
     bint in_sample          # queries are the candidates themselves: skip j == i
     bint predecessors       # only j < i (in-sample only)
     intp_t row_offset       # in-sample: query row r is point row_offset + r (a block of rows)
+    const int64_t* qpoint   # or, if not NULL, point qpoint[r] (ascending)
     # queries
     intp_t n_queries
     const float64_t* xq     # (n_queries, dim) residual: scaled, centred; euclidean: raw
@@ -105,6 +112,7 @@ cdef struct Problem:
     float64_t* out_dist
     int64_t* out_idx
     int64_t* counts         # (n_chunks, N_COUNTS)
+    unsigned char* deferred # (n_queries,) float32 screen: 1 for rows left to the float64 tiles
     Interrupt* stop         # Ctrl-C: checked after every tile
 
 
@@ -151,10 +159,15 @@ cdef inline void _offer_row(TopK* t, const float64_t* keys, intp_t ncols,
         b = end
 
 
+cdef inline intp_t _point(const Problem* P, intp_t q) noexcept nogil:
+    """In-sample: the point index of query row q."""
+    return P.qpoint[q] if P.qpoint != NULL else P.row_offset + q
+
+
 cdef inline intp_t _col_end(const Problem* P, intp_t q1) noexcept nogil:
     """The columns a chunk ending at query q1 reads: all, or in predecessor mode those before
     its last point."""
-    return P.row_offset + q1 - 1 if P.predecessors else P.n_cand
+    return _point(P, q1 - 1) if P.predecessors else P.n_cand
 
 
 cdef inline intp_t _tile_cols(const Problem* P, intp_t t0, intp_t col_end) noexcept nogil:
@@ -187,7 +200,7 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
             return
         _fill_tile(P, q0, nrows, t0, ncols, tile)
         for r in range(nrows):
-            i = P.row_offset + q0 + r           # the query's point index
+            i = _point(P, q0 + r)
             jmax = _row_cols(P, i, t0, ncols)
             if jmax <= 0:
                 continue
@@ -197,19 +210,20 @@ cdef void _chunk(const Problem* P, intp_t q0, intp_t q1, float64_t* tile,
             me = _self_col(P, i, t0, jmax)
             if me >= 0:
                 row[me] = INFINITY              # a point is not its own neighbour
-            counts[COUNT_PAIRS] += jmax - (me >= 0)
+            counts[COUNT_FLOAT64] += jmax - (me >= 0)
             _offer_row(&tops[r], row, jmax, t0)
         t0 += TILE
-    counts[COUNT_FLOAT64] = 1
     _write_rows(P, q0, nrows, tops)
 
 
 cdef void _write_rows(const Problem* P, intp_t q0, intp_t nrows, TopK* tops) noexcept nogil:
     """The top-k of rows q0.. into the outputs: keys to distances, sorted by (distance,
-    index), padded with (inf, -1)."""
+    index), padded with (inf, -1); deferred rows are left to the caller."""
     cdef intp_t r, i, j, count
     for r in range(nrows):
         i = q0 + r                          # output row
+        if P.deferred[i]:
+            continue
         count = topk_finish(&tops[r])
         for j in range(count):      # key -> distance, then one sort by (distance, index)
             tops[r].buf[j].first = sqrt(tops[r].buf[j].first)
@@ -233,10 +247,12 @@ cdef struct Screen:
     intp_t* nkept               # (chunk,)
     float64_t* thr              # (chunk,) k-th smallest upper key kept (+inf before)
     float64_t* his              # (max(kcap, TILE),) scratch for a k-th smallest upper key
-    const float64_t** ptrs      # (kcap,) V rows of the pairs recomputed in float64
+    const float64_t** ptrs      # (kcap,) V rows of pairs recomputed in float64
     float64_t* cov              # (kcap,) their covariances
+    int* flushes                # (chunk,) flushes of a row's full buffer (see DEFER_AFTER)
+    int64_t* pairs              # (chunk,) pairs of each row
+    int64_t* rowrec             # (chunk,) of which recomputed in float64
     intp_t kcap
-    int64_t recomputed          # pairs recomputed in float64 in the current chunk
 
 
 cdef inline float64_t _slack(float64_t ani, float64_t nj, float64_t a, float64_t kval,
@@ -264,8 +280,8 @@ cdef inline float64_t _upper_key(const Problem* P, float64_t kval, float32_t pro
                                  float64_t ani, float64_t si, intp_t j) noexcept nogil:
     """The largest key pair (i, j) can have: residual_key(max(0, |c| - E))."""
     cdef float64_t a = fabs(kval - <float64_t>prod)
-    return residual_key(fmax(0.0, a - _slack(ani, P.nc[j], a, kval, P.slack.b, P.slack.t)),
-                        si, P.sc[j])
+    a = a - _slack(ani, P.nc[j], a, kval, P.slack.b, P.slack.t)
+    return residual_key(a if a > 0.0 else 0.0, si, P.sc[j])     # (NaN: key 1, the largest)
 
 
 cdef inline float64_t _kth_upper(Screen* S, intp_t n, intp_t k) noexcept nogil:
@@ -287,13 +303,13 @@ cdef void _flush(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noe
     for x in range(n):
         topk_push(top, residual_key(S.cov[x], si, P.sc[kept[x].j]), kept[x].j)
     S.nkept[r] = 0
-    S.recomputed += n
+    S.rowrec[r] += n
 
 
-cdef void _compact(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noexcept nogil:
+cdef intp_t _tighten(const Problem* P, Screen* S, TopK* top, intp_t r) noexcept nogil:
     """Lower row r's thr to the k-th smallest upper key it keeps (and to its top-k's
-    threshold), drop the pairs whose lower key is above it (order kept); if over 3/4 of the
-    buffer is still taken, the bound cannot separate these pairs: flush them."""
+    threshold) and drop the pairs whose lower key is above it (order kept); returns how many
+    are left."""
     cdef Kept* kept = S.kept + r * S.kcap
     cdef intp_t n = S.nkept[r], x, w = 0
     cdef float64_t t = min(S.thr[r], top.thr)
@@ -307,24 +323,41 @@ cdef void _compact(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) n
             kept[w] = kept[x]
             w += 1
     S.nkept[r] = w
-    if w > S.kcap - S.kcap // 4:
-        _flush(P, S, top, r, q)
+    return w
 
 
 cdef void _first_threshold(const Problem* P, Screen* S, intp_t r, intp_t q, intp_t t0,
                            intp_t jmax, intp_t me) noexcept nogil:
-    """Row r's thr from its first tile: the k-th smallest upper key of all its columns, so
-    that the buffer is not filled with pairs a threshold from the first few would keep."""
-    cdef intp_t j
-    cdef float64_t si = P.sq[q], ani = P.slack.a * P.nq[q]
+    """Row r's first thr: the k-th smallest upper key of its whole first tile, so that the
+    buffer does not fill with pairs that the threshold of the first few would keep.
+
+    Selected in two steps: the k-th smallest of every FIRST_STRIDE-th key bounds it from
+    above, so the k smallest are among the keys at most that one (a few k of them).
+    """
+    cdef intp_t j, n = 0
+    cdef float64_t si = P.sq[q], ani = P.slack.a * P.nq[q], h, bound = INFINITY
     cdef const float32_t* prod = S.tile32 + r * TILE
+    cdef float64_t* his = S.his
     if jmax - (me >= 0) < P.k:
         return
     for j in range(jmax):
-        S.his[j] = _upper_key(P, S.krow[j], prod[j], ani, si, t0 + j)
+        his[j] = _upper_key(P, S.krow[j], prod[j], ani, si, t0 + j)
     if me >= 0:
-        S.his[me] = INFINITY
-    S.thr[r] = _kth_upper(S, jmax, P.k)
+        his[me] = INFINITY
+    if jmax >= FIRST_STRIDE * P.k:
+        n = (jmax + FIRST_STRIDE - 1) // FIRST_STRIDE
+        for j in range(n):             # (S.lo is free until _lower_keys)
+            S.lo[j] = his[j * FIRST_STRIDE]
+        nth_element(S.lo, S.lo + (P.k - 1), S.lo + n)
+        bound = S.lo[P.k - 1]
+        n = 0
+        for j in range(jmax):          # branch-free: keep the keys at most the bound in front
+            h = his[j]
+            his[n] = h
+            n += h <= bound
+    else:
+        n = jmax
+    S.thr[r] = _kth_upper(S, n, P.k)
 
 
 cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q, intp_t t0,
@@ -336,7 +369,7 @@ cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q
     cdef const float64_t* lo = S.lo
     cdef const float32_t* prod = S.tile32 + r * TILE
     cdef Kept* kept = S.kept + r * S.kcap
-    while b < jmax:
+    while b < jmax and not P.deferred[q]:
         end = min(b + <intp_t>SCREEN, jmax)
         thr = S.thr[r]
         hits = 0
@@ -351,22 +384,29 @@ cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q
                     kept[n].kval = S.krow[j]
                     kept[n].j = t0 + j
                     S.nkept[r] = n + 1
-                    if n + 1 == S.kcap:
-                        _compact(P, S, top, r, q)
+                    # full: if over 3/4 is still taken once tightened, the bound does not
+                    # separate this row's pairs; flush them, or defer the row
+                    if n + 1 == S.kcap and _tighten(P, S, top, r) > S.kcap - S.kcap // 4:
+                        _flush(P, S, top, r, q)
+                        S.flushes[r] += 1
+                        P.deferred[q] = S.flushes[r] >= DEFER_AFTER
         b = end
 
 
 cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, TopK* tops,
                           Candidate* cands, intp_t cap, int64_t* counts) noexcept nogil:
-    """Answer queries q0..q1-1 with the float32 screen (module comment)."""
+    """Answer queries q0..q1-1 with the float32 screen (module comment), but for the rows it
+    defers."""
     cdef intp_t nrows = q1 - q0, r, i, q, jmax, t0, ncols, me
     cdef intp_t col_end = _col_end(P, q1), m = P.m
     cdef Block qb, cb
     for r in range(nrows):
         S.nkept[r] = 0
         S.thr[r] = INFINITY
+        S.flushes[r] = 0
+        S.pairs[r] = 0
+        S.rowrec[r] = 0
         topk_init(&tops[r], cands + r * cap, cap, P.k)
-    S.recomputed = 0
     t0 = 0
     while t0 < col_end:
         ncols = _tile_cols(P, t0, col_end)
@@ -377,16 +417,16 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
                  0.0, S.tile32, TILE)
         for r in range(nrows):
             q = q0 + r
-            i = P.row_offset + q
+            i = _point(P, q)
             jmax = _row_cols(P, i, t0, ncols)
-            if jmax <= 0:
+            if jmax <= 0 or P.deferred[q]:
                 continue
             # the kernel row exactly as _fill_tile makes it (same call, all ncols columns)
             qb = Block(n=1, ld=P.dim, x=P.xq + q * P.dim, v=NULL, s=NULL)
             cb = Block(n=ncols, ld=P.n_cand, x=P.xct + t0, v=NULL, s=NULL)
             kernel_tile(P.spec, &qb, &cb, P.dim, S.krow, TILE)
             me = _self_col(P, i, t0, jmax)
-            counts[COUNT_PAIRS] += jmax - (me >= 0)
+            S.pairs[r] += jmax - (me >= 0)
             if t0 == 0:
                 _first_threshold(P, S, r, q, t0, jmax, me)
             _lower_keys(P, S.krow, S.tile32 + r * TILE, P.slack.a * P.nq[q], P.sq[q], t0,
@@ -394,9 +434,13 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
             _screen_row(P, S, &tops[r], r, q, t0, jmax, me)
         t0 += TILE
     for r in range(nrows):
-        _compact(P, S, &tops[r], r, q0 + r)       # the final threshold
-        _flush(P, S, &tops[r], r, q0 + r)
-    counts[COUNT_RECOMPUTED] = S.recomputed
+        q = q0 + r
+        if P.deferred[q]:
+            continue
+        _tighten(P, S, &tops[r], r)        # the final threshold
+        _flush(P, S, &tops[r], r, q)
+        counts[COUNT_RECOMPUTED] += S.rowrec[r]
+        counts[COUNT_SCREENED] += S.pairs[r] - S.rowrec[r]
     _write_rows(P, q0, nrows, tops)
 
 
@@ -412,15 +456,21 @@ cdef Screen _screen_carve(char** at, intp_t chunk, intp_t kcap) noexcept nogil:
     S.his = <float64_t*>carve(at, max(kcap, <intp_t>TILE) * sizeof(float64_t))
     S.ptrs = <const float64_t**>carve(at, kcap * sizeof(float64_t*))
     S.cov = <float64_t*>carve(at, kcap * sizeof(float64_t))
+    S.flushes = <int*>carve(at, chunk * sizeof(int))
+    S.pairs = <int64_t*>carve(at, chunk * sizeof(int64_t))
+    S.rowrec = <int64_t*>carve(at, chunk * sizeof(int64_t))
     S.kcap = kcap
     return S
 
 
 cdef size_t _screen_bytes(intp_t chunk, intp_t kcap) noexcept nogil:
+    """The workspace bytes _screen_carve takes."""
     return (span(chunk * TILE * sizeof(float32_t)) + 2 * span(TILE * sizeof(float64_t))
             + span(chunk * kcap * sizeof(Kept)) + span(chunk * sizeof(intp_t))
-            + span(chunk * sizeof(float64_t)) + span(max(kcap, <intp_t>TILE) * sizeof(float64_t))
-            + span(kcap * sizeof(float64_t*)) + span(kcap * sizeof(float64_t)))
+            + span(chunk * sizeof(float64_t))
+            + span(max(kcap, <intp_t>TILE) * sizeof(float64_t))
+            + span(kcap * sizeof(float64_t*)) + span(kcap * sizeof(float64_t))
+            + span(chunk * sizeof(int)) + 2 * span(chunk * sizeof(int64_t)))
 
 
 cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
@@ -429,10 +479,12 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
     Returns 0, or 1 if a thread could not allocate its workspace.
     """
     cdef intp_t n_chunks = (P.n_queries + chunk - 1) // chunk, c, q0, q1
-    cdef intp_t cap = 2 * P.k + 64, kcap = 4 * P.k + 128
-    cdef size_t n_tile = chunk * TILE * sizeof(float64_t), n_tops = chunk * sizeof(TopK)
-    cdef size_t n_cands = chunk * cap * sizeof(Candidate)
-    cdef size_t n_screen = _screen_bytes(chunk, kcap) if P.screen else 0
+    # the float64 tile or the float32 screen's buffers (kept pairs: kcap per row)
+    cdef intp_t cap = 2 * P.k + 64, kcap = 4 * P.k + 128 if P.screen else 0
+    cdef intp_t screen_rows = chunk if P.screen else 0
+    cdef size_t n_tile = 0 if P.screen else chunk * TILE * sizeof(float64_t)
+    cdef size_t n_tops = chunk * sizeof(TopK), n_cands = chunk * cap * sizeof(Candidate)
+    cdef size_t n_screen = _screen_bytes(screen_rows, kcap)
     cdef char* work
     cdef char* at
     cdef float64_t* tile
@@ -447,7 +499,7 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
         tile = <float64_t*>carve(&at, n_tile)
         tops = <TopK*>carve(&at, n_tops)
         cands = <Candidate*>carve(&at, n_cands)
-        S = _screen_carve(&at, chunk, kcap)     # (unused unless P.screen)
+        S = _screen_carve(&at, screen_rows, kcap)
         # dynamic: predecessor chunks grow with their index, so static slices would be uneven.
         for c in prange(n_chunks, schedule='dynamic'):
             if work != NULL and not interrupted(P.stop):
@@ -475,24 +527,29 @@ cdef _solve(Problem* P, intp_t chunk, int num_threads):
         raise MemoryError("could not allocate the per-thread workspaces")
 
 
-def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, intp_t row_offset,
-        tuple out, tuple parallel_plan, tuple screen):
+def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, rows, tuple out,
+        tuple parallel_plan, tuple screen):
     """kNN of the query rows among the candidate rows; arguments already validated by
     residual.bruteforce.
 
-    queries are prepared like the candidates (same metric and kernel). In-sample queries may
-    be a block of rows: query r is candidate row_offset + r. out = (dist, idx, counts): dist
-    and idx (n_queries, k), filled; counts (n_chunks, 3) int64 zeros, filled with each chunk's
-    pairs offered, pairs recomputed in float64 after the float32 screen, and 1 where the chunk
-    ran on the float64 tiles. parallel_plan = (chunk, num_threads). screen = () for the float64
-    tiles only, or (vq32, nq, vc32, nc, (q, u)) for the float32 screen: the float32 V rows and
-    float64 norms of queries and candidates, and _blas.dgemm_chain(m).
+    queries are prepared like the candidates (same metric and kernel). In-sample queries are
+    candidate rows: ``rows`` is an int, query r being row rows + r (a block of rows), or an
+    ascending int64 array, query r being row rows[r]. out = (dist, idx, counts, deferred):
+    dist and idx (n_queries, k), filled; counts (n_chunks, 3) int64 zeros, filled with each
+    chunk's pairs ruled out by the float32 screen, kept by it and recomputed in float64, and
+    computed by float64 tiles; deferred (n_queries,) uint8 zeros, set to 1 for the rows the
+    screen leaves unanswered (its bound separates nothing there; the caller answers them
+    with the float64 tiles). parallel_plan = (chunk, num_threads). screen = () for the float64
+    tiles only, or (vq32, nq, vc32, nc, (q, u)) for the float32 screen: the float32 V rows
+    and float64 norms of queries and candidates, and _blas.dgemm_chain(m).
     """
     cdef Problem P
     cdef const float64_t[:, ::1] xct = cands.xt
     cdef float64_t[:, ::1] out_dist = out[0]
     cdef int64_t[:, ::1] out_idx = out[1]
     cdef int64_t[:, ::1] counts = out[2]
+    cdef unsigned char[::1] deferred = out[3]
+    cdef const int64_t[::1] qpoint
     cdef const float32_t[:, ::1] vq32, vc32
     cdef const float64_t[::1] nq, nc
     P.metric = METRIC_RESIDUAL if cands.P.residual else METRIC_EUCLIDEAN
@@ -502,7 +559,13 @@ def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, intp_t 
     P.k = out_dist.shape[1]
     P.in_sample = in_sample
     P.predecessors = predecessors
-    P.row_offset = row_offset
+    P.row_offset = 0
+    P.qpoint = NULL
+    if isinstance(rows, int):
+        P.row_offset = rows
+    else:
+        qpoint = rows
+        P.qpoint = &qpoint[0]
     P.n_queries = queries.P.n
     P.xq = queries.P.x
     P.vq = queries.P.v
@@ -514,6 +577,7 @@ def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, intp_t 
     P.out_dist = &out_dist[0, 0]
     P.out_idx = &out_idx[0, 0]
     P.counts = &counts[0, 0]
+    P.deferred = &deferred[0]
     P.screen = len(screen) > 0
     if P.screen:
         vq32, nq, vc32, nc = screen[0], screen[1], screen[2], screen[3]

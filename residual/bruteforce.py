@@ -111,8 +111,8 @@ def _new_points(cands, model, Y, k, nt, chunk, precision):
     """The kNN of new points Y (checked) among ``cands``: ``(dist, idx, stats)``."""
     nq = Y.shape[0]
     if nq == 0:
-        return np.empty((0, k)), np.empty((0, k), dtype=np.int64), _stats(np.zeros((0, 3)),
-                                                                         False)
+        return (np.empty((0, k)), np.empty((0, k), dtype=np.int64),
+                _stats(np.zeros((0, 3), dtype=np.int64), False))
     pad = -nq % CHUNK_ALIGN
     if pad:
         # whole 32-row groups only, as for in-sample blocks: a new point's answer then
@@ -141,23 +141,54 @@ def in_sample_rows(cands, k, predecessors, start, stop, num_threads,
 
 def _knn(cands, queries, k, in_sample, predecessors, row_offset, nt, chunk, precision):
     """The compiled search of the Metric ``queries`` among ``cands`` (see _bruteforce.knn):
-    ``(dist, idx, stats)``; the counters are also added to ``cands.screen_counts``."""
+    ``(dist, idx, stats)``; the counters are also added to ``cands.screen_counts``.
+
+    Rows the float32 screen defers are answered here by the float64 tiles, gathered in
+    CHUNK_ALIGN groups (their bits do not depend on which rows they are tiled with).
+    """
     n_queries = queries.n
-    chunk = min(chunk, max(n_queries, 1))          # no workspace larger than the work
-    chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
     dist = np.empty((n_queries, k))
     idx = np.empty((n_queries, k), dtype=np.int64)
-    counts = np.zeros((-(-n_queries // chunk), 3), dtype=np.int64)
+    counts = np.zeros((0, 3), dtype=np.int64)
     screen = ()
     if n_queries:
         with single_threaded_blas():
             screen = _screen(cands, queries, in_sample, row_offset, precision)
-            _bruteforce.knn(queries, cands, in_sample, predecessors, row_offset,
-                            (dist, idx, counts), (chunk, nt), screen)
+        counts, deferred = _run(cands, queries, in_sample, predecessors, row_offset,
+                                (dist, idx), (chunk, nt), screen)
+        late = np.flatnonzero(deferred)
+        if late.size:
+            # pad to whole CHUNK_ALIGN groups with copies of the last row (answered twice)
+            rows = np.concatenate([late, np.repeat(late[-1:], -late.size % CHUNK_ALIGN)])
+            sub = (np.empty((rows.size, k)), np.empty((rows.size, k), dtype=np.int64))
+            more, _ = _run(cands, queries.take(rows), in_sample, predecessors,
+                           rows + row_offset, sub, (chunk, nt), ())
+            dist[late], idx[late] = sub[0][:late.size], sub[1][:late.size]
+            pad_pairs = (rows.size - late.size) * _row_pairs(cands.n, in_sample, predecessors,
+                                                               rows[-1] + row_offset)
+            counts = np.concatenate([counts, more, [[0, 0, -pad_pairs]]])
     stats = _stats(counts, bool(screen))
     for name in COUNTERS:
         cands.screen_counts[name] = cands.screen_counts.get(name, 0) + stats[name]
     return dist, idx, stats
+
+
+def _row_pairs(n_cand, in_sample, predecessors, point):
+    """The pairs a query row considers (predecessors: j < point; in-sample: itself not)."""
+    return point if predecessors else n_cand - bool(in_sample)
+
+
+def _run(cands, queries, in_sample, predecessors, rows, out, plan, screen):
+    """One _bruteforce.knn call: ``(counts, deferred)`` (see there)."""
+    n_queries = queries.n
+    chunk = min(plan[0], n_queries)                # no workspace larger than the work
+    chunk = -(-chunk // CHUNK_ALIGN) * CHUNK_ALIGN
+    counts = np.zeros((-(-n_queries // chunk), 3), dtype=np.int64)
+    deferred = np.zeros(n_queries, dtype=np.uint8)
+    with single_threaded_blas():
+        _bruteforce.knn(queries, cands, in_sample, predecessors, rows,
+                        (*out, counts, deferred), (chunk, plan[1]), screen)
+    return counts, deferred
 
 
 def _screen(cands, queries, in_sample, row_offset, precision):
@@ -183,12 +214,9 @@ def _screen(cands, queries, in_sample, row_offset, precision):
 
 def _stats(counts, screened):
     """The stats dict of ``return_stats`` from _bruteforce.knn's per-chunk counts."""
-    pairs, recomputed, float64 = counts[:, 0], counts[:, 1], counts[:, 2].astype(bool)
-    float64_pairs = int(pairs[float64].sum())
-    recomputed = int(recomputed[~float64].sum())
-    screened_pairs = int(pairs[~float64].sum()) - recomputed
+    screened_pairs, recomputed, float64_pairs = (int(c) for c in counts.sum(axis=0))
     decided = screened_pairs + recomputed
-    return {"float32": screened, "pairs": int(pairs.sum()),
+    return {"float32": screened, "pairs": decided + float64_pairs,
             "screened_float32": screened_pairs, "recomputed_float64": recomputed,
             "float64_pairs": float64_pairs,
             "hit_rate": screened_pairs / decided if decided else float("nan")}
