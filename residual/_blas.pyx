@@ -227,3 +227,4 @@ cdef bint _chain_matches(const float64_t[:, ::1] a, const float64_t[:, ::1] b,
     free(c)
     return same
 
+
