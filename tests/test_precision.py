@@ -237,3 +237,15 @@ def test_bound_against_float64(case, m):
     assert ratio <= 1.0
     if case in ("plain", "large norms") and m > 1:
         assert ratio > 1e-3          # the bound is within ~3 orders of the worst error seen
+
+
+@needs_chain
+def test_cli_summary_says_whether_float32_ran(tmp_path, capsys):
+    from residual.cli import main
+    path = tmp_path / "points.csv"
+    np.savetxt(path, np.random.default_rng(0).random((1500, 2)), delimiter=",")
+    common = ["--input", str(path), "--k", "10", "--quiet", "--n-inducing", "100"]
+    assert main(common + ["--kernel", "matern32", "--lengthscale", "0.1"]) == 0
+    assert "float32 screen        used:" in capsys.readouterr().out
+    assert main(common + ["--kernel", "rbf", "--lengthscale", "1"]) == 0   # p ~ 1e-6
+    assert "float32 screen        not used" in capsys.readouterr().out
