@@ -37,6 +37,7 @@ cdef void syrk_lower_rm(intp_t n, intp_t k, float64_t alpha, const float64_t* a,
 cdef extern from *:
     """
     #include <math.h>
+    static inline void residual_prefetch_l2(const double* p) { __builtin_prefetch(p, 0, 2); }
     /* the next k-block end after k0 < m (OpenBLAS level3.c: a block of q, or a remainder
        between q and 2q halved and rounded up to the unroll u) */
     static inline long residual_gemm_block_end(long k0, long m, long q, long u) {
@@ -77,6 +78,7 @@ cdef extern from *:
         }
     }
     """
+    void prefetch_l2 "residual_prefetch_l2"(const float64_t* p) noexcept nogil
     void gemm_elements "residual_gemm_elements"(
         float64_t* c, const float64_t* a, const float64_t* const* b, long count, long m,
         long q, long u) noexcept nogil

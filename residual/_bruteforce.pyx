@@ -39,7 +39,7 @@ from libc.stdlib cimport free
 from libcpp.algorithm cimport nth_element
 
 from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
-from residual._blas cimport GemmChain, gemm_elements, sgemm_rm
+from residual._blas cimport GemmChain, gemm_elements, prefetch_l2, sgemm_rm
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
 from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, kernel_tile,
@@ -276,6 +276,20 @@ cdef inline void _lower_keys(const Problem* P, const float64_t* krow, const floa
         lo[j] = residual_key(a + _slack(ani, nc[j], a, krow[j], b, t), si, sc[j])
 
 
+cdef inline void _upper_keys(const Problem* P, const float64_t* krow, const float32_t* prod,
+                             float64_t ani, float64_t si, intp_t t0, intp_t jmax,
+                             float64_t* hi) noexcept nogil:
+    """hi[j] = _upper_key of pair (i, t0 + j), as a flat loop that vectorises."""
+    cdef intp_t j
+    cdef float64_t a, b = P.slack.b, t = P.slack.t
+    cdef const float64_t* nc = P.nc + t0
+    cdef const float64_t* sc = P.sc + t0
+    for j in range(jmax):
+        a = fabs(krow[j] - <float64_t>prod[j])
+        a = a - _slack(ani, nc[j], a, krow[j], b, t)
+        hi[j] = residual_key(a if a > 0.0 else 0.0, si, sc[j])
+
+
 cdef inline float64_t _upper_key(const Problem* P, float64_t kval, float32_t prod,
                                  float64_t ani, float64_t si, intp_t j) noexcept nogil:
     """The largest key pair (i, j) can have: residual_key(max(0, |c| - E))."""
@@ -288,6 +302,15 @@ cdef inline float64_t _kth_upper(Screen* S, intp_t n, intp_t k) noexcept nogil:
     """The k-th smallest of S.his[0..n) (n >= k; reorders them)."""
     nth_element(S.his, S.his + (k - 1), S.his + n)
     return S.his[k - 1]
+
+
+cdef inline void _prefetch_kept(const Problem* P, const Screen* S, intp_t r) noexcept nogil:
+    """Ask for the float64 V rows of row r's kept pairs (to L2) before _flush needs them."""
+    cdef intp_t x, k
+    cdef const Kept* kept = S.kept + r * S.kcap
+    for x in range(S.nkept[r]):
+        for k in range(0, P.m, 8):
+            prefetch_l2(P.vc + kept[x].j * P.m + k)
 
 
 cdef void _flush(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noexcept nogil:
@@ -340,8 +363,7 @@ cdef void _first_threshold(const Problem* P, Screen* S, intp_t r, intp_t q, intp
     cdef float64_t* his = S.his
     if jmax - (me >= 0) < P.k:
         return
-    for j in range(jmax):
-        his[j] = _upper_key(P, S.krow[j], prod[j], ani, si, t0 + j)
+    _upper_keys(P, S.krow, prod, ani, si, t0, jmax, his)
     if me >= 0:
         his[me] = INFINITY
     if jmax >= FIRST_STRIDE * P.k:
@@ -434,10 +456,14 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
             _screen_row(P, S, &tops[r], r, q, t0, jmax, me)
         t0 += TILE
     for r in range(nrows):
+        if not P.deferred[q0 + r]:
+            _tighten(P, S, &tops[r], r)    # the final threshold
+    for r in range(nrows):
         q = q0 + r
         if P.deferred[q]:
             continue
-        _tighten(P, S, &tops[r], r)        # the final threshold
+        if r + 1 < nrows and not P.deferred[q + 1]:
+            _prefetch_kept(P, S, r + 1)     # far-apart V rows: fetched while r is summed
         _flush(P, S, &tops[r], r, q)
         counts[COUNT_RECOMPUTED] += S.rowrec[r]
         counts[COUNT_SCREENED] += S.pairs[r] - S.rowrec[r]
