@@ -19,19 +19,22 @@
 # float32 screen (residual, when Metric.float32_pays or asked; see "float32 screen" in
 # _tiles.pyx for the bound and the rule). A chunk then makes two passes:
 #   1. per tile, one sgemm on the float32 copies of V (half the flops and bytes of dgemm) and
-#      the float64 kernel row as the float64 path computes it; from them each pair's key is
-#      known to lie in [lo, hi]. Each row keeps the pairs whose lo is at most thr = the k-th
-#      smallest hi seen so far (the buffer is compacted when full): every other pair has a key
-#      above the row's k-th float64 key, so it is not a neighbour (decided in float32).
-#   2. the kept pairs (about k plus those the bound cannot separate) are recomputed in
+#      the float64 kernel row exactly as the float64 tiles make it; from them each pair's key
+#      is known to lie in [lo, hi]. Each row keeps the pairs whose lo is at most its thr, the
+#      k-th smallest hi it has seen (from its whole first tile, then from what it keeps when
+#      the buffer is full): every other pair has a key above the row's k-th float64 key, so it
+#      is not a neighbour (decided in float32). Memory per thread: chunk x TILE floats and
+#      chunk x (4k + 128) kept pairs.
+#   2. the kept pairs (about k, plus those the bound cannot separate) are recomputed in
 #      float64 with dgemm's own arithmetic (_blas.pxd gemm_elements: the k-blocked FMA chains,
 #      checked against dgemm once per m by _blas.dgemm_chain) from the kernel value pass 1
 #      kept, and offered to the top-k in ascending index order, as the float64 tiles offer
 #      them. The k nearest, their keys and so their distances are the float64 path's, bit for
 #      bit (tests/test_precision.py).
-# A row whose buffer stays over 3/4 full after a compaction (the bound separates nothing, as
-# for a point of tiny p) sends its whole chunk back to the float64 tiles, which then answer
-# it as if the screen had not run.
+# A row whose full buffer stays over 3/4 full once tightened is flushed (recomputed as in 2);
+# at the second flush the bound is taken not to separate its pairs (a point of p ~ jitter,
+# such as an inducing point) and the row is deferred: knn leaves it unanswered and the caller
+# answers the deferred rows together on the float64 tiles, where they cost a GEMM's share.
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
@@ -238,7 +241,7 @@ cdef void _write_rows(const Problem* P, intp_t q0, intp_t nrows, TopK* tops) noe
 
 # -- the float32 screen ------------------------------------------------------------------------
 
-# One thread's buffers for the float32 screen (carved with the float64 tile, see _run).
+# One thread's buffers for the float32 screen (carved from its workspace, see _run).
 cdef struct Screen:
     float32_t* tile32           # (chunk, TILE) sgemm products, row stride TILE
     float64_t* krow             # (TILE,) one row's kernel values, aligned like a tile row
@@ -262,40 +265,40 @@ cdef inline float64_t _slack(float64_t ani, float64_t nj, float64_t a, float64_t
     return ani * nj + b * (a + fabs(kval)) + t
 
 
-cdef inline void _lower_keys(const Problem* P, const float64_t* krow, const float32_t* prod,
-                             float64_t ani, float64_t si, intp_t t0, intp_t jmax,
-                             float64_t* lo) noexcept nogil:
-    """lo[j] = the smallest key pair (i, t0 + j) can have: residual_key(|c| + E) with
-    c = k - S (a flat loop that vectorises)."""
-    cdef intp_t j
-    cdef float64_t a, b = P.slack.b, t = P.slack.t
-    cdef const float64_t* nc = P.nc + t0
-    cdef const float64_t* sc = P.sc + t0
-    for j in range(jmax):
-        a = fabs(krow[j] - <float64_t>prod[j])
-        lo[j] = residual_key(a + _slack(ani, nc[j], a, krow[j], b, t), si, sc[j])
-
-
-cdef inline void _upper_keys(const Problem* P, const float64_t* krow, const float32_t* prod,
-                             float64_t ani, float64_t si, intp_t t0, intp_t jmax,
-                             float64_t* hi) noexcept nogil:
-    """hi[j] = _upper_key of pair (i, t0 + j), as a flat loop that vectorises."""
-    cdef intp_t j
-    cdef float64_t a, b = P.slack.b, t = P.slack.t
-    cdef const float64_t* nc = P.nc + t0
-    cdef const float64_t* sc = P.sc + t0
-    for j in range(jmax):
-        a = fabs(krow[j] - <float64_t>prod[j])
-        a = a - _slack(ani, nc[j], a, krow[j], b, t)
-        hi[j] = residual_key(a if a > 0.0 else 0.0, si, sc[j])
-
-
-cdef inline float64_t _upper_key(const Problem* P, float64_t kval, float32_t prod,
-                                 float64_t ani, float64_t si, intp_t j) noexcept nogil:
-    """The largest key pair (i, j) can have: residual_key(max(0, |c| - E))."""
+cdef inline float64_t _lo_key(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
+                              float64_t si, float64_t sj, float64_t b,
+                              float64_t t) noexcept nogil:
+    """The smallest key a pair can have: residual_key(|c| + E), c = kval - prod (its float64
+    kernel value and float32 product), ani = a |v_i|, nj = |v_j|, si and sj its 1/sqrt(p)."""
     cdef float64_t a = fabs(kval - <float64_t>prod)
-    a = a - _slack(ani, P.nc[j], a, kval, P.slack.b, P.slack.t)
-    return residual_key(a if a > 0.0 else 0.0, si, P.sc[j])     # (NaN: key 1, the largest)
+    return residual_key(a + _slack(ani, nj, a, kval, b, t), si, sj)
+
+
+cdef inline float64_t _hi_key(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
+                              float64_t si, float64_t sj, float64_t b,
+                              float64_t t) noexcept nogil:
+    """The largest key a pair can have: residual_key(max(0, |c| - E)) (see _lo_key; a NaN
+    gives key 1, the largest)."""
+    cdef float64_t a = fabs(kval - <float64_t>prod)
+    a = a - _slack(ani, nj, a, kval, b, t)
+    return residual_key(a if a > 0.0 else 0.0, si, sj)
+
+
+cdef inline void _row_keys(const Problem* P, const float64_t* krow, const float32_t* prod,
+                           float64_t ani, float64_t si, intp_t t0, intp_t jmax, bint upper,
+                           float64_t* out) noexcept nogil:
+    """out[j] = _lo_key (or _hi_key) of pair (i, t0 + j), j < jmax: flat loops that
+    vectorise."""
+    cdef intp_t j
+    cdef float64_t b = P.slack.b, t = P.slack.t
+    cdef const float64_t* nc = P.nc + t0
+    cdef const float64_t* sc = P.sc + t0
+    if upper:
+        for j in range(jmax):
+            out[j] = _hi_key(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
+    else:
+        for j in range(jmax):
+            out[j] = _lo_key(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
 
 
 cdef inline float64_t _kth_upper(Screen* S, intp_t n, intp_t k) noexcept nogil:
@@ -363,12 +366,12 @@ cdef void _first_threshold(const Problem* P, Screen* S, intp_t r, intp_t q, intp
     cdef float64_t* his = S.his
     if jmax - (me >= 0) < P.k:
         return
-    _upper_keys(P, S.krow, prod, ani, si, t0, jmax, his)
+    _row_keys(P, S.krow, prod, ani, si, t0, jmax, True, his)
     if me >= 0:
         his[me] = INFINITY
     if jmax >= FIRST_STRIDE * P.k:
         n = (jmax + FIRST_STRIDE - 1) // FIRST_STRIDE
-        for j in range(n):             # (S.lo is free until _lower_keys)
+        for j in range(n):             # (S.lo is free until _row_keys)
             S.lo[j] = his[j * FIRST_STRIDE]
         nth_element(S.lo, S.lo + (P.k - 1), S.lo + n)
         bound = S.lo[P.k - 1]
@@ -402,7 +405,8 @@ cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q
                 if lo[j] <= S.thr[r] and j != me:
                     n = S.nkept[r]
                     kept[n].lo = lo[j]
-                    kept[n].hi = _upper_key(P, S.krow[j], prod[j], ani, si, t0 + j)
+                    kept[n].hi = _hi_key(S.krow[j], prod[j], ani, P.nc[t0 + j], si,
+                                         P.sc[t0 + j], P.slack.b, P.slack.t)
                     kept[n].kval = S.krow[j]
                     kept[n].j = t0 + j
                     S.nkept[r] = n + 1
@@ -451,8 +455,8 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
             S.pairs[r] += jmax - (me >= 0)
             if t0 == 0:
                 _first_threshold(P, S, r, q, t0, jmax, me)
-            _lower_keys(P, S.krow, S.tile32 + r * TILE, P.slack.a * P.nq[q], P.sq[q], t0,
-                        jmax, S.lo)
+            _row_keys(P, S.krow, S.tile32 + r * TILE, P.slack.a * P.nq[q], P.sq[q], t0,
+                      jmax, False, S.lo)
             _screen_row(P, S, &tops[r], r, q, t0, jmax, me)
         t0 += TILE
     for r in range(nrows):
