@@ -67,6 +67,11 @@ cdef enum:
     DEFER_AFTER = 2
     # float32 screen: _first_threshold's sampling stride.
     FIRST_STRIDE = 4
+    # Only chunks of a multiple of ROW_ALIGN rows (bruteforce.CHUNK_ALIGN) are screened: BLAS
+    # sums every element of such a tile alike (gemm_elements' chain), but the last rows of
+    # a shorter chunk (the in-sample query's last, when n is not a multiple) fall in its
+    # edge kernels, which may sum otherwise. Such a chunk runs on the float64 tiles.
+    ROW_ALIGN = 32
 
 cdef enum:
     METRIC_EUCLIDEAN = 0
@@ -509,10 +514,11 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
     Returns 0, or 1 if a thread could not allocate its workspace.
     """
     cdef intp_t n_chunks = (P.n_queries + chunk - 1) // chunk, c, q0, q1
-    # the float64 tile or the float32 screen's buffers (kept pairs: kcap per row)
+    # the float64 tile and/or the float32 screen's buffers (kept pairs: kcap per row)
     cdef intp_t cap = 2 * P.k + 64, kcap = 4 * P.k + 128 if P.screen else 0
     cdef intp_t screen_rows = chunk if P.screen else 0
-    cdef size_t n_tile = 0 if P.screen else chunk * TILE * sizeof(float64_t)
+    cdef bint tiles = not P.screen or P.n_queries % ROW_ALIGN != 0
+    cdef size_t n_tile = chunk * TILE * sizeof(float64_t) if tiles else 0
     cdef size_t n_tops = chunk * sizeof(TopK), n_cands = chunk * cap * sizeof(Candidate)
     cdef size_t n_screen = _screen_bytes(screen_rows, kcap)
     cdef char* work
@@ -536,7 +542,7 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
                 q0 = c * chunk
                 q1 = min(q0 + chunk, P.n_queries)
                 counts = P.counts + c * N_COUNTS
-                if P.screen:
+                if P.screen and (q1 - q0) % ROW_ALIGN == 0:
                     _chunk_screened(P, q0, q1, &S, tops, cands, cap, counts)
                 else:
                     _chunk(P, q0, q1, tile, tops, cands, cap, counts)
