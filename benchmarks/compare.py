@@ -554,37 +554,41 @@ def case_precision(args):
 
         python benchmarks/compare.py --case precision --k 30 --repeat 2
 
-    Columns: median p; best seconds of each; float64 / auto; whether auto used float32; the
-    share of pairs the float32 bound decided; rows bit-identical (distances and indices).
-    Targets (n = 32k, k = 30): >= 1.6x on the Matern 3/2 square and 5-cube, <= 1.05x slower
-    on the harness, 100 % identical.
+    Columns: median p; best wall seconds of each and their ratio float64 / auto; the same
+    ratio of process CPU seconds (all threads: steadier than wall time on a shared machine);
+    whether auto used float32; the share of pairs the float32 bound decided; rows
+    bit-identical (distances and indices). Targets (n = 32k, k = 30): >= 1.6x on the Matern
+    3/2 square and 5-cube, <= 1.05x slower on the harness, 100 % identical.
     """
     nt = resolve_num_threads(args.threads)
     print(f"\nprecision: n={args.n}, k={args.k}, predecessors, threads={nt}, "
           f"chunk={args.chunk_size}, best of {args.repeat}")
     print(f"{'regime':24s} {'median p':>9s} {'float64 s':>10s} {'auto s':>9s} {'speedup':>8s} "
-          f"{'float32':>8s} {'decided f32':>12s} {'identical':>10s}")
+          f"{'CPU ratio':>10s} {'float32':>8s} {'decided f32':>12s} {'identical':>10s}")
     rows = []
     for name, (coords, kernel, m) in PRECISION_REGIMES.items():
         X = coords(np.random.default_rng(0), args.n)
         model = residual.ResidualCorrelation.from_kernel(X, kernel(), n_inducing=m, seed=0)
-        out = {}
+        out, cpu = {}, {"float64": float("inf"), "auto": float("inf")}
 
         def run(precision):
+            t = time.process_time()
             out[precision] = residual.brute_force_knn(
                 model, args.k, predecessors=True, num_threads=nt, chunk_size=args.chunk_size,
                 precision=precision, return_stats=True)
+            cpu[precision] = min(cpu[precision], time.process_time() - t)
 
         best = best_of([(p, lambda p=p: run(p)) for p in ("float64", "auto")], args.repeat)
         (d0, i0, _), (d1, i1, st) = out["float64"], out["auto"]
         same = np.mean((d0.view(np.int64) == d1.view(np.int64)).all(axis=1)
                        & (i0 == i1).all(axis=1)) * 100
         decided = st["screened_float32"] / st["pairs"] * 100 if st["pairs"] else 0.0
-        speedup = best["float64"] / best["auto"]
-        rows.append((name, best["float64"], best["auto"], speedup, st["float32"], decided, same))
+        speedup, cpu_ratio = best["float64"] / best["auto"], cpu["float64"] / cpu["auto"]
+        rows.append((name, best["float64"], best["auto"], speedup, cpu_ratio, st["float32"],
+                     decided, same))
         print(f"{name:24s} {np.median(model.p_diag):9.2g} {best['float64']:10.3f} "
-              f"{best['auto']:9.3f} {speedup:8.2f} {str(st['float32']):>8s} {decided:11.1f}% "
-              f"{same:9.2f}%", flush=True)
+              f"{best['auto']:9.3f} {speedup:8.2f} {cpu_ratio:10.2f} {str(st['float32']):>8s} "
+              f"{decided:11.1f}% {same:9.2f}%", flush=True)
     return rows
 
 

@@ -37,7 +37,6 @@ cdef void syrk_lower_rm(intp_t n, intp_t k, float64_t alpha, const float64_t* a,
 cdef extern from *:
     """
     #include <math.h>
-    static inline void residual_prefetch_l2(const double* p) { __builtin_prefetch(p, 0, 2); }
     /* the next k-block end after k0 < m (OpenBLAS level3.c: a block of q, or a remainder
        between q and 2q halved and rounded up to the unroll u) */
     static inline long residual_gemm_block_end(long k0, long m, long q, long u) {
@@ -53,10 +52,6 @@ cdef extern from *:
                                        long count, long m, long q, long u) {
         for (long l0 = 0; l0 < count; l0 += 8) {
             long nl = count - l0 < 8 ? count - l0 : 8;
-            /* the next 8 rows are fetched while these are summed: the rows of scattered
-               pairs are far apart, so no hardware prefetcher sees them coming */
-            for (long l = l0 + 8; l < count && l < l0 + 16; l++)
-                for (long k = 0; k < m; k += 8) __builtin_prefetch(b[l] + k);
             #define RESIDUAL_INIT(l) const double* b##l = b[l0 + (l < nl ? l : 0)]; \
                 double c##l = c[l0 + (l < nl ? l : 0)];
             RESIDUAL_LANES(RESIDUAL_INIT)
@@ -78,7 +73,6 @@ cdef extern from *:
         }
     }
     """
-    void prefetch_l2 "residual_prefetch_l2"(const float64_t* p) noexcept nogil
     void gemm_elements "residual_gemm_elements"(
         float64_t* c, const float64_t* a, const float64_t* const* b, long count, long m,
         long q, long u) noexcept nogil

@@ -42,7 +42,7 @@ from libc.stdlib cimport free
 from libcpp.algorithm cimport nth_element
 
 from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
-from residual._blas cimport GemmChain, gemm_elements, prefetch_l2, sgemm_rm
+from residual._blas cimport GemmChain, gemm_elements, sgemm_rm
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
 from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, kernel_tile,
@@ -312,15 +312,6 @@ cdef inline float64_t _kth_upper(Screen* S, intp_t n, intp_t k) noexcept nogil:
     return S.his[k - 1]
 
 
-cdef inline void _prefetch_kept(const Problem* P, const Screen* S, intp_t r) noexcept nogil:
-    """Ask for the float64 V rows of row r's kept pairs (to L2) before _flush needs them."""
-    cdef intp_t x, k
-    cdef const Kept* kept = S.kept + r * S.kcap
-    for x in range(S.nkept[r]):
-        for k in range(0, P.m, 8):
-            prefetch_l2(P.vc + kept[x].j * P.m + k)
-
-
 cdef void _flush(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noexcept nogil:
     """Recompute row r's kept pairs in float64 with dgemm's arithmetic and offer them to its
     top-k (in ascending index order, as kept); the buffer is emptied."""
@@ -465,14 +456,10 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
             _screen_row(P, S, &tops[r], r, q, t0, jmax, me)
         t0 += TILE
     for r in range(nrows):
-        if not P.deferred[q0 + r]:
-            _tighten(P, S, &tops[r], r)    # the final threshold
-    for r in range(nrows):
         q = q0 + r
         if P.deferred[q]:
             continue
-        if r + 1 < nrows and not P.deferred[q + 1]:
-            _prefetch_kept(P, S, r + 1)     # far-apart V rows: fetched while r is summed
+        _tighten(P, S, &tops[r], r)        # the final threshold
         _flush(P, S, &tops[r], r, q)
         counts[COUNT_RECOMPUTED] += S.rowrec[r]
         counts[COUNT_SCREENED] += S.pairs[r] - S.rowrec[r]

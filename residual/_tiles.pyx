@@ -52,8 +52,6 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-from libc.math cimport sqrt as csqrt
-
 from residual._blas cimport dgemm_rm, trsv_lower_rm
 
 # Rows per parallel work item in kernel_matrix.
@@ -75,7 +73,7 @@ cdef Slack32 slack32(intp_t m, float64_t norm_max) noexcept nogil:
     cdef Slack32 out
     out.a = margin * (2 * u + u * u + gamma * (1 + u) * (1 + u) + gamma64)
     out.b = gamma64 + 4 * w
-    out.t = margin * (3 * 2.0 ** -150 * (2 * csqrt(<float64_t>m) * norm_max + m)
+    out.t = margin * (3 * 2.0 ** -150 * (2 * sqrt(<float64_t>m) * norm_max + m)
                       + m * 2.0 ** -1070)
     return out
 
