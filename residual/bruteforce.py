@@ -57,8 +57,8 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
         is computed in float64, with the float64 tiles' arithmetic. ``"auto"``: float32 where
         the model's residual variances make it pay (on the standard harness, p ~ 1e-6, they
         do not), else float64. Euclidean distances are always float64. float32 is never used
-        where its bound would not hold (V rows with norms over 1e18) or where BLAS's dgemm
-        arithmetic is not reproduced (checked once per process).
+        where its bound would not hold (V rows with norms over 1e18), where BLAS's dgemm
+        arithmetic is not reproduced (checked once per process), or for k over n / 8.
     return_stats : bool, default=False
         Also return a dict of counters: ``float32`` (whether the float32 screen ran),
         ``pairs`` (pairs considered), ``screened_float32`` (ruled out by the float32 bound),
@@ -153,7 +153,7 @@ def _knn(cands, queries, k, in_sample, predecessors, row_offset, nt, chunk, prec
     screen = ()
     if n_queries:
         with single_threaded_blas():
-            screen = _screen(cands, queries, in_sample, row_offset, precision)
+            screen = _screen(cands, queries, k, in_sample, row_offset, precision)
         counts, deferred = _run(cands, queries, in_sample, predecessors, row_offset,
                                 (dist, idx), (chunk, nt), screen)
         late = np.flatnonzero(deferred)
@@ -191,11 +191,13 @@ def _run(cands, queries, in_sample, predecessors, rows, out, plan, screen):
     return counts, deferred
 
 
-def _screen(cands, queries, in_sample, row_offset, precision):
+def _screen(cands, queries, k, in_sample, row_offset, precision):
     """The ``screen`` argument of _bruteforce.knn: () for float64 tiles only, else the float32
     rows and norms of queries and candidates and dgemm's blocking (see ``precision``).
     Called with BLAS held to one thread, as the tiles run."""
     if precision == "float64" or not cands.float32_safe():
+        return ()
+    if 8 * k > cands.n:     # most pairs would be kept: nothing to screen (and 4k kept per row)
         return ()
     if precision == "auto" and not cands.float32_pays():
         return ()

@@ -159,6 +159,14 @@ def test_euclidean_grid_ties_stay_float64():
     assert np.all(ref[0][:, :2] == 1.0)                # neighbours at 1, tied by index
 
 
+def test_large_k_stays_float64():
+    model = _model("matern32-square", n=1200)
+    ref = brute_force_knn(model, 151, precision="float64")
+    dist, idx, stats = brute_force_knn(model, 151, precision="float32", return_stats=True)
+    _same_bits((dist, idx), ref)
+    assert not stats["float32"]                        # 8k > n: most pairs would be kept
+
+
 def test_precision_is_checked():
     with pytest.raises(ValueError, match="precision"):
         brute_force_knn(np.zeros((5, 2)), 2, precision="float16")
@@ -167,7 +175,7 @@ def test_precision_is_checked():
 @needs_chain
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2 ** 32 - 1), eps=st.floats(1e-10, 1e-4), m=st.integers(1, 300),
-       k=st.integers(1, 12), n=st.integers(40, 200))
+       k=st.integers(1, 12), n=st.integers(96, 200))
 def test_near_the_bound(seed, eps, m, k, n):
     """Rows that differ by about float32's resolution: keys sit within the bound of each other,
     so the screen must keep them and float64 decides, to the same bits."""
