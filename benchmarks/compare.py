@@ -598,6 +598,64 @@ def case_busy(args):
     return columns
 
 
+PRECISION_REGIMES = {
+    # name: (coordinates from a seeded Generator and n, kernel, m)
+    "harness": (lambda g, n: g.standard_normal((n, 3)), lambda: residual.RBF(1.0), 512),
+    "D=8": (lambda g, n: g.standard_normal((n, 8)), lambda: residual.RBF(1.0), 512),
+    "matern32 l=0.1 square": (lambda g, n: g.random((n, 2)),
+                              lambda: residual.Matern(nu=1.5, lengthscale=0.1), 256),
+    "matern32 l=0.3 5-cube": (lambda g, n: g.random((n, 5)),
+                              lambda: residual.Matern(nu=1.5, lengthscale=0.3), 500),
+    "matern52 l=0.2 square": (lambda g, n: g.random((n, 2)),
+                              lambda: residual.Matern(nu=2.5, lengthscale=0.2), 512),
+    "rbf l=0.2 square": (lambda g, n: g.random((n, 2)), lambda: residual.RBF(0.2), 400),
+}
+
+
+def case_precision(args):
+    """The residual brute force's predecessor kNN, float64 only vs precision="auto" (the
+    float32 screen where it pays), per regime of issue 14, in one run:
+
+        python benchmarks/compare.py --case precision --k 30 --repeat 2
+
+    Columns: median p; best wall seconds of each and their ratio float64 / auto; the same
+    ratio of process CPU seconds (all threads: steadier than wall time on a shared machine);
+    whether auto used float32; the share of pairs the float32 bound decided; rows
+    bit-identical (distances and indices). Targets (n = 32k, k = 30): >= 1.6x on the Matern
+    3/2 square and 5-cube, <= 1.05x slower on the harness, 100 % identical.
+    """
+    nt = resolve_num_threads(args.threads)
+    print(f"\nprecision: n={args.n}, k={args.k}, predecessors, threads={nt}, "
+          f"chunk={args.chunk_size}, best of {args.repeat}")
+    print(f"{'regime':24s} {'median p':>9s} {'float64 s':>10s} {'auto s':>9s} {'speedup':>8s} "
+          f"{'CPU ratio':>10s} {'float32':>8s} {'decided f32':>12s} {'identical':>10s}")
+    rows = []
+    for name, (coords, kernel, m) in PRECISION_REGIMES.items():
+        X = coords(np.random.default_rng(0), args.n)
+        model = residual.ResidualCorrelation.from_kernel(X, kernel(), n_inducing=m, seed=0)
+        out, cpu = {}, {"float64": float("inf"), "auto": float("inf")}
+
+        def run(precision):
+            t = time.process_time()
+            out[precision] = residual.brute_force_knn(
+                model, args.k, predecessors=True, num_threads=nt, chunk_size=args.chunk_size,
+                precision=precision, return_stats=True)
+            cpu[precision] = min(cpu[precision], time.process_time() - t)
+
+        best = best_of([(p, lambda p=p: run(p)) for p in ("float64", "auto")], args.repeat)
+        (d0, i0, _), (d1, i1, st) = out["float64"], out["auto"]
+        same = np.mean((d0.view(np.int64) == d1.view(np.int64)).all(axis=1)
+                       & (i0 == i1).all(axis=1)) * 100
+        decided = st["screened_float32"] / st["pairs"] * 100 if st["pairs"] else 0.0
+        speedup, cpu_ratio = best["float64"] / best["auto"], cpu["float64"] / cpu["auto"]
+        rows.append((name, best["float64"], best["auto"], speedup, cpu_ratio, st["float32"],
+                     decided, same))
+        print(f"{name:24s} {np.median(model.p_diag):9.2g} {best['float64']:10.3f} "
+              f"{best['auto']:9.3f} {speedup:8.2f} {cpu_ratio:10.2f} {str(st['float32']):>8s} "
+              f"{decided:11.1f}% {same:9.2f}%", flush=True)
+    return rows
+
+
 CASES = {
     "bruteforce-vs-gemm": case_bruteforce_vs_gemm,
     "build": case_build,
@@ -610,6 +668,7 @@ CASES = {
     "busy": case_busy,
     "scale": case_scale,
     "auto": case_auto,
+    "precision": case_precision,
 }
 
 

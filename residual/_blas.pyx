@@ -10,6 +10,8 @@
 # One explicit function per dtype rather than a fused one: fused cdef functions do not cross module
 # boundaries reliably.
 
+from libc.stdlib cimport free, malloc
+
 from scipy.linalg.cython_blas cimport ddot, dgemm, dsyrk, dtrsv, sgemm
 from scipy.linalg.cython_lapack cimport dpotrf
 
@@ -134,3 +136,95 @@ def sgemm_test(const float32_t[:, ::1] a, const float32_t[:, ::1] b):
     if m and n and k:
         sgemm_rm(False, True, m, n, k, 1.0, &a[0, 0], k, &b[0, 0], k, 0.0, &c[0, 0], n)
     return out
+
+
+# dgemm_chain's probe: one tile of random rows, as wide as a brute-force tile short of an unroll
+# (so BLAS's edge kernels are in it too), and the k-block lengths and unrolls it tries
+# (OpenBLAS's GEMM_Q and GEMM_UNROLL_M over its x86 and ARM kernels, and more).
+cdef intp_t PROBE_ROWS = 32, PROBE_COLS = 1021
+_CHAIN_Q = (256, 384, 512, 320, 192, 128, 640, 768, 1024, 224, 240, 288, 352, 448, 480, 2048)
+_CHAIN_U = (4, 8, 16, 2, 1, 32)
+_chains = {}
+
+
+def dgemm_chain(intp_t m):
+    """dgemm's k-blocking for inner products of length m, as a GemmChain's ``(q, u)``, or
+    ``(0, 0)`` when no blocking reproduces dgemm_rm.
+
+    The float32 screen recomputes single pairs and must get dgemm_rm's bits (_blas.pxd,
+    gemm_elements). BLAS's kernels do not promise any order, so it is checked here, once per m
+    and process, on a probe tile: every element of dgemm_rm's ``C - A B^T`` must equal
+    gemm_elements' for one candidate blocking, else the screen is not used. BLAS kernels do
+    not branch on the data, so the order seen on the probe is the order on any data. The caller
+    holds BLAS to one thread, as the brute force's tiles do.
+    """
+    import numpy as np
+    if m in _chains:
+        return _chains[m]
+    rng = np.random.default_rng(20261130)
+    a = rng.standard_normal((PROBE_ROWS, m))
+    b = rng.standard_normal((PROBE_COLS, m))
+    c0 = 1.0 + rng.random((PROBE_ROWS, PROBE_COLS))
+    out = c0.copy()
+    cdef const float64_t[:, ::1] av = a, bv = b, cv = c0
+    cdef float64_t[:, ::1] ov = out
+    if m:
+        dgemm_rm(False, True, PROBE_ROWS, PROBE_COLS, m, -1.0, &av[0, 0], m, &bv[0, 0], m, 1.0,
+                 &ov[0, 0], PROBE_COLS)
+    found = (0, 0)
+    seen = set()
+    for q in _CHAIN_Q:
+        for u in _CHAIN_U:
+            blocks = _blocks(m, q, u)
+            if blocks in seen:
+                continue
+            seen.add(blocks)
+            if _chain_matches(av, bv, cv, ov, q, u, 4) and _chain_matches(av, bv, cv, ov, q, u,
+                                                                         PROBE_COLS):
+                found = (q, u)
+                break
+        if found[0]:
+            break
+    _chains[m] = found
+    return found
+
+
+def _blocks(intp_t m, long q, long u):
+    """The k-block ends of gemm_elements' rule (the candidates that differ are tried)."""
+    ends, k0 = [], 0
+    while k0 < m:
+        length = m - k0
+        if length >= 2 * q:
+            length = q
+        elif length > q:
+            length = (length // 2 + u - 1) // u * u
+        k0 += length
+        ends.append(k0)
+    return tuple(ends)
+
+
+cdef bint _chain_matches(const float64_t[:, ::1] a, const float64_t[:, ::1] b,
+                         const float64_t[:, ::1] c0, const float64_t[:, ::1] out, long q, long u,
+                         intp_t ncols):
+    """Does gemm_elements with (q, u) give out's bits on the first ncols columns of each row?"""
+    cdef intp_t r, j, m = a.shape[1]
+    cdef bint same = True
+    cdef const float64_t** ptrs = <const float64_t**>malloc(ncols * sizeof(float64_t*))
+    cdef float64_t* c = <float64_t*>malloc(ncols * sizeof(float64_t))
+    if ptrs == NULL or c == NULL:
+        free(ptrs)
+        free(c)
+        raise MemoryError()
+    for j in range(ncols):
+        ptrs[j] = &b[j, 0]
+    for r in range(a.shape[0]):
+        for j in range(ncols):
+            c[j] = c0[r, j]
+        gemm_elements(c, &a[r, 0], ptrs, ncols, m, q, u)
+        for j in range(ncols):
+            same = same and c[j] == out[r, j]
+    free(ptrs)
+    free(c)
+    return same
+
+

@@ -155,6 +155,19 @@ cdef class Metric:
     cdef Points P
     cdef readonly object x, v, s
     cdef object _xt
+    cdef object _v32, _norms    # the float32 screen's rows (float32_rows), made on first use
+    cdef object _pays           # float32_pays(), decided on first use
+    cdef readonly dict screen_counts    # the brute force's float32 screen, summed over calls
+
+
+# The float32 screen's error bound (see _tiles.pyx, "float32 screen"): for a pair with float64
+# kernel value k and float32 product S = sgemm(fl32(v_i), fl32(v_j)), the float64 covariance
+# C64 that the dgemm tiles compute satisfies |C64 - c| <= a |v_i| |v_j| + b (|c| + |k|) + t,
+# where c = fl64(k - S).
+cdef struct Slack32:
+    float64_t a, b, t
+
+cdef Slack32 slack32(intp_t m, float64_t norm_max) noexcept nogil
 
 
 cdef inline float64_t sqdist(const float64_t* a, const float64_t* b,

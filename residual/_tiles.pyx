@@ -16,6 +16,37 @@
 # is fused into BLAS and no temporary is made.
 #
 # Everything here runs on caller-owned buffers: no allocation per tile.
+#
+# float32 screen. A residual covariance C = k - v_i . v_j is only as precise as its
+# cancellation allows, so float32 cannot replace float64; but a float32 product with a proven
+# error bound can decide that a pair is not a neighbour, and only the rest is computed in
+# float64 (the brute force, _bruteforce.pyx). The bound (slack32; Higham, Accuracy and
+# Stability, Lemma 3.1 and section 2.1 on underflow), with u = 2^-24, w = 2^-53,
+# gamma_n = n u / (1 - n u) and gamma'_n the same in w:
+#   fl32(v) = v (1 + d) + e, |d| <= u, |e| <= 2^-150 (an underflow to a subnormal);
+#   S = sgemm's fl32(v_i) . fl32(v_j): within gamma_m sum |fl32 v_ik fl32 v_jk| of the exact
+#   dot product of the rounded rows, in any summation order, fused or not;
+#   so |S - v_i . v_j| <= (2u + u^2 + gamma_m (1 + u)^2) |v_i| |v_j| (Cauchy-Schwarz)
+#   + 3 * 2^-150 (2 sqrt(m) max|v| + m);
+#   C64, dgemm's k - v_i . v_j, is within gamma'_{2m+2} (|k| + |v_i| |v_j|) of the exact value
+#   (+ m 2^-1070 for float64 underflow), and c = fl64(k - S) within w |k - S| of k - S.
+# Summed: a = (2u + u^2 + gamma_m (1 + u)^2 + gamma'_{2m+2}), b = gamma'_{2m+2} + 4w, t = the
+# underflow terms; a and t carry a factor 1 + 2^-20 and b its 4w for the float64 roundings of
+# the bound itself (the norms, the products, c +- the bound). Then |C64| lies in
+# [max(0, |c| - E), |c| + E], and since residual_key is a chain of rounded monotone operations,
+# the float64 key of the pair lies in [residual_key(|c| + E), residual_key(max(0, |c| - E))]
+# exactly. The bound needs |v| <= NORM_MAX (no float32 overflow) and is tested against float64
+# on large norms, tiny p and cancellation (tests/test_precision.py).
+#
+# When float32 pays (Metric.float32_pays): the pair's error in rho = |C| s_i s_j is about
+# e_i e_j with e_i = sqrt(a) |v_i| s_i. Measured median e_i^2 (n = 16k): standard harness
+# (median p ~ 2e-6) 15, RBF l = 0.2 on the unit square 76, Matern 5/2 l = 0.2 0.16: there a
+# float32 rho is noise, the screen decides few pairs and most rows end on the float64 tiles
+# anyway (forced, it is ~2x slower). Matern 3/2 l = 0.1 on the unit square 2e-4, l = 0.3 on
+# the 5-cube 7e-5, the harness at D = 8 1e-5: the screen decides all but about k pairs per
+# row (99.8 % at n = 32k). The rule: float32 when the median e_i^2 is at most
+# FLOAT32_MAX_SLACK and the metric has at least FLOAT32_MIN_ROWS rows (below that the copy
+# and the one-time dgemm probe, _blas.dgemm_chain, cost more than they save).
 
 from cython.parallel cimport prange
 
@@ -25,6 +56,32 @@ from residual._blas cimport dgemm_rm, trsv_lower_rm
 
 # Rows per parallel work item in kernel_matrix.
 cdef intp_t KERNEL_CHUNK = 256
+
+#: Metric.float32_pays: the largest median e_i^2 (the rho error of a pair of median rows, see
+#: "float32 screen" above) and the fewest rows for which the float32 screen is used.
+FLOAT32_MAX_SLACK = 0.05
+FLOAT32_MIN_ROWS = 1024
+#: |v| above this could overflow float32 products: such a metric never uses the screen.
+NORM_MAX = 1e18
+
+
+cdef Slack32 slack32(intp_t m, float64_t norm_max) noexcept nogil:
+    """The float32 screen's error bound for inner products of length m (see above)."""
+    cdef float64_t u = 2.0 ** -24, w = 2.0 ** -53, margin = 1.0 + 2.0 ** -20
+    cdef float64_t gamma = m * u / (1.0 - m * u)
+    cdef float64_t gamma64 = (2 * m + 2) * w / (1.0 - (2 * m + 2) * w)
+    cdef Slack32 out
+    out.a = margin * (2 * u + u * u + gamma * (1 + u) * (1 + u) + gamma64)
+    out.b = gamma64 + 4 * w
+    out.t = margin * (3 * 2.0 ** -150 * (2 * sqrt(<float64_t>m) * norm_max + m)
+                      + m * 2.0 ** -1070)
+    return out
+
+
+def float32_slack(intp_t m, float64_t norm_max):
+    """Test hook: slack32's (a, b, t)."""
+    cdef Slack32 sl = slack32(m, norm_max)
+    return sl.a, sl.b, sl.t
 
 
 def exp_nonpos(const float64_t[::1] x):
@@ -231,6 +288,38 @@ cdef class Metric:
             self._xt = np.ascontiguousarray(self.x.T)
         return self._xt
 
+    def row_norms(self):
+        """The float64 norms |v_i| of the V rows (residual metrics; made once)."""
+        if self._norms is None:
+            self._norms = np.sqrt(np.einsum("ij,ij->i", self.v, self.v))
+        return self._norms
+
+    def float32_rows(self):
+        """``(v32, norms)``: V rounded to float32 (n, m) and :meth:`row_norms`, for the
+        float32 screen (made on first use, then kept)."""
+        if self._v32 is None:
+            self._v32 = self.v.astype(np.float32)
+        return self._v32, self.row_norms()
+
+    def float32_safe(self):
+        """Can the float32 screen run on these rows at all: residual, 1 <= m < 2^23 (gamma_m
+        defined) and every |v_i| <= NORM_MAX."""
+        if not self.P.residual or self.P.m == 0 or self.P.m * 2.0 ** -24 > 0.5:
+            return False
+        norms = self.row_norms()
+        return bool(norms.size == 0 or norms.max() <= NORM_MAX)
+
+    def float32_pays(self):
+        """The rule of "float32 screen" (module comment), decided once: the median e_i^2
+        is at most FLOAT32_MAX_SLACK, n >= FLOAT32_MIN_ROWS, and the rows are safe."""
+        if self._pays is None:
+            self._pays = False
+            if self.P.n >= FLOAT32_MIN_ROWS and self.float32_safe():
+                a = slack32(self.P.m, 0.0).a
+                e2 = a * self.row_norms() ** 2 * self.s ** 2
+                self._pays = bool(np.median(e2) <= FLOAT32_MAX_SLACK)
+        return self._pays
+
 
 cdef Metric _new_metric(bint residual, int kind, float64_t variance, x, v, s):
     cdef Metric M = Metric.__new__(Metric)
@@ -247,6 +336,7 @@ cdef Metric _new_metric(bint residual, int kind, float64_t variance, x, v, s):
     M.P.m = 0
     M.P.v = NULL
     M.P.s = NULL
+    M.screen_counts = {}
     if residual:
         M.v = np.ascontiguousarray(v, dtype=np.float64)
         if M.v.ctypes.data % 64:        # see aligned_empty

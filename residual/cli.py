@@ -482,11 +482,22 @@ def _summary(out, res, args, kernel, n_inducing, shape, source, output):
     if "auto" in res.stats:
         lines.append(f"  method chosen by auto: {res.stats['auto']['reason']}")
     lines += [f"  {name:<9}{s[name]:10.3f} s" for name in STAGES + ("total",)]
+    if res.metric == "residual" and res.method == "brute":
+        lines.append(f"  float32 screen        {_screen_summary(res.model.metric.screen_counts)}")
     lines += [f"  distance evaluations  {res.stats['distance_evaluations']:,}",
               f"  neighbours per second {res.stats['neighbors_per_second']:,.0f} "
               f"({res.stats['n_neighbors']:,} neighbours, build + query)",
               f"  output: {output if output is not None else 'none (use --output PATH.npz)'}"]
     print("\n".join(lines), file=out)
+
+
+def _screen_summary(counts):
+    """Whether the brute force's float32 screen ran, from Metric.screen_counts."""
+    pairs = counts.get("pairs", 0)
+    if not pairs or counts["float64_pairs"] == pairs:
+        return "not used (float64 only)"
+    return (f"used: {100 * counts['screened_float32'] / pairs:.1f} % of pairs decided in "
+            f"float32, {100 * counts['recomputed_float64'] / pairs:.1f} % recomputed in float64")
 
 
 class ProgressBar:
