@@ -382,5 +382,7 @@ def aligned_rows(a, order=None):
     else:
         order = np.asarray(order)
         out = aligned_empty((order.size,) + a.shape[1:], a.dtype)
-        np.take(a, order, axis=0, out=out)
+        # mode="clip": with the default "raise", take() fills a temporary copy of the whole
+        # result first (the indices are valid here, so clipping never changes one)
+        np.take(a, order, axis=0, out=out, mode="clip")
     return out
