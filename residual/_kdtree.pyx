@@ -62,6 +62,7 @@ cdef struct Best:
     intp_t* i
     intp_t count
     intp_t k
+    int64_t evals            # distances evaluated for this query
 
 
 cdef inline float64_t box_bound(const Tree* T, intp_t u, const float64_t* q) noexcept nogil:
@@ -101,6 +102,7 @@ cdef void scan_leaf(const Tree* T, Best* B, intp_t u, const float64_t* q, int64_
         if j >= limit or j == self_index:
             continue
         d = sqdist(q, T.x + s * T.dim, T.dim)
+        B.evals += 1
         if B.count < B.k or closer(d, j, B.d[0], B.i[0]):
             best_offer(B.d, B.i, &B.count, B.k, d, j)
 
@@ -113,6 +115,7 @@ cdef void search(const Tree* T, Best* B, const float64_t* q, int64_t limit,
     cdef intp_t sp = 1, u, c
     cdef float64_t b, b1, b2
     B.count = 0
+    B.evals = 0
     stack_u[0] = 0
     stack_b[0] = box_bound(T, 0, q)
     while sp > 0:
@@ -164,6 +167,7 @@ cdef struct Job:
     const int64_t* self_index    # query -> excluded index (NULL: none)
     float64_t* out_d         # (rows, k)
     int64_t* out_i
+    int64_t* out_evals       # (rows,): the distances each query evaluated
     intp_t k
     Interrupt* stop
 
@@ -195,6 +199,7 @@ cdef int run(const Job* J, int num_threads) noexcept nogil:
                            J.limit[v] if J.limit != NULL else big,
                            J.self_index[v] if J.self_index != NULL else -1)
                     write_row(B, J.out_d + r * J.k, J.out_i + r * J.k)
+                    J.out_evals[r] = B.evals
         # end: prange
         free(work)
     return failed
@@ -206,8 +211,9 @@ def knn(tuple tree, const float64_t[:, ::1] xq, const int64_t[::1] visit, tuple 
 
     tree = (x, index, start, stop, box, low, first_leaf) as built by ``build``; rules =
     (out_row, limit, self_index): per query its output row, the bound on candidate indices
-    (None: none) and the index it may not return (None: none); out = (dist, idx), each
-    (rows, k). Arguments are already checked (residual/kdtree.py).
+    (None: none) and the index it may not return (None: none); out = (dist, idx, evals):
+    (rows, k) twice and the (rows,) distances evaluated per query. Arguments are already
+    checked (residual/kdtree.py).
     """
     cdef Tree T
     cdef Job J
@@ -224,6 +230,7 @@ def knn(tuple tree, const float64_t[:, ::1] xq, const int64_t[::1] visit, tuple 
     cdef const int64_t[::1] self_index
     cdef float64_t[:, ::1] out_d = out[0]
     cdef int64_t[:, ::1] out_i = out[1]
+    cdef int64_t[::1] out_evals = out[2]
     if visit.shape[0] == 0:
         return
     T.dim = x.shape[1]
@@ -242,6 +249,7 @@ def knn(tuple tree, const float64_t[:, ::1] xq, const int64_t[::1] visit, tuple 
         self_index = rules[2]
         J.self_index = &self_index[0]
     J.out_d, J.out_i, J.k = &out_d[0, 0], &out_i[0, 0], out_d.shape[1]
+    J.out_evals = &out_evals[0]
     interrupt_init(&stop)
     J.stop = &stop
     with nogil:

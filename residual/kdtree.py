@@ -42,7 +42,8 @@ class KDTree:
     ----------
     n_samples, n_features : int
     stats : dict
-        ``seconds``: ``build``, and ``query`` after a query (the last one).
+        ``seconds``: ``build``, and ``query`` after a query (the last one);
+        ``distance_evaluations`` of the build (0: it compares coordinates only).
 
     Examples
     --------
@@ -64,7 +65,8 @@ class KDTree:
         self.leaf_size = leaf_size
         # (coordinates in tree order, slot -> row, node ranges, boxes, smallest row, first leaf)
         self._tree = _kdtree.build(x, leaf_size, nt)
-        self.stats = {"seconds": {"build": time.perf_counter() - t0}}
+        # the build compares coordinates only: no distances
+        self.stats = {"seconds": {"build": time.perf_counter() - t0}, "distance_evaluations": 0}
 
     def query(self, Y=None, k=1, *, predecessors=False, rows=None, num_threads=None):
         """Exact k nearest neighbours, ties by index.
@@ -97,11 +99,15 @@ class KDTree:
         Y, k = check_query(Y, k, predecessors, self.n_samples, self.n_features,
                            euclidean=True)
         rows = check_rows(rows, self.n_samples, Y is None)
-        return self._query(Y, k, bool(predecessors), rows, resolve_num_threads(num_threads))
+        dist, idx, _ = self._query(Y, k, bool(predecessors), rows,
+                                   resolve_num_threads(num_threads))
+        return dist, idx
 
     def _query(self, Y, k, predecessors, rows, nt):
         """:meth:`query` on checked arguments: new points Y, or None for the in-sample rows
-        ``rows = (start, stop)``; ``nt`` threads."""
+        ``rows = (start, stop)``; ``nt`` threads. Returns ``(dist, idx, evaluations)``, the
+        distances evaluated in all (kept out of ``stats``: concurrent callers may share the
+        tree)."""
         t0 = time.perf_counter()
         x, index = self._tree[0], self._tree[1]
         if Y is None:
@@ -121,9 +127,10 @@ class KDTree:
             rules = (visit, None, None)
         dist = np.empty((nq, k))
         idx = np.empty((nq, k), dtype=np.int64)
-        _kdtree.knn(self._tree, xq, visit, rules, (dist, idx), nt)
+        evals = np.zeros(nq, dtype=np.int64)
+        _kdtree.knn(self._tree, xq, visit, rules, (dist, idx, evals), nt)
         self.stats["seconds"]["query"] = time.perf_counter() - t0
-        return dist, idx
+        return dist, idx, int(evals.sum())
 
     def __repr__(self):
         return (f"KDTree(n_samples={self.n_samples}, n_features={self.n_features}, "

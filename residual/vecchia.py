@@ -22,6 +22,7 @@ from residual.kernels import Kernel
 from residual.model import (DEGENERATE_P_RTOL, ResidualCorrelation, check_inducing,
                             check_nugget)
 from residual.ordering import maximin_order
+from residual.kdtree import KDTree
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._tiles import Metric
@@ -30,7 +31,7 @@ from residual._validate import (as_float_vector, as_numeric_array, as_points,
 
 ORDERINGS = ("random", "natural", "maximin")
 METRICS = ("residual", "euclidean")
-METHODS = ("auto", "tree", "brute")
+METHODS = ("auto", "tree", "brute", "kdtree")
 STAGES = ("model", "ordering", "build", "query")
 COVARIANCES = ("residual", "kernel")
 
@@ -59,7 +60,8 @@ class VecchiaNeighbors:
     distances : ndarray of float64, shape (n_samples, k)
     stats : dict
     metric, method : str
-        The metric, and the search method actually used (``"tree"`` or ``"brute"``).
+        The metric, and the search method actually used (``"tree"``, ``"kdtree"`` or
+        ``"brute"``).
     model : ResidualCorrelation, default=None
         The residual model with its rows in the ordered sequence (row ``pos`` is row
         ``order[pos]`` of X), or None.
@@ -83,7 +85,7 @@ class VecchiaNeighbors:
     stats : dict
         ``seconds`` (a dict: ``model``, ``ordering``, ``build``, ``query``, ``total``),
         ``distance_evaluations`` of the search (brute force: every predecessor pair,
-        ``n (n - 1) / 2``; tree: those of the build plus the query), ``n_neighbors``
+        ``n (n - 1) / 2``; a tree: those of its build plus the query), ``n_neighbors``
         (non-padded entries) and ``neighbors_per_second`` (``n_neighbors`` over build +
         query seconds).
     metric, method : str
@@ -373,10 +375,12 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random
         Seeds the inducing points and the random ordering. A Generator (advanced by one
         draw) or None (fresh entropy) first draws one int seed, used for both.
     metric : {"residual", "euclidean"}, default="residual"
-    method : {"auto", "tree", "brute"}, default="auto"
+    method : {"auto", "tree", "brute", "kdtree"}, default="auto"
         ``"brute"``: :func:`residual.brute_force_knn`; ``"tree"``: :class:`residual.CoverTree`
-        then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path (docs/benchmarks.md):
-        brute force for the residual metric, the tree for Euclidean.
+        then ``query(predecessors=True)``; ``"kdtree"`` (Euclidean only):
+        :class:`residual.kdtree.KDTree` then ``query(predecessors=True)``. ``"auto"`` picks
+        the fastest exact path (docs/benchmarks.md): brute force for the residual metric, the
+        k-d tree for Euclidean.
     num_threads : int, default=None
         Threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative counts
         back from them).
@@ -481,8 +485,9 @@ class _Call:
         seconds["ordering"] = _stage_end(report, "ordering", total, t)
 
         t = _stage_start(report, "build", 1)
-        self.tree = (CoverTree(self.ordered, num_threads=self.num_threads)
-                     if args["method"] == "tree" else None)
+        trees = {"tree": CoverTree, "kdtree": KDTree}
+        self.tree = (trees[args["method"]](self.ordered, num_threads=self.num_threads)
+                     if args["method"] in trees else None)
         seconds["build"] = _stage_end(report, "build", 1, t)
 
     @property
@@ -496,7 +501,9 @@ class _Call:
         ``searcher`` is :attr:`searcher`. The block equals those rows of the whole query,
         bit for bit, so blocks may be answered in any order, by any process.
         """
-        if isinstance(searcher, CoverTree):
+        if isinstance(searcher, KDTree):
+            dist, idx, evals = searcher._query(None, k, True, (start, stop), num_threads)
+        elif isinstance(searcher, CoverTree):
             dist, idx = searcher._query(None, k, True, (start, stop), num_threads)
             evals = int(round(searcher.stats["query"]["distance_evaluations_per_query"]
                               * (stop - start)))
@@ -555,6 +562,9 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "kdtree" and metric != "euclidean":
+        raise ValueError("method='kdtree' needs metric='euclidean' (a k-d tree splits "
+                         "coordinates); use method='brute' or 'tree' for the residual metric")
     model, coords = as_points(X, "X", euclidean=False)
     is_model = model is not None
     if is_model and kernel is not None:
@@ -594,7 +604,7 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
     nt = resolve_num_threads(num_threads)
     seed = resolve_seed(seed)          # last: a Generator is drawn from only for valid calls
     if method == "auto":
-        method = "brute" if metric == "residual" else "tree"
+        method = "brute" if metric == "residual" else "kdtree"
     return {"X": X, "coords": coords, "is_model": is_model, "kernel": kernel, "n": n, "k": k,
             "n_inducing": n_inducing, "ordering": ordering, "seed": seed, "metric": metric,
             "method": method, "num_threads": nt, "inducing": inducing, "nugget": nugget,
