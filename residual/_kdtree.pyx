@@ -144,8 +144,14 @@ cdef void search(const Tree* T, Best* B, const float64_t* q, int64_t limit,
 
 
 cdef void write_row(Best* B, float64_t* out_d, int64_t* out_i) noexcept nogil:
-    """The k best ascending by (distance, index), padded with inf / -1 (empties B)."""
-    cdef intp_t j, count = B.count
+    """The k best ascending by (distance, index), padded with inf / -1 (empties B).
+
+    As the brute force does, the order is that of the distances, not of their squares: two
+    squares an ulp apart can have the same root, and then the smaller index comes first.
+    """
+    cdef intp_t j, m, count = B.count
+    cdef float64_t d
+    cdef int64_t i
     for j in range(count, B.k):
         out_d[j] = INFINITY
         out_i[j] = -1
@@ -153,6 +159,16 @@ cdef void write_row(Best* B, float64_t* out_d, int64_t* out_i) noexcept nogil:
         out_d[j] = sqrt(B.d[0])
         out_i[j] = B.i[0]
         best_pop(B.d, B.i, j + 1)
+    for j in range(1, count):               # insertion sort: at most a few equal roots move
+        d = out_d[j]
+        i = out_i[j]
+        m = j
+        while m > 0 and closer(d, i, out_d[m - 1], out_i[m - 1]):
+            out_d[m] = out_d[m - 1]
+            out_i[m] = out_i[m - 1]
+            m -= 1
+        out_d[m] = d
+        out_i[m] = i
 
 
 cdef struct Job:
