@@ -441,9 +441,10 @@ class _Call:
     ``_Call(args)`` takes arguments checked by :func:`_validate` (:meth:`bind` checks them
     for another caller). :meth:`prepare` runs the model, ordering and build stages; then
     ``searcher`` answers row blocks through :meth:`query_rows` (the tree for
-    ``method="tree"``, else the ordered model or coordinates: what a scale-out ships to
-    workers). :meth:`blocks` cuts the rows, :meth:`query` times the query stage around the
-    caller's ``run()`` and :meth:`finish` assembles the result from the blocks' parts.
+    ``method="tree"`` or ``"kdtree"``, else the ordered model or coordinates: what a
+    scale-out ships to workers). :meth:`blocks` cuts the rows, :meth:`query` times the query
+    stage around the caller's ``run()`` and :meth:`finish` assembles the result from the
+    blocks' parts.
     """
 
     def __init__(self, args):
