@@ -207,3 +207,14 @@ def test_vecchia_kdtree_progress_blocks_change_nothing(monkeypatch):
 def test_vecchia_kdtree_needs_the_euclidean_metric():
     with pytest.raises(ValueError, match="method='kdtree' needs metric='euclidean'"):
         residual.vecchia_neighbors(harness_like(20, 2), KERN, k=3, method="kdtree")
+
+
+def test_dask_blocks_of_the_kdtree_equal_the_single_process():
+    rdask = pytest.importorskip("residual.dask")
+    X = harness_like(600, 2, seed=16)
+    ref = residual.vecchia_neighbors(X, k=7, metric="euclidean", ordering="maximin")
+    res = rdask.vecchia_neighbors(X, k=7, metric="euclidean", ordering="maximin", n_blocks=5)
+    assert res.method == ref.method == "kdtree" and res.stats["dask"]["n_blocks"] == 5
+    np.testing.assert_array_equal(res.neighbors, ref.neighbors)
+    np.testing.assert_array_equal(res.distances, ref.distances)
+    assert res.stats["distance_evaluations"] == ref.stats["distance_evaluations"]
