@@ -7,7 +7,8 @@
 # sits at the same depth with between leaf_size/2 and leaf_size points. Each node keeps its
 # points' tight bounding box and the smallest point index below it (`low`).
 #
-# Search: depth-first, nearer child first, on a small explicit stack. A node is skipped when it
+# Search: depth-first, nearer child first (by box bound, then by smallest index), on a small
+# explicit stack. A node is skipped when it
 # cannot hold a better candidate than the worst of the k kept, in the (squared distance, index)
 # order of the oracle: its box's lower bound b and its `low` give the best key any point in it
 # could have. In predecessor mode a node with low >= i is skipped too. Leaves evaluate their
@@ -130,7 +131,10 @@ cdef void search(const Tree* T, Best* B, const float64_t* q, int64_t limit,
         c = 2 * u + 1
         b1 = box_bound(T, c, q)
         b2 = box_bound(T, c + 1, q)
-        if b2 < b1:                         # push the farther child first: the nearer pops
+        # push the other child first, so that the one with the better best possible key
+        # (bound, smallest index) pops first: among ties in distance (duplicates) the search
+        # then reaches the smallest indices first, and the k best settle at once
+        if closer(b2, T.low[c + 1], b1, T.low[c]):
             c += 1
             b1, b2 = b2, b1
         if not hopeless(T, B, 4 * u + 3 - c, b2, limit):      # the sibling of c

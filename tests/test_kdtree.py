@@ -57,6 +57,17 @@ def test_duplicates_and_grid_ties():
     all_modes(np.zeros((50, 3)), 9, Y=np.ones((3, 3)))       # all points equal
 
 
+def test_equal_points_settle_on_the_smallest_indices():
+    # all distances tie: the search reaches the smallest indices first and prunes the rest,
+    # instead of scanning every leaf whose box holds the query (all of them)
+    X = np.zeros((5000, 2))
+    tree = all_modes(X, 30)
+    for pred in (False, True):
+        _, idx, evals = tree._query(None, 30, pred, (0, 5000), 1)
+        assert evals < 100 * 5000
+    np.testing.assert_array_equal(idx[4999], np.arange(30))
+
+
 def test_tiny_inputs():
     all_modes(np.array([[1.0, 2.0]]), 1, Y=np.zeros((2, 2)))
     all_modes(np.arange(3.0)[:, None], 2, Y=np.array([[0.4]]))
