@@ -7,13 +7,18 @@
 # sits at the same depth with between leaf_size/2 and leaf_size points. Each node keeps its
 # points' tight bounding box and the smallest point index below it (`low`).
 #
-# Search: depth-first, nearer child first (by box bound, then by smallest index), on a small
-# explicit stack. A node is skipped when it
-# cannot hold a better candidate than the worst of the k kept, in the (squared distance, index)
-# order of the oracle: its box's lower bound b and its `low` give the best key any point in it
-# could have. In predecessor mode a node with low >= i is skipped too. Leaves evaluate their
-# points with sqdist (the direct sum, the brute force's own formula), so distances equal the
-# oracle's bit for bit and ties go by index exactly.
+# Search: a node's best possible key is (b, low), b its box's lower bound on the squared
+# distance: no point in it can come before that in the oracle's (squared distance, index)
+# order. A node whose key does not come before the worst of the k kept is skipped, and in
+# predecessor mode so is a node with low >= i. The search descends from a node to a leaf
+# through the child with the better key, deferring the other child on a min-heap by key, then
+# resumes from the best deferred node; it ends when that node's key does not come before the
+# worst kept (no key below a node comes before the node's own: a child's box lies inside its
+# parent's). The heap order matters for ties: among many equal distances (duplicates) the
+# subtrees with the smallest indices come first, so the k best settle at once, where a plain
+# depth-first search kept a poor worst key for long and scanned many such leaves. Leaves
+# evaluate their points with sqdist (the direct sum, the brute force's own formula), so
+# distances equal the oracle's bit for bit and ties go by index exactly.
 #
 # The box bound sums fl(q - edge)^2 over the coordinates outside the box, in the order sqdist
 # sums: every rounding step is monotone, so without fused multiply-adds it is at most the
@@ -22,8 +27,8 @@
 # search).
 #
 # Queries run in tree order (in-sample: by slot), so consecutive queries reuse the same leaves
-# from cache; a prange hands out chunks of them and each thread keeps its own top-k heap
-# (_workspace.pxd). Ctrl-C is checked between chunks (_interrupt.pxd).
+# from cache; a prange hands out chunks of them and each thread keeps its own top-k heap and
+# frontier (_workspace.pxd). Ctrl-C is checked between chunks (_interrupt.pxd).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, INFINITY
@@ -39,7 +44,6 @@ from residual._workspace cimport carve, span, workspace_new
 from residual._split cimport split_at
 
 cdef enum:
-    STACK = 128              # deeper than any tree (depth <= 63 for 64-bit sizes), + siblings
     CHUNK = 64               # queries per work item
 
 # 1 - 2^-40: shrinks a box's lower bound by far more than a few ulps of fused rounding
@@ -58,12 +62,19 @@ cdef struct Tree:
 
 
 cdef struct Best:
-    # the k best of one query: a max-heap on (squared distance, index), root = the worst kept
+    # one query's search: the k best, a max-heap on (squared distance, index) whose root is
+    # the worst kept, and the frontier
     float64_t* d
     intp_t* i
     intp_t count
     intp_t k
     int64_t evals            # distances evaluated for this query
+    # the search's frontier: a min-heap of nodes by (box bound, smallest index), one entry per
+    # node at most
+    float64_t* qb            # bound
+    intp_t* ql               # smallest index
+    intp_t* qu               # node
+    intp_t nq
 
 
 cdef inline float64_t box_bound(const Tree* T, intp_t u, const float64_t* q) noexcept nogil:
@@ -108,43 +119,82 @@ cdef void scan_leaf(const Tree* T, Best* B, intp_t u, const float64_t* q, int64_
             best_offer(B.d, B.i, &B.count, B.k, d, j)
 
 
+cdef inline void node_push(Best* B, float64_t b, intp_t low, intp_t u) noexcept nogil:
+    """Push node u (bound b, smallest index low) on the search's min-heap."""
+    cdef intp_t pos = B.nq, parent
+    B.nq += 1
+    while pos > 0:
+        parent = (pos - 1) // 2
+        if not closer(b, low, B.qb[parent], B.ql[parent]):
+            break
+        B.qb[pos] = B.qb[parent]
+        B.ql[pos] = B.ql[parent]
+        B.qu[pos] = B.qu[parent]
+        pos = parent
+    B.qb[pos] = b
+    B.ql[pos] = low
+    B.qu[pos] = u
+
+
+cdef inline void node_pop(Best* B) noexcept nogil:
+    """Remove the first node of the search's min-heap (read it from index 0 first)."""
+    cdef intp_t pos = 0, child, n, u, low
+    cdef float64_t b
+    B.nq -= 1
+    n = B.nq
+    if n == 0:
+        return
+    b = B.qb[n]
+    low = B.ql[n]
+    u = B.qu[n]
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        if child + 1 < n and closer(B.qb[child + 1], B.ql[child + 1], B.qb[child],
+                                    B.ql[child]):
+            child += 1
+        if not closer(B.qb[child], B.ql[child], b, low):
+            break
+        B.qb[pos] = B.qb[child]
+        B.ql[pos] = B.ql[child]
+        B.qu[pos] = B.qu[child]
+        pos = child
+    B.qb[pos] = b
+    B.ql[pos] = low
+    B.qu[pos] = u
+
+
 cdef void search(const Tree* T, Best* B, const float64_t* q, int64_t limit,
                  int64_t self_index) noexcept nogil:
     """The k nearest points to q with index < limit, other than self_index, into B."""
-    cdef intp_t stack_u[STACK]
-    cdef float64_t stack_b[STACK]
-    cdef intp_t sp = 1, u, c
+    cdef intp_t u, c
     cdef float64_t b, b1, b2
     B.count = 0
     B.evals = 0
-    stack_u[0] = 0
-    stack_b[0] = box_bound(T, 0, q)
-    while sp > 0:
-        sp -= 1
-        u = stack_u[sp]
-        b = stack_b[sp]
-        if hopeless(T, B, u, b, limit):     # the k best may have improved since the push
-            continue
-        if u >= T.first_leaf:
-            scan_leaf(T, B, u, q, limit, self_index)
-            continue
-        c = 2 * u + 1
-        b1 = box_bound(T, c, q)
-        b2 = box_bound(T, c + 1, q)
-        # push the other child first, so that the one with the better best possible key
-        # (bound, smallest index) pops first: among ties in distance (duplicates) the search
-        # then reaches the smallest indices first, and the k best settle at once
-        if closer(b2, T.low[c + 1], b1, T.low[c]):
-            c += 1
-            b1, b2 = b2, b1
-        if not hopeless(T, B, 4 * u + 3 - c, b2, limit):      # the sibling of c
-            stack_u[sp] = 4 * u + 3 - c
-            stack_b[sp] = b2
-            sp += 1
-        if not hopeless(T, B, c, b1, limit):
-            stack_u[sp] = c
-            stack_b[sp] = b1
-            sp += 1
+    B.nq = 0
+    node_push(B, box_bound(T, 0, q), T.low[0], 0)
+    while B.nq > 0:
+        u = B.qu[0]
+        b = B.qb[0]
+        node_pop(B)
+        if B.count == B.k and not closer(b, T.low[u], B.d[0], B.i[0]):
+            return                 # every node left comes after this one: none can enter
+        # descend to a leaf through the better child, deferring the other one
+        while not hopeless(T, B, u, b, limit):
+            if u >= T.first_leaf:
+                scan_leaf(T, B, u, q, limit, self_index)
+                break
+            c = 2 * u + 1
+            b1 = box_bound(T, c, q)
+            b2 = box_bound(T, c + 1, q)
+            if closer(b2, T.low[c + 1], b1, T.low[c]):
+                c += 1
+                b1, b2 = b2, b1
+            if not hopeless(T, B, 4 * u + 3 - c, b2, limit):      # the sibling of c
+                node_push(B, b2, T.low[4 * u + 3 - c], 4 * u + 3 - c)
+            u = c
+            b = b1
 
 
 cdef void write_row(Best* B, float64_t* out_d, int64_t* out_i) noexcept nogil:
@@ -193,22 +243,28 @@ cdef struct Job:
 
 
 cdef int run(const Job* J, int num_threads) noexcept nogil:
-    """prange over chunks of J.visit, one top-k workspace per thread; returns 1 if a thread
-    could not allocate it."""
+    """prange over chunks of J.visit, one workspace (top k, frontier) per thread; returns 1
+    if a thread could not allocate it."""
     cdef intp_t n_chunks = (J.n_visit + CHUNK - 1) // CHUNK, c, t, v, r
     cdef size_t nd = J.k * sizeof(float64_t), ni = J.k * sizeof(intp_t)
+    cdef size_t nodes = 2 * J.T.first_leaf + 1
+    cdef size_t nqb = nodes * sizeof(float64_t), nqu = nodes * sizeof(intp_t)
     cdef int64_t big = 0x7fffffffffffffff
     cdef int failed = 0
     cdef char* work
     cdef char* at
     cdef Best* B
     with parallel(num_threads=num_threads):
-        work = workspace_new(span(sizeof(Best)) + span(nd) + span(ni), &failed)
+        work = workspace_new(span(sizeof(Best)) + span(nd) + span(ni) + span(nqb) + 2 * span(nqu),
+                             &failed)
         at = work
         B = <Best*>carve(&at, sizeof(Best))
         if B != NULL:
             B.d = <float64_t*>carve(&at, nd)
             B.i = <intp_t*>carve(&at, ni)
+            B.qb = <float64_t*>carve(&at, nqb)
+            B.ql = <intp_t*>carve(&at, nqu)
+            B.qu = <intp_t*>carve(&at, nqu)
             B.k = J.k
         for c in prange(n_chunks, schedule='dynamic'):
             if work != NULL and not interrupted(J.stop):

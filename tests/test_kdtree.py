@@ -68,6 +68,17 @@ def test_equal_points_settle_on_the_smallest_indices():
     np.testing.assert_array_equal(idx[4999], np.arange(30))
 
 
+def test_many_duplicates_per_site_stay_cheap():
+    # 25 sites, 1600 points each: the k best of a query are the smallest indices at its site
+    X = np.random.default_rng(17).integers(0, 5, size=(40_000, 2)).astype(float)
+    tree = KDTree(X)
+    for pred in (False, True):
+        _, idx, evals = tree._query(None, 30, pred, (0, len(X)), 2)
+        assert evals < 400 * len(X)     # a depth-first search took 440-780 per query here
+    site = np.flatnonzero((X == X[-1]).all(axis=1))
+    np.testing.assert_array_equal(idx[-1], site[:30])
+
+
 def test_tiny_inputs():
     all_modes(np.array([[1.0, 2.0]]), 1, Y=np.zeros((2, 2)))
     all_modes(np.arange(3.0)[:, None], 2, Y=np.array([[0.4]]))
