@@ -292,7 +292,9 @@ def case_table(args):
 
 def case_euclidean(args):
     """All-points Euclidean kNN (k=30 by default here) at n = --euclid-n, D = 3 and 8: ours
-    (build + query) vs scipy cKDTree(workers=-1) and scikit-learn KDTree (build + query)."""
+    (KDTree, and CoverTree; build + query) vs scipy cKDTree(workers=threads) and scikit-learn
+    KDTree (build + query)."""
+    from residual.kdtree import KDTree
     from scipy.spatial import cKDTree
     nt = resolve_num_threads(args.threads)
     n, k = args.euclid_n, args.euclid_k
@@ -322,6 +324,10 @@ def case_euclidean(args):
               lambda t: t.query(X, k + 1, workers=nt)[1][:, 1:])
         report("cKDTree")
         if "ours" in args.euclid_contenders:
+            timed("KDTree (ours)", lambda: KDTree(X, num_threads=nt),
+                  lambda t: t.query(k=k, num_threads=nt)[1])
+            report("KDTree (ours)")
+        if "covertree" in args.euclid_contenders:
             timed("CoverTree (ours)", lambda: residual.CoverTree(X, num_threads=nt),
                   lambda t: t.query(k=k, num_threads=nt)[1])
             report("CoverTree (ours)")
@@ -409,10 +415,12 @@ def _filter_to_predecessors(nbrs, k):
 def case_euclidean_pipeline(args):
     """The Euclidean Vecchia pipeline at n = 1e5 and 1e6, D = 2 and 3, X uniform on the unit
     square / cube, k = --euclid-k: ours (maximin_order, then vecchia_neighbors with that
-    ordering) against cKDTree and scikit-learn, which have no maximin ordering: they get ours
-    and find the sets by filtering to predecessors: query k + 1 neighbours of every point and
-    keep the earlier ones (inexact where fewer than min(k, i) predecessors are among them).
-    "rows exact": of PIPELINE_SAMPLE seeded rows, the percent equal to brute force."""
+    ordering: its default k-d tree sets, and with --euclid-contenders covertree also
+    method="tree") against cKDTree and scikit-learn, which have no maximin ordering: they get
+    ours and find the sets by filtering to predecessors: query k + 1 neighbours of every
+    point and keep the earlier ones (inexact where fewer than min(k, i) predecessors are
+    among them). "rows exact": of PIPELINE_SAMPLE seeded rows, the percent equal to brute
+    force."""
     from scipy.spatial import cKDTree
     from residual.ordering import maximin_order
     nt = resolve_num_threads(args.threads)
@@ -437,14 +445,20 @@ def case_euclidean_pipeline(args):
                 print(f"{n:8d} {dim:2d} {who:32s} {t_order:10.2f} {t_sets:8.2f} "
                       f"{t_order + t_sets:8.2f} {exact:9.1f}%", flush=True)
 
-            t = time.perf_counter()
-            res = residual.vecchia_neighbors(X, k=k, metric="euclidean", ordering=order,
-                                             num_threads=nt)
-            report("ours (vecchia_neighbors)", time.perf_counter() - t, res.neighbors)
+            methods = [("kdtree", "ours (vecchia_neighbors)")]
+            if "covertree" in args.euclid_contenders:
+                methods.append(("tree", "ours, method='tree' (CoverTree)"))
+            for method, who in methods:
+                t = time.perf_counter()
+                res = residual.vecchia_neighbors(X, k=k, metric="euclidean", ordering=order,
+                                                 method=method, num_threads=nt)
+                report(who, time.perf_counter() - t, res.neighbors)
             t = time.perf_counter()
             nbrs = cKDTree(Xo).query(Xo, k + 1, workers=nt)[1]
             report("cKDTree k+1, filtered", time.perf_counter() - t,
                    _filter_to_predecessors(nbrs, k))
+            if "sklearn" not in args.euclid_contenders:
+                continue
             try:
                 from sklearn.neighbors import NearestNeighbors
             except ImportError:
@@ -705,8 +719,10 @@ def main(argv=None):
     p.add_argument("--euclid-n", type=int, default=1 << 20)
     p.add_argument("--euclid-k", type=int, default=30)
     p.add_argument("--euclid-contenders", type=lambda v: v.split(","),
-                   default=["ours", "sklearn"],
-                   help="euclidean case: comma-separated, of ours,sklearn (cKDTree always runs; "
+                   default=["ours", "covertree", "sklearn"],
+                   help="euclidean and euclidean-pipeline: comma-separated, of ours "
+                        "(KDTree),covertree,sklearn (cKDTree always runs, and the pipeline "
+                        "always runs ours; "
                         "sklearn's one-thread queries take over 30 min at n=1M, D=8)")
     p.add_argument("--euclid-dims", type=lambda v: [int(d) for d in v.split(",")],
                    default=[3, 8], help="euclidean: dimensions, comma-separated (3,8)")

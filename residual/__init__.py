@@ -23,10 +23,11 @@ from residual.kernels import RBF, Matern
 from residual.model import ResidualCorrelation, DEGENERATE_P_RTOL
 from residual.bruteforce import brute_force_knn
 from residual.tree import CoverTree
+from residual.kdtree import KDTree
 from residual.ordering import maximin_order
 from residual.vecchia import VecchiaNeighbors, vecchia_neighbors
 
 __version__ = "0.1.0"
 
-__all__ = ["RBF", "Matern", "ResidualCorrelation", "CoverTree", "brute_force_knn",
+__all__ = ["RBF", "Matern", "ResidualCorrelation", "CoverTree", "KDTree", "brute_force_knn",
            "maximin_order", "vecchia_neighbors", "VecchiaNeighbors", "DEGENERATE_P_RTOL"]

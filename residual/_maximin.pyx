@@ -57,6 +57,7 @@ import numpy as np
 from residual._typedefs cimport float64_t, intp_t, int64_t
 from residual._tiles cimport Metric, Points, closer, pair_key, sqdist
 from residual._interrupt cimport monotonic_seconds
+from residual._split cimport split_at, swap_rows
 
 
 cdef struct Data:
@@ -641,56 +642,6 @@ cdef class Farthest:
 # the range's box becomes the node, and small ranges become leaves whose other points are
 # aliases (evaluated whenever the leaf is visited). Nodes are labelled breadth-first.
 
-cdef inline void swap(intp_t* idx, float64_t* xs, intp_t dim, intp_t i,
-                      intp_t j) noexcept nogil:
-    """Swap entries i and j of idx and the coordinate rows of xs with them."""
-    cdef intp_t t = idx[i], a
-    cdef float64_t v
-    idx[i] = idx[j]
-    idx[j] = t
-    for a in range(dim):
-        v = xs[i * dim + a]
-        xs[i * dim + a] = xs[j * dim + a]
-        xs[j * dim + a] = v
-
-
-cdef void select_nth(intp_t* idx, float64_t* xs, intp_t dim, intp_t lo, intp_t hi,
-                     intp_t nth, intp_t axis) noexcept nogil:
-    """Partially sort idx[lo:hi] (and xs, its rows' coordinates) by coordinate `axis` so
-    that entry nth is in its sorted place, smaller-or-equal before it and greater-or-equal
-    after (Hoare quickselect)."""
-    cdef intp_t i, j, mid
-    cdef float64_t p
-    cdef const float64_t* c = xs + axis
-    while hi - lo > 1:
-        mid = lo + (hi - lo) // 2                   # median of three as the pivot
-        if c[mid * dim] < c[lo * dim]:
-            swap(idx, xs, dim, mid, lo)
-        if c[(hi - 1) * dim] < c[lo * dim]:
-            swap(idx, xs, dim, hi - 1, lo)
-        if c[(hi - 1) * dim] < c[mid * dim]:
-            swap(idx, xs, dim, hi - 1, mid)
-        p = c[mid * dim]
-        i = lo
-        j = hi - 1
-        while i <= j:
-            while c[i * dim] < p:
-                i += 1
-            while c[j * dim] > p:
-                j -= 1
-            if i <= j:
-                swap(idx, xs, dim, i, j)
-                i += 1
-                j -= 1
-        # now [lo, j] <= p <= [i, hi), and (j, i) == p
-        if nth <= j:
-            hi = j + 1
-        elif nth >= i:
-            lo = i
-        else:
-            return
-
-
 def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
     """The k-d ball tree of the rows of x, as ordering.Layout's fields less the slack, plus
     the distance evaluations its radii took: ``(row, children_ptr, alias_ptr, radius,
@@ -754,7 +705,7 @@ def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
                 if d < dbest:
                     dbest = d
                     best = t
-            swap(&idx[0], px, dim, lo, best)
+            swap_rows(&idx[0], px, dim, lo, best)
             row[j] = idx[lo]
             if j > 0:                        # a node's point stays first in its range
                 pdist[j] = sqrt(sqdist(px + rlo[par[j]] * dim, px + lo * dim, dim))
@@ -766,7 +717,7 @@ def kd_layout(const float64_t[:, ::1] x, intp_t leaf_size):
             cptr[j] = nnodes
             if hi - lo > leaf_size and hi - lo >= 3:     # two non-empty children
                 mid = (lo + 1 + hi) // 2
-                select_nth(&idx[0], px, dim, lo + 1, hi, mid, axis)
+                split_at(&idx[0], px, dim, lo + 1, hi, mid, axis)
                 rlo[nnodes] = lo + 1
                 rhi[nnodes] = mid
                 rlo[nnodes + 1] = mid

@@ -22,6 +22,7 @@ from residual.kernels import Kernel
 from residual.model import (DEGENERATE_P_RTOL, ResidualCorrelation, check_inducing,
                             check_nugget)
 from residual.ordering import maximin_order
+from residual.kdtree import KDTree
 from residual.tree import CoverTree
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._tiles import Metric
@@ -30,7 +31,7 @@ from residual._validate import (as_float_vector, as_numeric_array, as_points,
 
 ORDERINGS = ("random", "natural", "maximin")
 METRICS = ("residual", "euclidean")
-METHODS = ("auto", "tree", "brute")
+METHODS = ("auto", "tree", "brute", "kdtree")
 STAGES = ("model", "ordering", "build", "query")
 COVARIANCES = ("residual", "kernel")
 
@@ -64,7 +65,8 @@ class VecchiaNeighbors:
         ``brute_force_knn(..., return_stats=True)``, summed over the row blocks this process
         answered).
     metric, method : str
-        The metric, and the search method actually used (``"tree"`` or ``"brute"``).
+        The metric, and the search method actually used (``"tree"``, ``"kdtree"`` or
+        ``"brute"``).
     model : ResidualCorrelation, default=None
         The residual model with its rows in the ordered sequence (row ``pos`` is row
         ``order[pos]`` of X), or None.
@@ -88,7 +90,7 @@ class VecchiaNeighbors:
     stats : dict
         ``seconds`` (a dict: ``model``, ``ordering``, ``build``, ``query``, ``total``),
         ``distance_evaluations`` of the search (brute force: every predecessor pair,
-        ``n (n - 1) / 2``; tree: those of the build plus the query), ``n_neighbors``
+        ``n (n - 1) / 2``; a tree: those of its build plus the query), ``n_neighbors``
         (non-padded entries) and ``neighbors_per_second`` (``n_neighbors`` over build +
         query seconds).
     metric, method : str
@@ -378,14 +380,16 @@ def vecchia_neighbors(X, kernel=None, k=30, *, n_inducing=None, inducing="random
         Seeds the inducing points and the random ordering. A Generator (advanced by one
         draw) or None (fresh entropy) first draws one int seed, used for both.
     metric : {"residual", "euclidean"}, default="residual"
-    method : {"auto", "tree", "brute"}, default="auto"
+    method : {"auto", "tree", "brute", "kdtree"}, default="auto"
         ``"brute"``: :func:`residual.brute_force_knn`; ``"tree"``: :class:`residual.CoverTree`
-        then ``query(predecessors=True)``. ``"auto"`` picks the faster exact path: the tree for
-        Euclidean; for the residual metric, the brute force up to 32768 rows, else whichever
-        a pilot measured at run time projects to be faster (the brute force on the last 64
-        rows; the tree, built within a budget of 0.1x the brute force's projection, on 128
-        rows spread over the data). ``method`` and ``stats["auto"]`` of the result say what
-        was chosen and why. Both paths return the same neighbours.
+        then ``query(predecessors=True)``; ``"kdtree"`` (Euclidean only):
+        :class:`residual.kdtree.KDTree` then ``query(predecessors=True)``. ``"auto"`` picks
+        the faster exact path: the k-d tree for Euclidean; for the residual metric, the brute
+        force up to 32768 rows, else whichever a pilot measured at run time projects to be
+        faster (the brute force timed on its last rows; the tree, built within a budget of
+        0.1x the brute force's projection, timed on runs of its depth-first order; see
+        residual/_auto.py). ``method`` and ``stats["auto"]`` of the result say what was
+        chosen and why. Every method returns the same neighbours.
     num_threads : int, default=None
         Threads (None = ``OMP_NUM_THREADS`` if set, else all usable cores; negative counts
         back from them).
@@ -448,9 +452,10 @@ class _Call:
     ``_Call(args)`` takes arguments checked by :func:`_validate` (:meth:`bind` checks them
     for another caller). :meth:`prepare` runs the model, ordering and build stages; then
     ``searcher`` answers row blocks through :meth:`query_rows` (the tree for
-    ``method="tree"``, else the ordered model or coordinates: what a scale-out ships to
-    workers). :meth:`blocks` cuts the rows, :meth:`query` times the query stage around the
-    caller's ``run()`` and :meth:`finish` assembles the result from the blocks' parts.
+    ``method="tree"`` or ``"kdtree"``, else the ordered model or coordinates: what a
+    scale-out ships to workers). :meth:`blocks` cuts the rows, :meth:`query` times the query
+    stage around the caller's ``run()`` and :meth:`finish` assembles the result from the
+    blocks' parts.
     """
 
     def __init__(self, args):
@@ -502,6 +507,8 @@ class _Call:
         elif self.method == "tree":
             self.tree = CoverTree(self.ordered, num_threads=self.num_threads,
                                   progress=self._report_build)
+        elif self.method == "kdtree":
+            self.tree = KDTree(self.ordered, num_threads=self.num_threads)
         else:
             self.tree = None
         seconds["build"] = _stage_end(report, "build", self.n, t)
@@ -521,7 +528,9 @@ class _Call:
         ``searcher`` is :attr:`searcher`. The block equals those rows of the whole query,
         bit for bit, so blocks may be answered in any order, by any process.
         """
-        if isinstance(searcher, CoverTree):
+        if isinstance(searcher, KDTree):
+            dist, idx, evals = searcher._query(None, k, True, (start, stop), num_threads)
+        elif isinstance(searcher, CoverTree):
             dist, idx = searcher._query(None, k, True, (start, stop), num_threads)
             evals = int(round(searcher.stats["query"]["distance_evaluations_per_query"]
                               * (stop - start)))
@@ -586,6 +595,9 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "kdtree" and metric != "euclidean":
+        raise ValueError("method='kdtree' needs metric='euclidean' (a k-d tree splits "
+                         "coordinates); use method='brute' or 'tree' for the residual metric")
     model, coords = as_points(X, "X", euclidean=False)
     is_model = model is not None
     if is_model and kernel is not None:
@@ -625,7 +637,7 @@ def _validate(X, kernel, k, n_inducing, ordering, seed, metric, method, num_thre
     nt = resolve_num_threads(num_threads)
     seed = resolve_seed(seed)          # last: a Generator is drawn from only for valid calls
     if method == "auto" and metric == "euclidean":
-        method = "tree"                 # residual: decided by a pilot (residual/_auto.py)
+        method = "kdtree"               # residual: decided by a pilot (residual/_auto.py)
     return {"X": X, "coords": coords, "is_model": is_model, "kernel": kernel, "n": n, "k": k,
             "n_inducing": n_inducing, "ordering": ordering, "seed": seed, "metric": metric,
             "method": method, "num_threads": nt, "inducing": inducing, "nugget": nugget,

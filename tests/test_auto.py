@@ -61,9 +61,9 @@ def test_a_build_over_its_budget_is_stopped(monkeypatch):
     assert build[0] == (0, 1500) and build[-1] == (1500, 1500)
 
 
-def test_euclidean_auto_is_the_tree():
+def test_euclidean_auto_is_the_kdtree():
     res = vecchia_neighbors(harness_like(300), k=5, metric="euclidean")
-    assert res.method == "tree" and "auto" not in res.stats
+    assert res.method == "kdtree" and "auto" not in res.stats
 
 
 def test_cli_prints_the_choice(monkeypatch, capsys):

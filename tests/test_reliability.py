@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import residual
-from residual import bruteforce, kernels, tree as tree_module
+from residual import bruteforce, kdtree, kernels, tree as tree_module
 from residual.cli import main as cli_main
 
 N = 30
@@ -62,6 +62,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(bruteforce, "_bruteforce", _Tripwire("_bruteforce"))
     monkeypatch.setattr(tree_module, "_build", _Tripwire("_build"))
     monkeypatch.setattr(tree_module, "_search", _Tripwire("_search"))
+    monkeypatch.setattr(kdtree, "_kdtree", _Tripwire("_kdtree"))
     monkeypatch.setattr(kernels, "_tiles", _Tripwire("_tiles"))   # kernel tiles: model, Y
 
 

@@ -138,7 +138,7 @@ def test_tree_equals_brute(metric):
     np.testing.assert_array_equal(tree.neighbors, brute.neighbors)
     np.testing.assert_allclose(tree.distances, brute.distances, rtol=1e-9, atol=1e-12)
     auto = vecchia_neighbors(X, KERN, **kw)
-    assert auto.method == ("brute" if metric == "residual" else "tree")
+    assert auto.method == ("brute" if metric == "residual" else "kdtree")
 
 
 def test_threads_do_not_change_the_answer():
