@@ -86,3 +86,17 @@ def test_tree_build_progress(bad):
 def test_tree_build_progress_must_be_callable():
     with pytest.raises(TypeError, match="progress must be None or a callable"):
         residual.CoverTree(harness_like(50), progress=3)
+
+
+def test_pilot_rows_equal_the_full_query():
+    # the pilot queries runs of the depth-first order as an array of rows: each row's answer
+    # is that row of the full query, bit for bit (also the Euclidean search's row array)
+    for data in (residual.ResidualCorrelation.from_kernel(harness_like(1500), residual.RBF(),
+                                                         n_inducing=40, seed=0),
+                 harness_like(1500)):
+        tree = residual.CoverTree(data)
+        dist, idx = tree.query(k=7, predecessors=True)
+        rows = np.ascontiguousarray(tree._depth_first_order()[300:700])
+        d, i = tree._query(None, 7, True, rows, 2)
+        np.testing.assert_array_equal(i, idx[rows])
+        np.testing.assert_array_equal(d, dist[rows])
