@@ -34,7 +34,9 @@ from libc.string cimport memset
 import numpy as np
 
 from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport Metric, Points, closer, residual_key, sqdist, kernel_of_sqdist
+from residual._tiles cimport (Metric, Points, closer, residual_key, sqdist, kernel_of_sqdist,
+                              kernel_value)
+from residual._blas cimport gemm_elements
 from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 from residual._workspace cimport carve, span, workspace_new
@@ -880,3 +882,103 @@ def depth_first_order(intp_t root, const int64_t[::1] children_ptr,
                 stack[sp] = children[t]
                 sp += 1
     return out[:m]
+
+
+# -- the oracle's own arithmetic for the residual answers -----------------------------------------
+#
+# The tree sums V_q . V_c in its own order (RESIDUAL_DOT_TILE) and the brute force, the oracle,
+# in dgemm's. The two keys of a pair differ in their last bits, which matters only where two
+# candidates are closer than that rounding (at n = 131072, k = 30: one row in 131072 had two
+# neighbours 1e-9 apart in the other order). So the residual tree finds k + 1 candidates per
+# row and rerank() recomputes their keys with the oracle's arithmetic: the same kernel value
+# (sqdist, then the kernel inline), minus dgemm's k-blocked FMA chains (_blas.pxd,
+# gemm_elements, whose blocking _blas.dgemm_chain checked against dgemm), then residual_key;
+# it keeps the k smallest by (key, index) and orders them by (distance, index), as the brute
+# force does. The rows then equal the oracle's, distances bit for bit, unless two candidates
+# within rounding of each other both sit at the k-th place of one row.
+
+def rerank(Metric queries, Metric points, const int64_t[::1] rows, tuple found, tuple out,
+           long chain_q, long chain_u, int num_threads):
+    """Each row's candidates found = (dist, idx) (n_queries, k + 1), rescored with the brute
+    force's arithmetic; the best k, by (distance, index), into out = (dist, idx). rows: the
+    in-sample query rows (empty for new points); points: the indexed rows (caller's order)."""
+    cdef const int64_t[:, ::1] cand = found[1]
+    cdef float64_t[:, ::1] out_d = out[0]
+    cdef int64_t[:, ::1] out_i = out[1]
+    cdef const Points* Q = &queries.P
+    cdef const Points* C = &points.P
+    cdef intp_t nq = cand.shape[0], width = cand.shape[1], k = out_d.shape[1], r
+    cdef int failed_flag = 0
+    cdef int* failed = &failed_flag     # shared: a thread without its buffers sets it
+    cdef float64_t* key
+    cdef const float64_t** ptrs
+    cdef intp_t* idx
+    if nq == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        key = <float64_t*>malloc(width * sizeof(float64_t))
+        idx = <intp_t*>malloc(width * sizeof(intp_t))
+        ptrs = <const float64_t**>malloc(width * sizeof(float64_t*))
+        if key == NULL or idx == NULL or ptrs == NULL:
+            failed[0] = 1
+        for r in prange(nq, schedule='static'):
+            if not failed[0]:
+                _rerank_row(Q, C, r, &cand[r, 0], width, chain_q, chain_u, key, idx, ptrs)
+                _best_k(key, idx, width, k, &out_d[r, 0], &out_i[r, 0])
+        free(key)
+        free(idx)
+        free(ptrs)
+    if failed_flag:
+        raise MemoryError("could not allocate the rerank workspaces")
+
+
+cdef void _rerank_row(const Points* Q, const Points* C, intp_t r, const int64_t* cand,
+                      intp_t width, long chain_q, long chain_u, float64_t* key, intp_t* idx,
+                      const float64_t** ptrs) noexcept nogil:
+    """key[t], idx[t] for row r's valid candidates (the others: inf, -1), the oracle's way."""
+    cdef intp_t t, j, count = 0
+    cdef const float64_t* xq = Q.x + r * Q.dim
+    for t in range(width):
+        j = cand[t]
+        if j < 0:
+            continue
+        idx[count] = j
+        key[count] = kernel_value(C.spec, sqdist(xq, C.x + j * C.dim, C.dim))
+        ptrs[count] = C.v + j * C.m
+        count += 1
+    gemm_elements(key, Q.v + r * Q.m, ptrs, count, Q.m, chain_q, chain_u)
+    for t in range(count):
+        key[t] = residual_key(key[t], Q.s[r], C.s[idx[t]])
+    for t in range(count, width):
+        key[t] = INFINITY
+        idx[t] = -1
+
+
+cdef void _best_k(float64_t* key, intp_t* idx, intp_t width, intp_t k, float64_t* out_d,
+                  int64_t* out_i) noexcept nogil:
+    """The k smallest of (key, idx) (padding: inf, -1 last), written as (distance, index) in
+    ascending order: select by key, then order by distance, as the brute force's top-k."""
+    cdef intp_t j, t
+    _sort_pairs(key, idx, width)
+    for j in range(k):
+        out_d[j] = sqrt(key[j]) if idx[j] >= 0 else INFINITY
+        out_i[j] = idx[j]
+    for j in range(1, k):               # two keys one ulp apart can share a square root
+        t = j
+        while t > 0 and out_i[t] >= 0 and closer(out_d[t], out_i[t], out_d[t - 1], out_i[t - 1]):
+            out_d[t], out_d[t - 1] = out_d[t - 1], out_d[t]
+            out_i[t], out_i[t - 1] = out_i[t - 1], out_i[t]
+            t -= 1
+
+
+cdef void _sort_pairs(float64_t* key, intp_t* idx, intp_t n) noexcept nogil:
+    """Insertion sort by (key, index), padding (index -1) last: n is k + 1, and the
+    candidates come nearly sorted from the search."""
+    cdef intp_t j, t
+    for j in range(1, n):
+        t = j
+        while t > 0 and idx[t] >= 0 and (idx[t - 1] < 0 or
+                                         closer(key[t], idx[t], key[t - 1], idx[t - 1])):
+            key[t], key[t - 1] = key[t - 1], key[t]
+            idx[t], idx[t - 1] = idx[t - 1], idx[t]
+            t -= 1

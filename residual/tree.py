@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from residual import _build, _invariants, _persist, _search
+from residual import _blas, _build, _invariants, _persist, _search
 from residual.model import ResidualCorrelation
 from residual._tiles import Metric
 from residual._parallel import resolve_num_threads, single_threaded_blas
@@ -287,11 +287,18 @@ class CoverTree(_persist.Persistent):
             visit = np.arange(queries.n) if visit is None else visit
             visit = visit.astype(np.int64)
         nq = queries.n
-        dist = np.empty((nq, k))
-        idx = np.empty((nq, k), dtype=np.int64)
         with single_threaded_blas():
+            # residual: k + 1 candidates, rescored with the brute force's arithmetic (see
+            # _search.rerank), where dgemm's summation order could be reproduced
+            chain = _blas.dgemm_chain(self._metric.m) if self.residual else (0, 0)
+            width = k + 1 if chain[0] else k
+            dist = np.empty((nq, width))
+            idx = np.empty((nq, width), dtype=np.int64)
             evals = _search.knn(self._layout(), queries, in_sample, predecessors, row_ids,
                                 (dist, idx), visit, (nt, chunk))
+            if chain[0]:
+                found, dist, idx = (dist, idx), np.empty((nq, k)), np.empty((nq, k), np.int64)
+                _search.rerank(queries, self._metric, row_ids, found, (dist, idx), *chain, nt)
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
                                    float(evals.mean()) if nq else 0.0}

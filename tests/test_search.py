@@ -191,3 +191,22 @@ def test_layout_maps_every_row_to_its_node():
     node_of = np.asarray(layout.node_of)
     assert tree.stats["aliases"] > 0 and (node_of >= 0).all()
     np.testing.assert_array_equal(np.asarray(layout.metric.x)[node_of], X)
+
+
+@pytest.mark.parametrize("kernel", [residual.RBF(1.0), residual.Matern(nu=0.5, lengthscale=0.7),
+                                    residual.Matern(nu=2.5, lengthscale=1.3)])
+def test_residual_tree_answers_are_the_oracles_bits(kernel):
+    # the tree rescores its k + 1 candidates with the brute force's arithmetic
+    # (_search.rerank): indices and distances equal the oracle's exactly, in every mode
+    X = np.random.default_rng(4).standard_normal((1200, 3))
+    X[600:620] = X[:20]                                         # duplicates
+    model = residual.ResidualCorrelation.from_kernel(X, kernel, n_inducing=60, seed=1,
+                                                     nugget=1e-3)
+    tree = residual.CoverTree(model)
+    Y = np.random.default_rng(5).standard_normal((150, 3))
+    for kw in (dict(predecessors=True), dict(), dict(Y=Y), dict(predecessors=True,
+                                                                 rows=(300, 700))):
+        got = tree.query(k=9, **kw)
+        want = residual.brute_force_knn(model, 9, precision="float64", **kw)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
