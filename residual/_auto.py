@@ -13,8 +13,9 @@ a metric of very low dimension can make the tree faster sooner, which ``method="
 reaches):
 
 1. Time the brute force on the last rows (the longest predecessor rows; at least
-   ``PILOT_PAIRS`` pairs, so that fixed costs do not count, and a whole chunk of rows for
-   every thread) and project to all rows: pairs j < i cost the same wherever they are.
+   ``PILOT_PAIRS`` pairs and a whole chunk of rows for every thread, after an untimed block
+   that pays the one-time costs) and project to all rows: pairs j < i cost the same wherever
+   they are.
 2. Build the tree with a budget of ``BUILD_BUDGET`` times that projection; a build that
    overruns is stopped (through its progress callback) and the brute force runs. When the
    brute force is the faster path, auto costs it at most about ``1 + BUILD_BUDGET`` times.
@@ -66,9 +67,13 @@ def choose(model, k, num_threads, progress=None):
         report["reason"] = f"n <= {BRUTE_UP_TO}: the brute force, no pilot"
         return None, report
 
-    # whole chunks for every thread, so that the pilot runs as parallel as the full query
+    # whole chunks for every thread, so that the pilot runs as parallel as the full query;
+    # the block before it runs first, untimed, to pay the one-time costs (the float32 screen's
+    # copy of V, its BLAS probe), which the projection would multiply by n^2 / pilot pairs
     unit = DEFAULT_CHUNK_SIZE * num_threads
-    start = max(n - unit * max(1, -(-PILOT_PAIRS // (n * unit))), 0)
+    rows = unit * max(1, -(-PILOT_PAIRS // (n * unit)))
+    start = max(n - rows, 0)
+    in_sample_rows(model.metric, k, True, max(start - rows, 0), start, num_threads)
     t = time.perf_counter()
     in_sample_rows(model.metric, k, True, start, n, num_threads)
     pilot_pairs = (n * (n - 1) - start * (start - 1)) // 2
