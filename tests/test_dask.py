@@ -189,7 +189,7 @@ def test_vecchia_local_scheduler_and_padding():
     X = _data(400, 7)
     res = rdask.vecchia_neighbors(X, KERN, 400, n_inducing=M, n_blocks=3, num_threads=2)
     _assert_identical(res, residual.vecchia_neighbors(X, KERN, 400, n_inducing=M))
-    assert res.stats["dask"]["n_workers"] == 1
+    assert res.stats["seconds"]["scatter"] >= 0 and res.stats["dask"]["n_workers"] == 1
 
 
 def test_vecchia_inducing_and_nugget_reach_the_model():

@@ -177,6 +177,10 @@ def test_euclidean_checks_n_inducing_only_with_a_kernel():
         vecchia_neighbors(X, KERN, k=4, n_inducing=61, metric="euclidean")
     res = vecchia_neighbors(X, k=4, n_inducing=61, metric="euclidean")    # unused: no kernel
     assert res.model is None
+    # with a kernel and the default n_inducing (200 > n = 60, reduced to n - 1)
+    res = vecchia_neighbors(X, KERN, k=4, metric="euclidean")
+    assert res.factor("kernel", nugget=1e-3).shape == (60, 60)
+    assert res.factor("residual", nugget=1e-3).shape == (60, 60)
 
 
 def test_singular_block_asks_for_a_nugget():
