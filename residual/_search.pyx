@@ -24,6 +24,7 @@
 # (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and their
 # rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the shared ones
 # of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group (_interrupt.pxd).
+# Residual answers are rescored at the end with the brute force's arithmetic (rerank, below).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY

@@ -249,9 +249,12 @@ class CoverTree(_persist.Persistent):
         ``stats["query"]`` records the last call: seconds and distance evaluations per query.
         Distances are evaluated in float64 on a breadth-first copy of the tree (built on the
         first query and kept). For the residual metric, groups of neighbouring queries share
-        one traversal, so that each row of V is read from memory once per group; on the
-        standard harness that beats :func:`residual.brute_force_knn` for all points and new
-        points, but not for ``predecessors=True`` (see README, Benchmarks).
+        one traversal, so that each row of V is read from memory once per group, and each
+        row's k + 1 best candidates are then rescored with the brute force's arithmetic, so
+        the answer is :func:`residual.brute_force_knn`'s bit for bit wherever dgemm's
+        summation order can be reproduced (``_search.rerank``). On the standard harness the
+        tree beats the brute force for all points and new points, and for
+        ``predecessors=True`` from about 50k points (docs/benchmarks.md).
         """
         n = self.n_samples
         dim = self.model.n_features if self.residual else self._metric.dim
