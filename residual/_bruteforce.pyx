@@ -45,8 +45,9 @@ from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
 from residual._blas cimport GemmChain, gemm_elements, sgemm_rm
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, kernel_tile,
-                              residual_cov_tile, residual_key, slack32, sqdist_direct_tile)
+from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, hi_key32, kernel_tile,
+                              lo_key32, residual_cov_tile, residual_key, slack32,
+                              sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 from residual._workspace cimport carve, span, workspace_new
 
@@ -263,36 +264,10 @@ cdef struct Screen:
     intp_t kcap
 
 
-cdef inline float64_t _slack(float64_t ani, float64_t nj, float64_t a, float64_t kval,
-                             float64_t b, float64_t t) noexcept nogil:
-    """The bound E on |C64 - c| (_tiles.pyx "float32 screen"): ani = a |v_i|, nj = |v_j|,
-    a = |c|, kval the kernel value, b and t the slack's other terms."""
-    return ani * nj + b * (a + fabs(kval)) + t
-
-
-cdef inline float64_t _lo_key(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
-                              float64_t si, float64_t sj, float64_t b,
-                              float64_t t) noexcept nogil:
-    """The smallest key a pair can have: residual_key(|c| + E), c = kval - prod (its float64
-    kernel value and float32 product), ani = a |v_i|, nj = |v_j|, si and sj its 1/sqrt(p)."""
-    cdef float64_t a = fabs(kval - <float64_t>prod)
-    return residual_key(a + _slack(ani, nj, a, kval, b, t), si, sj)
-
-
-cdef inline float64_t _hi_key(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
-                              float64_t si, float64_t sj, float64_t b,
-                              float64_t t) noexcept nogil:
-    """The largest key a pair can have: residual_key(max(0, |c| - E)) (see _lo_key; a NaN
-    gives key 1, the largest)."""
-    cdef float64_t a = fabs(kval - <float64_t>prod)
-    a = a - _slack(ani, nj, a, kval, b, t)
-    return residual_key(a if a > 0.0 else 0.0, si, sj)
-
-
 cdef inline void _row_keys(const Problem* P, const float64_t* krow, const float32_t* prod,
                            float64_t ani, float64_t si, intp_t t0, intp_t jmax, bint upper,
                            float64_t* out) noexcept nogil:
-    """out[j] = _lo_key (or _hi_key) of pair (i, t0 + j), j < jmax: flat loops that
+    """out[j] = lo_key32 (or hi_key32) of pair (i, t0 + j), j < jmax: flat loops that
     vectorise."""
     cdef intp_t j
     cdef float64_t b = P.slack.b, t = P.slack.t
@@ -300,10 +275,10 @@ cdef inline void _row_keys(const Problem* P, const float64_t* krow, const float3
     cdef const float64_t* sc = P.sc + t0
     if upper:
         for j in range(jmax):
-            out[j] = _hi_key(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
+            out[j] = hi_key32(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
     else:
         for j in range(jmax):
-            out[j] = _lo_key(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
+            out[j] = lo_key32(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
 
 
 cdef inline float64_t _kth_upper(Screen* S, intp_t n, intp_t k) noexcept nogil:
@@ -401,7 +376,7 @@ cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q
                 if lo[j] <= S.thr[r] and j != me:
                     n = S.nkept[r]
                     kept[n].lo = lo[j]
-                    kept[n].hi = _hi_key(S.krow[j], prod[j], ani, P.nc[t0 + j], si,
+                    kept[n].hi = hi_key32(S.krow[j], prod[j], ani, P.nc[t0 + j], si,
                                          P.sc[t0 + j], P.slack.b, P.slack.t)
                     kept[n].kval = S.krow[j]
                     kept[n].j = t0 + j

@@ -34,9 +34,9 @@ from libc.string cimport memset
 
 import numpy as np
 
-from residual._typedefs cimport float64_t, intp_t, int64_t
-from residual._tiles cimport (Metric, Points, closer, residual_key, sqdist, kernel_of_sqdist,
-                              kernel_value)
+from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
+from residual._tiles cimport (Metric, Points, Slack32, closer, residual_key, sqdist,
+                              kernel_of_sqdist, kernel_value, hi_key32, lo_key32)
 from residual._blas cimport gemm_elements
 from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
@@ -62,6 +62,11 @@ cdef struct Tree:
     const int64_t* aliases
     const int64_t* node_of    # row -> node number
     float64_t slack
+    # the float32 screen (residual, see "float32 screen" below; v32 NULL: off): the layout's
+    # V rows in float32, their float64 norms and the bound's terms
+    const float32_t* v32
+    const float64_t* norm
+    Slack32 bound
 
 
 cdef class SearchLayout:
@@ -129,14 +134,19 @@ cdef struct Query:
     intp_t count            # entries in the k best
     float64_t* hd           # the k best, a max-heap (this query's slice of the workspace)
     intp_t* hi
-    int64_t evals
+    int64_t evals           # pairs evaluated, of which
+    int64_t screened        # ruled out by the float32 screen
+    int64_t recomputed      # through the screen, then computed in float64
+    const float32_t* v32    # the float32 screen: the V row in float32, and a |v|
+    float64_t anorm
 
 
 cdef struct Pool:
     # A frontier entry's data: for each pushed node, its distance to each query of the group
     # and the mask of the queries that need its subtree. Slots are recycled as entries are
     # popped, so the pool holds the frontier, not the tree (it grows by doubling if needed).
-    float64_t* d            # cap x GROUP
+    float64_t* d            # cap x (2 GROUP): per query, a lower then (GROUP on) an upper
+                            # bound on the distance, equal unless the float32 screen made it
     uint64_t* mask          # cap
     intp_t* node            # cap
     intp_t* free_slots      # cap: a stack of recycled slots
@@ -158,6 +168,7 @@ cdef struct Scratch:
     Pool* pool               # residual groups: the frontier pool
     float64_t* tile          # residual groups: dot products of the queries with a tile of
     intp_t* tile_nodes       # children (GROUP x TILE_NODES), and those children
+    float32_t* tile32        # the same products in float32 (the float32 screen)
 
 
 cdef struct Job:
@@ -168,7 +179,11 @@ cdef struct Job:
     intp_t k, n
     float64_t* out_dist      # (n_queries, k), row-major
     int64_t* out_idx
-    int64_t* ev              # distance evaluations per query
+    int64_t* ev              # distance evaluations per query, and of them those the
+    int64_t* screened        # float32 screen ruled out and those it passed to float64
+    int64_t* recomputed
+    const float32_t* v32     # the float32 screen: the queries' V rows in float32 and their
+    const float64_t* norm    # norms (NULL: off)
     int* failed              # set when a thread got no workspace (knn raises MemoryError)
     const int64_t* visit
     int num_threads
@@ -358,6 +373,48 @@ cdef extern from *:
     RESIDUAL_DOT_TILE(residual_dot_tile2, 2)
     RESIDUAL_DOT_TILE(residual_dot_tile3, 3)
     RESIDUAL_DOT_TILE(residual_dot_tile4, 4)
+    /* The float32 screen's products: the same blocks on float32 rows, sixteen lanes. Their
+       summation order is free (the screen's bound holds for any order, see _tiles.pyx), so
+       lanes are summed pairwise (a plain loop over them would chain sixteen adds). */
+    #define RESIDUAL_DOT32_TILE(NAME, NC)                                               \
+    __attribute__((noinline))                                                           \
+    static void NAME(const float* const* q, const float* const* c, Py_ssize_t m,        \
+                     float* out) {                                                      \
+        typedef float v16f __attribute__((vector_size(64)));                            \
+        typedef float v8f __attribute__((vector_size(32)));                             \
+        typedef float v4f __attribute__((vector_size(16)));                             \
+        const v16f zero = {0.0f};                                                       \
+        v16f a[4][NC], y[NC], x;                                                        \
+        Py_ssize_t j = 0, t;                                                            \
+        int i, u;                                                                       \
+        for (i = 0; i < 4; i++)                                                         \
+            for (u = 0; u < NC; u++) a[i][u] = zero;                                    \
+        for (; j + 16 <= m; j += 16) {                                                  \
+            for (u = 0; u < NC; u++) memcpy(&y[u], c[u] + j, sizeof x);                 \
+            for (i = 0; i < 4; i++) {                                                   \
+                memcpy(&x, q[i] + j, sizeof x);                                         \
+                for (u = 0; u < NC; u++) a[i][u] += x * y[u];                           \
+            }                                                                           \
+        }                                                                               \
+        for (i = 0; i < 4; i++)                                                         \
+            for (u = 0; u < NC; u++) {                                                  \
+                v8f lo8, hi8, v8;                                                       \
+                v4f lo4, hi4, v4;                                                       \
+                memcpy(&lo8, &a[i][u], sizeof lo8);                                     \
+                memcpy(&hi8, (const char*)&a[i][u] + sizeof lo8, sizeof hi8);           \
+                v8 = lo8 + hi8;                                                         \
+                memcpy(&lo4, &v8, sizeof lo4);                                          \
+                memcpy(&hi4, (const char*)&v8 + sizeof lo4, sizeof hi4);                \
+                v4 = lo4 + hi4;                                                         \
+                float s = (v4[0] + v4[1]) + (v4[2] + v4[3]);                            \
+                for (t = j; t < m; t++) s += q[i][t] * c[u][t];                         \
+                out[4 * i + u] = s;                                                     \
+            }                                                                           \
+    }
+    RESIDUAL_DOT32_TILE(residual_dot32_tile1, 1)
+    RESIDUAL_DOT32_TILE(residual_dot32_tile2, 2)
+    RESIDUAL_DOT32_TILE(residual_dot32_tile3, 3)
+    RESIDUAL_DOT32_TILE(residual_dot32_tile4, 4)
     """
     void _dot_tile1 "residual_dot_tile1"(const float64_t* const* q, const float64_t* const* c,
                                          intp_t m, float64_t* out) noexcept nogil
@@ -367,6 +424,18 @@ cdef extern from *:
                                          intp_t m, float64_t* out) noexcept nogil
     void _dot_tile4 "residual_dot_tile4"(const float64_t* const* q, const float64_t* const* c,
                                          intp_t m, float64_t* out) noexcept nogil
+    void _dot32_tile1 "residual_dot32_tile1"(const float32_t* const* q,
+                                             const float32_t* const* c, intp_t m,
+                                             float32_t* out) noexcept nogil
+    void _dot32_tile2 "residual_dot32_tile2"(const float32_t* const* q,
+                                             const float32_t* const* c, intp_t m,
+                                             float32_t* out) noexcept nogil
+    void _dot32_tile3 "residual_dot32_tile3"(const float32_t* const* q,
+                                             const float32_t* const* c, intp_t m,
+                                             float32_t* out) noexcept nogil
+    void _dot32_tile4 "residual_dot32_tile4"(const float32_t* const* q,
+                                             const float32_t* const* c, intp_t m,
+                                             float32_t* out) noexcept nogil
 
 
 cdef enum:
@@ -375,37 +444,58 @@ cdef enum:
     TILE_NODES = 256    # children scored per dot-product tile (a thread's tile: GROUP x this)
 
 
-cdef void _dot_tile(const Points* P, const Query* Q, const intp_t* act, intp_t na,
-                    const intp_t* nodes, intp_t nn, float64_t* out, intp_t ldo) noexcept nogil:
+ctypedef fused real:
+    float32_t
+    float64_t
+
+
+cdef void _dot_tile(const real* rows, intp_t m, const Query* Q, const intp_t* act, intp_t na,
+                    const intp_t* nodes, intp_t nn, real* out, intp_t ldo) noexcept nogil:
     """out[t * ldo + j] = V_q . V_c for query act[t] (t < na) and node c = nodes[j] (j < nn),
-    in 4 x (1..4) blocks of the RESIDUAL_DOT_TILE kernels (a short block repeats its last
-    query, whose extra results are dropped)."""
-    cdef const float64_t* qv[4]
-    cdef const float64_t* cv[4]
-    cdef float64_t block[16]
+    rows: the layout's V rows (float64: P.v, or float32: Tree.v32, the queries' rows of the
+    same precision), in 4 x (1..4) blocks of the RESIDUAL_DOT_TILE kernels (a short block
+    repeats its last query, whose extra results are dropped)."""
+    cdef const real* qv[4]
+    cdef const real* cv[4]
+    cdef real block[16]
     cdef intp_t t, j, i, u, nq, nc, line
     j = 0
     while j < nn:
         nc = min(4, nn - j)
         for u in range(nc):
-            cv[u] = P.v + nodes[j + u] * P.m
+            cv[u] = rows + nodes[j + u] * m
         # the next block's rows come from memory while this block is summed
         for u in range(j + 4, min(j + 8, nn)):
-            for line in range(0, P.m, 8):
-                prefetch(P.v + nodes[u] * P.m + line)
+            line = 0
+            while line < m:             # one cache line at a time
+                prefetch(rows + nodes[u] * m + line)
+                line += 64 // sizeof(real)
         t = 0
         while t < na:
             nq = min(4, na - t)
             for i in range(4):
-                qv[i] = Q[act[t + min(i, nq - 1)]].v
-            if nc == 4:
-                _dot_tile4(qv, cv, P.m, block)
-            elif nc == 3:
-                _dot_tile3(qv, cv, P.m, block)
-            elif nc == 2:
-                _dot_tile2(qv, cv, P.m, block)
+                if real is float32_t:
+                    qv[i] = Q[act[t + min(i, nq - 1)]].v32
+                else:
+                    qv[i] = Q[act[t + min(i, nq - 1)]].v
+            if real is float32_t:
+                if nc == 4:
+                    _dot32_tile4(qv, cv, m, block)
+                elif nc == 3:
+                    _dot32_tile3(qv, cv, m, block)
+                elif nc == 2:
+                    _dot32_tile2(qv, cv, m, block)
+                else:
+                    _dot32_tile1(qv, cv, m, block)
             else:
-                _dot_tile1(qv, cv, P.m, block)
+                if nc == 4:
+                    _dot_tile4(qv, cv, m, block)
+                elif nc == 3:
+                    _dot_tile3(qv, cv, m, block)
+                elif nc == 2:
+                    _dot_tile2(qv, cv, m, block)
+                else:
+                    _dot_tile1(qv, cv, m, block)
             for i in range(nq):
                 for u in range(nc):
                     out[(t + i) * ldo + j + u] = block[4 * i + u]
@@ -413,26 +503,107 @@ cdef void _dot_tile(const Points* P, const Query* Q, const intp_t* act, intp_t n
         j += 4
 
 
-cdef void _node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t na,
-                     intp_t c, const float64_t* dots, intp_t ld, float64_t* keys) noexcept nogil:
-    """keys[t] = squared residual distance between query act[t] and node c (query_key's
-    quantity), t < na, from their dot products V_q . V_c at dots[t * ld]: kernels in one flat
-    loop."""
+# A child and the queries that score it (_search_group): made by _child_start, thinned by the
+# float32 screen (_screen_child), then entered (_enter).
+cdef struct Child:
+    intp_t node, na
+    intp_t act[GROUP]           # the queries, ascending
+    float64_t kval[GROUP]       # their kernel values with the child
+    float64_t dots[GROUP]       # their float64 dot products V_q . V_c
+    float32_t prods[GROUP]      # the float32 screen: the same products in float32
+    intp_t nb                   # the float32 screen: queries for which the child is known
+    intp_t bact[GROUP]          # only within bounds [blo, bhi] on its distance (it cannot
+    float64_t blo[GROUP]        # enter their k best, but its subtree may hold some)
+    float64_t bhi[GROUP]
+
+
+cdef void _child_start(const Points* P, const Query* Q, intp_t c, uint64_t mask,
+                       Child* ch) noexcept nogil:
+    """ch = node c and the queries of mask, with their kernel values (one flat loop)."""
     cdef intp_t t
     cdef const float64_t* xc = P.x + c * P.dim
-    for t in range(na):
-        keys[t] = sqdist(Q[act[t]].x, xc, P.dim)
-    kernel_of_sqdist(P.spec, keys, na)
-    for t in range(na):
-        keys[t] = residual_key(keys[t] - dots[t * ld], Q[act[t]].s, P.s[c])
+    ch.node = c
+    ch.na = _members(mask, ch.act)
+    ch.nb = 0
+    for t in range(ch.na):
+        ch.kval[t] = sqdist(Q[ch.act[t]].x, xc, P.dim)
+    kernel_of_sqdist(P.spec, ch.kval, ch.na)
 
 
-cdef void _lone_node_keys(const Points* P, const Query* Q, const intp_t* act, intp_t na,
-                          intp_t c, float64_t* keys) noexcept nogil:
-    """_node_keys for one node c, its dot products computed here (the seeds and the root)."""
-    cdef float64_t dots[GROUP]
-    _dot_tile(P, Q, act, na, &c, 1, dots, 1)
-    _node_keys(P, Q, act, na, c, dots, 1, keys)
+cdef void _keys(const Points* P, const Query* Q, const Child* ch,
+                float64_t* keys) noexcept nogil:
+    """keys[t] = the squared residual distance of query ch.act[t] to the child (query_key's
+    quantity), from its kernel value and float64 dot product."""
+    cdef intp_t t
+    cdef float64_t sc = P.s[ch.node]
+    for t in range(ch.na):
+        keys[t] = residual_key(ch.kval[t] - ch.dots[t], Q[ch.act[t]].s, sc)
+
+
+cdef void _lone_node_keys(const Points* P, const Query* Q, uint64_t mask, intp_t c,
+                          float64_t* keys) noexcept nogil:
+    """keys[r] for each query r of mask: its key to node c, in float64 (the seeds and the
+    root)."""
+    cdef Child ch
+    cdef float64_t out[GROUP]
+    cdef intp_t t
+    _child_start(P, Q, c, mask, &ch)
+    _dot_tile(P.v, P.m, Q, ch.act, ch.na, &c, 1, ch.dots, 1)
+    _keys(P, Q, &ch, out)
+    for t in range(ch.na):
+        keys[ch.act[t]] = out[t]
+
+
+# float32 screen (Tree.v32 not NULL: the model's metric passes Metric.float32_pays, see
+# _tiles.pyx for the bound and the rule). A child's float32 products with its queries bound
+# each pair's float64 key: lo <= key <= hi (lo_key32, hi_key32). When lo proves that the
+# child cannot enter the query's k best (_offer's test with key >= lo), the pair needs no
+# float64 key: it is dropped if its subtree cannot hold a neighbour either (_enter's test,
+# sqrt(lo) - R(c) > tau + slack), else the child is pushed with the distance bounds
+# [sqrt(lo), sqrt(hi)] and its children are tested against the interval (_child_mask: the
+# nearest the parent distance can come to pdist). Every other pair is computed in float64
+# as without the screen. So no pair that can enter a query's k best is skipped and no
+# subtree that can hold one is pruned: the k + 1 best, and the answers, are those of the
+# float64 search; the traversal is at most a little wider.
+
+cdef void _screen_child(const Points* P, const Tree* T, Query* Q, intp_t k,
+                        Child* ch) noexcept nogil:
+    """Drop from ch the queries whose pair the float32 bound decides (above), from
+    ch.prods; the others keep their order and kernel values."""
+    cdef const Node* nc = &T.node[ch.node]
+    cdef bint leaf = nc.child_end == nc.child_begin
+    cdef float64_t nj = T.norm[ch.node], sj = P.s[ch.node], lo, kth, dlo
+    cdef intp_t t, w = 0
+    cdef Query* q
+    for t in range(ch.na):
+        q = &Q[ch.act[t]]
+        lo = lo_key32(ch.kval[t], ch.prods[t], q.anorm, nj, q.s, sj, T.bound.b, T.bound.t)
+        kth = q.key0 if q.count < k else min(q.key0, q.hd[0])
+        if lo <= kth:                   # it may enter the k best: float64
+            q.recomputed += 1
+            ch.act[w] = ch.act[t]
+            ch.kval[w] = ch.kval[t]
+            w += 1
+            continue
+        q.evals += 1
+        q.screened += 1
+        dlo = sqrt(lo)
+        if not leaf and dlo - nc.radius <= q.tau + T.slack:
+            ch.bact[ch.nb] = ch.act[t]
+            ch.blo[ch.nb] = dlo
+            ch.bhi[ch.nb] = sqrt(hi_key32(ch.kval[t], ch.prods[t], q.anorm, nj, q.s, sj,
+                                          T.bound.b, T.bound.t))
+            ch.nb += 1
+    ch.na = w
+
+
+cdef inline void _score(const Points* P, const Tree* T, Query* Q, intp_t k,
+                        Child* ch) noexcept nogil:
+    """ch.dots in float64 for the queries that need them: with the float32 screen, those its
+    bound does not decide (ch.prods already made)."""
+    if T.v32 != NULL:
+        _screen_child(P, T, Q, k, ch)
+    _dot_tile(P.v, P.m, Q, ch.act, ch.na, &ch.node, 1, ch.dots, 1)
 
 
 cdef extern from *:
@@ -445,14 +616,16 @@ cdef extern from *:
 cdef inline uint64_t _child_mask(const Node* nc, const Query* Q, intp_t g, uint64_t mask,
                                  const float64_t* du, float64_t slack) noexcept nogil:
     """The queries of mask that must score child nc: the lone search's tests, query by query
-    (its subtree holds an eligible row, and the parent distance du does not rule it out)."""
+    (its subtree holds an eligible row, and the parent distance does not rule it out: du[r]
+    and du[GROUP + r] bound it; when they are equal, max(...) is |du[r] - pdist|)."""
     cdef uint64_t cmask = 0, bit
     cdef intp_t r
     while mask:                         # the set bits only
         r = lowest_bit(mask)
         bit = <uint64_t>1 << r
         mask ^= bit
-        if nc.min_index < Q[r].limit and fabs(du[r] - nc.pdist) - nc.radius <= Q[r].tau + slack:
+        if (nc.min_index < Q[r].limit and max(du[r] - nc.pdist, nc.pdist - du[GROUP + r])
+                - nc.radius <= Q[r].tau + slack):
             cmask |= bit
     return cmask
 
@@ -480,7 +653,7 @@ cdef int _pool_init(Pool* pool, intp_t cap) noexcept nogil:
     pool.cap = max(cap, 1)
     pool.n_free = 0
     pool.used = 0
-    pool.d = <float64_t*>malloc(pool.cap * GROUP * sizeof(float64_t))
+    pool.d = <float64_t*>malloc(pool.cap * 2 * GROUP * sizeof(float64_t))
     pool.mask = <uint64_t*>malloc(pool.cap * sizeof(uint64_t))
     pool.node = <intp_t*>malloc(pool.cap * sizeof(intp_t))
     pool.free_slots = <intp_t*>malloc(pool.cap * sizeof(intp_t))
@@ -513,7 +686,7 @@ cdef intp_t _pool_take(Pool* pool) noexcept nogil:
         return pool.free_slots[pool.n_free]
     if pool.used == pool.cap:
         cap = 2 * pool.cap
-        if not (_grow(<void**>&pool.d, cap * GROUP * sizeof(float64_t))
+        if not (_grow(<void**>&pool.d, cap * 2 * GROUP * sizeof(float64_t))
                 and _grow(<void**>&pool.mask, cap * sizeof(uint64_t))
                 and _grow(<void**>&pool.node, cap * sizeof(intp_t))
                 and _grow(<void**>&pool.free_slots, cap * sizeof(intp_t))):
@@ -523,27 +696,31 @@ cdef intp_t _pool_take(Pool* pool) noexcept nogil:
     return pool.used - 1
 
 
-cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot, intp_t c,
-                const intp_t* act, intp_t na, const float64_t* dots, const Scratch* W,
-                intp_t* size) noexcept nogil:
-    """Score child c (of the node in pool slot `slot`) for the queries act[0..na), whose dot
-    products with it are dots[0..na): offer it to each, and push it with the distances of
-    the queries that may find something below it. Returns 0, or -1 when the pool could not
-    grow."""
+cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
+                const Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
+    """Score the child ch (of the node in pool slot `slot`) for its queries, from their
+    kernel values and float64 dot products: offer it to each, and push it with the distances
+    of the queries that may find something below it (and, from the float32 screen, with the
+    distance bounds of ch.bact). Returns 0, or -1 when the pool could not grow."""
     cdef Pool* pool = W.pool
+    cdef intp_t c = ch.node
     cdef const Node* nc = &T.node[c]
     cdef float64_t keys[GROUP]
     cdef float64_t d, b, lbc = INFINITY, slack = T.slack
     cdef intp_t t, r, cslot = -1
     cdef uint64_t pmask = 0
     cdef Query* q
-    _node_keys(P, Q, act, na, c, dots, 1, keys)
+    cdef float64_t* dc
+    if ch.na == 0 and ch.nb == 0:
+        return 0
+    _keys(P, Q, ch, keys)
     if nc.child_end > nc.child_begin:
         cslot = _pool_take(pool)        # where c's distances go if it is pushed
         if cslot < 0:
             return -1
-    for t in range(na):
-        r = act[t]
+        dc = pool.d + cslot * 2 * GROUP
+    for t in range(ch.na):
+        r = ch.act[t]
         q = &Q[r]
         q.evals += 1
         _offer(T, q, c, keys[t], k)
@@ -552,9 +729,17 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
         d = sqrt(keys[t])
         b = d - nc.radius
         if b <= q.tau + slack:
-            pool.d[cslot * GROUP + r] = d
+            dc[r] = d
+            dc[GROUP + r] = d
             pmask |= <uint64_t>1 << r
             lbc = min(lbc, b if b > 0.0 else 0.0)
+    for t in range(ch.nb):              # (_screen_child's test: b <= tau + slack)
+        r = ch.bact[t]
+        dc[r] = ch.blo[t]
+        dc[GROUP + r] = ch.bhi[t]
+        pmask |= <uint64_t>1 << r
+        b = ch.blo[t] - nc.radius
+        lbc = min(lbc, b if b > 0.0 else 0.0)
     if pmask:
         pool.node[cslot] = c
         pool.mask[cslot] = pmask
@@ -585,32 +770,34 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     cdef float64_t* fd = W.fd
     cdef intp_t* fn = W.fn
     cdef Pool* pool = W.pool
-    cdef intp_t act[GROUP]              # the queries a node is scored against, their dot
-    cdef float64_t dots[GROUP]          # products with it and their keys
-    cdef float64_t keys[GROUP]
+    cdef Child ch                       # the child being scored
+    cdef intp_t act[GROUP]              # the queries of a root tile
+    cdef float64_t keys[GROUP]          # the seeds' and the root's keys, by query
     cdef intp_t row_of[GROUP]           # query -> its row in the tile
+    cdef uint64_t every = ~(<uint64_t>0) >> (64 - g)
     for r in range(g):
         q = &Q[r]
         q.count = 0
         q.key0 = INFINITY
         q.evals = 1
+        q.screened = 0
+        q.recomputed = 0
     for j in range(k + 1):              # each query's seeds bound its k-th key (see _search)
         t = W.seeds[j]
         if t < 0:
             continue
-        na = 0
+        mask = 0
         for r in range(g):
             if t != Q[r].self_index and t < Q[r].limit:
-                act[na] = r
-                na += 1
-        _lone_node_keys(P, Q, act, na, T.node_of[t], keys)
-        for u in range(na):
-            q = &Q[act[u]]
-            best_offer(q.hd, q.hi, &q.count, k, keys[u], t)
+                mask |= <uint64_t>1 << r
+        _lone_node_keys(P, Q, mask, T.node_of[t], keys)
+        while mask:
+            r = lowest_bit(mask)
+            mask &= mask - 1
+            q = &Q[r]
+            best_offer(q.hd, q.hi, &q.count, k, keys[r], t)
             q.evals += 1
-    for r in range(g):
-        act[r] = r
-    _lone_node_keys(P, Q, act, g, 0, keys)     # the root
+    _lone_node_keys(P, Q, every, 0, keys)     # the root
     for r in range(g):
         q = &Q[r]
         if q.count == k:
@@ -623,9 +810,10 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     pool.used = 0
     slot = _pool_take(pool)             # the root's entry (the pool has room for one)
     pool.node[slot] = 0
-    pool.mask[slot] = ~(<uint64_t>0) >> (64 - g)
+    pool.mask[slot] = every
     for r in range(g):
-        pool.d[slot * GROUP + r] = sqrt(keys[r])
+        pool.d[slot * 2 * GROUP + r] = sqrt(keys[r])
+        pool.d[slot * 2 * GROUP + GROUP + r] = sqrt(keys[r])
     frontier_push(fl, fd, fn, &size, 0.0, 0.0, slot)
     while size > 0:
         tau_max = Q[0].tau
@@ -636,7 +824,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         slot = fn[0]
         frontier_pop(fl, fd, fn, &size)
         u = pool.node[slot]
-        du = pool.d + slot * GROUP
+        du = pool.d + slot * 2 * GROUP
         mask = 0                        # the queries that still need u, with today's bounds
         cmask = pool.mask[slot]
         while cmask:
@@ -673,39 +861,49 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                         row_of[r] = na
                         act[na] = r
                         na += 1
-                _dot_tile(P, Q, act, na, W.tile_nodes, nn, W.tile, TILE_NODES)
+                if T.v32 != NULL:       # the tile in float32 (see _screen_child)
+                    _dot_tile(T.v32, P.m, Q, act, na, W.tile_nodes, nn, W.tile32, TILE_NODES)
+                else:
+                    _dot_tile(P.v, P.m, Q, act, na, W.tile_nodes, nn, W.tile, TILE_NODES)
                 for j in range(nn):
                     c = W.tile_nodes[j]
                     cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
-                    na = 0
-                    for r in range(g):
-                        if cmask & (<uint64_t>1 << r):
-                            act[na] = r
-                            dots[na] = W.tile[row_of[r] * TILE_NODES + j]
-                            na += 1
-                    if na and _enter(P, T, Q, k, slot, c, act, na, dots, W, &size) != 0:
+                    if cmask == 0:
+                        continue
+                    _child_start(P, Q, c, cmask, &ch)
+                    if T.v32 != NULL:
+                        for t in range(ch.na):
+                            ch.prods[t] = W.tile32[row_of[ch.act[t]] * TILE_NODES + j]
+                        _score(P, T, Q, k, &ch)
+                    else:
+                        for t in range(ch.na):
+                            ch.dots[t] = W.tile[row_of[ch.act[t]] * TILE_NODES + j]
+                    if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
                         return -1
-                    du = pool.d + slot * GROUP  # the pool may have moved
+                    du = pool.d + slot * 2 * GROUP  # the pool may have moved
         else:
             for c in range(T.node[u].child_begin, T.node[u].child_end):
                 cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
                 if cmask == 0:
                     continue
-                na = _members(cmask, act)   # c's row is read once, for all of them
-                _dot_tile(P, Q, act, na, &c, 1, dots, 1)
-                if _enter(P, T, Q, k, slot, c, act, na, dots, W, &size) != 0:
+                _child_start(P, Q, c, cmask, &ch)   # c's row is read once, for all of them
+                if T.v32 != NULL:
+                    _dot_tile(T.v32, P.m, Q, ch.act, ch.na, &c, 1, ch.prods, 1)
+                _score(P, T, Q, k, &ch)
+                if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
                     return -1
-                du = pool.d + slot * GROUP      # the pool may have moved
+                du = pool.d + slot * 2 * GROUP      # the pool may have moved
         pool.free_slots[pool.n_free] = slot     # u is done
         pool.n_free += 1
     return 0
 
 
 cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint grouped,
-                          int* failed) noexcept nogil:
+                          bint screen, int* failed) noexcept nogil:
     """One thread's Scratch for in_flight queries at a time (the seeds start empty): one
-    workspace block (_workspace.pxd) and, for the groups, the frontier pool, which grows.
-    NULL, with failed[0] set, if any allocation failed."""
+    workspace block (_workspace.pxd) and, for the groups, the frontier pool, which grows,
+    and with the float32 screen its tile. NULL, with failed[0] set, if any allocation
+    failed."""
     cdef intp_t j
     cdef size_t nq = in_flight * sizeof(Query) if grouped else 0
     cdef size_t nd = in_flight * k * sizeof(float64_t), ni = in_flight * k * sizeof(intp_t)
@@ -713,9 +911,10 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
     cdef size_t ns = (k + 1) * sizeof(int64_t)
     cdef size_t nt = GROUP * TILE_NODES * sizeof(float64_t) if grouped else 0
     cdef size_t nn = TILE_NODES * sizeof(intp_t) if grouped else 0
+    cdef size_t n32 = GROUP * TILE_NODES * sizeof(float32_t) if grouped and screen else 0
     cdef char* at = workspace_new(span(sizeof(Scratch)) + span(nq) + span(nd) + span(ni) +
-                                  2 * span(fd) + span(fi) + span(ns) + span(nt) + span(nn),
-                                  failed)
+                                  2 * span(fd) + span(fi) + span(ns) + span(nt) + span(nn) +
+                                  span(n32), failed)
     cdef Scratch* W = <Scratch*>carve(&at, sizeof(Scratch))
     if W == NULL:
         return NULL
@@ -730,6 +929,7 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
         W.Q = <Query*>carve(&at, nq)
         W.tile = <float64_t*>carve(&at, nt)
         W.tile_nodes = <intp_t*>carve(&at, nn)
+        W.tile32 = <float32_t*>carve(&at, n32) if screen else NULL
         W.pool = <Pool*>calloc(1, sizeof(Pool))
         if W.pool == NULL or _pool_init(W.pool, min(frontier, <intp_t>POOL_START)) != 0:
             failed[0] = 1
@@ -755,15 +955,19 @@ cdef void _scratch_free(Scratch* W) noexcept nogil:
 
 def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
         const int64_t[::1] rows, tuple out, const int64_t[::1] visit_order,
-        tuple parallel_plan):
-    """Exact kNN for every query row; returns the distance evaluations per query.
+        tuple parallel_plan, tuple screen=()):
+    """Exact kNN for every query row; returns ``(evals, screened, recomputed)``, per query:
+    the pairs evaluated, of them those the float32 screen ruled out and those it passed on
+    to float64.
 
     queries: the query rows, prepared like the indexed points (same kernel). In-sample queries
     are indexed points themselves: query q is point i = rows[q], which excludes itself and,
     with predecessors, considers only j < i (rows is not read for new points).
     out = (dist, idx), each (n_queries, k), filled. Queries are answered in visit_order (a
     permutation of the rows): neighbouring queries in that order share the tree nodes they
-    touch, so they find them in cache. parallel_plan = (num_threads, chunk).
+    touch, so they find them in cache. parallel_plan = (num_threads, chunk). screen: () for
+    float64 only, or (residual) the float32 screen's ``(query V in float32, their norms,
+    layout V in float32, their norms, (a, b, t))``, the last from _tiles.float32_slack.
     """
     cdef Tree T
     cdef const float64_t[:, ::1] xq = queries.x
@@ -780,15 +984,27 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     cdef intp_t found
     cdef int failed = 0
     evals = np.zeros(nq, dtype=np.int64)
-    cdef int64_t[::1] ev = evals
+    screened, recomputed = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
+    cdef int64_t[::1] ev = evals, sc = screened, rc = recomputed
+    cdef const float32_t[:, ::1] qv32, pv32
+    cdef const float64_t[::1] qnorm, pnorm
     cdef Interrupt stop
     interrupt_init(&stop)
     T.node = layout.node
     T.aliases = &al[0] if al.shape[0] else NULL
     T.node_of = &node_of[0]
     T.slack = layout.slack
+    T.v32, T.norm = NULL, NULL
+    J.v32, J.norm = NULL, NULL
+    if screen and nq and P.n:
+        qv32, qnorm, pv32, pnorm = screen[:4]
+        if (qv32.shape[0] != nq or pv32.shape[0] != P.n or qv32.shape[1] != P.m
+                or pv32.shape[1] != P.m or qnorm.shape[0] != nq or pnorm.shape[0] != P.n):
+            raise ValueError("the float32 screen's rows must match the queries and the layout")
+        T.v32, T.norm, J.v32, J.norm = &pv32[0, 0], &pnorm[0], &qv32[0, 0], &qnorm[0]
+        T.bound.a, T.bound.b, T.bound.t = screen[4]
     if nq == 0:
-        return evals
+        return evals, screened, recomputed
     if visit_order.shape[0] != nq or (in_sample and rows.shape[0] != nq):
         raise ValueError("visit_order and rows must have one entry per query")
     if P.residual:
@@ -797,13 +1013,14 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
         J.rows = &rows[0] if in_sample else NULL
         J.k, J.n = k, n
         J.out_dist, J.out_idx, J.ev = &out_dist[0, 0], &out_idx[0, 0], &ev[0]
+        J.screened, J.recomputed = &sc[0], &rc[0]
         J.visit = &visit_order[0]
         J.num_threads, J.chunk, J.stop, J.failed = num_threads, chunk, &stop, &failed
         with nogil:
             _knn_groups(P, &T, layout.n_nodes, &J)
     else:                               # Euclidean: one query at a time (see _search_group)
         with nogil, parallel(num_threads=num_threads):
-            W = _scratch_new(1, k, n, False, &failed)
+            W = _scratch_new(1, k, n, False, False, &failed)
             for pos in prange(nq, schedule='dynamic', chunksize=chunk):
                 q = visit_order[pos]
                 if W != NULL and not interrupted(&stop):
@@ -816,7 +1033,7 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     reraise(&stop)
     if failed:
         raise MemoryError("could not allocate the search workspaces")
-    return evals
+    return evals, screened, recomputed
 
 
 cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
@@ -827,7 +1044,7 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
     cdef intp_t nq = X.n, k = J.k, n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, q, p0
     cdef Scratch* W
     with parallel(num_threads=J.num_threads):
-        W = _scratch_new(GROUP, k, n_nodes, True, J.failed)
+        W = _scratch_new(GROUP, k, n_nodes, True, T.v32 != NULL, J.failed)
         for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, J.chunk // GROUP)):
             p0 = gi * GROUP
             g = min(<intp_t>GROUP, nq - p0)
@@ -840,6 +1057,9 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 W.Q[r].s = X.s[q]
                 W.Q[r].self_index = J.rows[q] if J.in_sample else -1
                 W.Q[r].limit = J.rows[q] if J.predecessors else J.n
+                if T.v32 != NULL:
+                    W.Q[r].v32 = J.v32 + q * X.m
+                    W.Q[r].anorm = T.bound.a * J.norm[q]
             if _search_group(P, T, W.Q, g, k, W) != 0:
                 J.failed[0] = 1             # its frontier pool could not grow
                 continue
@@ -848,6 +1068,8 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 _emit(W.Q[r].hd, W.Q[r].hi, W.Q[r].count, k, J.out_dist + q * k,
                       J.out_idx + q * k)
                 J.ev[q] = W.Q[r].evals
+                J.screened[q] = W.Q[r].screened
+                J.recomputed[q] = W.Q[r].recomputed
             q = J.visit[p0 + g - 1]
             _set_seeds(W.seeds, J.out_idx + q * k, k, J.rows[q] if J.in_sample else -1)
         # end: prange

@@ -1,6 +1,6 @@
 from libc.math cimport sqrt, fabs
 
-from residual._typedefs cimport float64_t, intp_t
+from residual._typedefs cimport float32_t, float64_t, intp_t
 from residual._blas cimport ddot_
 
 # Kernel codes; residual/kernels.py reads them from here (Kernel._code).
@@ -168,6 +168,33 @@ cdef struct Slack32:
     float64_t a, b, t
 
 cdef Slack32 slack32(intp_t m, float64_t norm_max) noexcept nogil
+
+
+cdef inline float64_t slack_bound(float64_t ani, float64_t nj, float64_t a, float64_t kval,
+                                  float64_t b, float64_t t) noexcept nogil:
+    """The bound E on |C64 - c|: ani = a |v_i|, nj = |v_j|, a = |c|, kval the kernel value,
+    b and t the slack's other terms."""
+    return ani * nj + b * (a + fabs(kval)) + t
+
+
+cdef inline float64_t lo_key32(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
+                               float64_t si, float64_t sj, float64_t b,
+                               float64_t t) noexcept nogil:
+    """The smallest float64 key a pair can have: residual_key(|c| + E), c = kval - prod (its
+    float64 kernel value and float32 product), ani = a |v_i|, nj = |v_j|, si and sj its
+    1/sqrt(p). (A NaN gives key 0, the smallest: such a pair is never ruled out.)"""
+    cdef float64_t a = fabs(kval - <float64_t>prod)
+    return residual_key(a + slack_bound(ani, nj, a, kval, b, t), si, sj)
+
+
+cdef inline float64_t hi_key32(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
+                               float64_t si, float64_t sj, float64_t b,
+                               float64_t t) noexcept nogil:
+    """The largest float64 key a pair can have: residual_key(max(0, |c| - E)) (see lo_key32;
+    a NaN gives key 1, the largest)."""
+    cdef float64_t a = fabs(kval - <float64_t>prod)
+    a = a - slack_bound(ani, nj, a, kval, b, t)
+    return residual_key(a if a > 0.0 else 0.0, si, sj)
 
 
 cdef inline float64_t sqdist(const float64_t* a, const float64_t* b,

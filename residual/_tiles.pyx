@@ -296,9 +296,11 @@ cdef class Metric:
 
     def float32_rows(self):
         """``(v32, norms)``: V rounded to float32 (n, m) and :meth:`row_norms`, for the
-        float32 screen (made on first use, then kept)."""
+        float32 screen (made on first use, then kept; on a 64-byte boundary, see
+        aligned_empty)."""
         if self._v32 is None:
-            self._v32 = self.v.astype(np.float32)
+            self._v32 = aligned_empty(self.v.shape, np.float32)
+            np.copyto(self._v32, self.v, casting="same_kind")
         return self._v32, self.row_norms()
 
     def float32_safe(self):

@@ -128,6 +128,17 @@ def resolve_chunk_size(chunk_size, default):
     return min(check_int(chunk_size, "chunk_size", minimum=1), MAX_CHUNK_SIZE)
 
 
+#: The values of ``precision`` (see :func:`residual.brute_force_knn`).
+PRECISIONS = ("auto", "float32", "float64")
+
+
+def check_precision(precision):
+    """``precision``: one of PRECISIONS."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
 def resolve_seed(seed, name="seed"):
     """The integer seed to draw from: ``numpy.random.default_rng(resolve_seed(seed))``.
 

@@ -5,7 +5,8 @@ import numpy as np
 from residual import _blas, _bruteforce
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._tiles import Metric
-from residual._validate import as_points, check_query, check_rows, resolve_chunk_size
+from residual._validate import (as_points, check_precision, check_query, check_rows,
+                                resolve_chunk_size)
 
 #: Queries per parallel work item when ``chunk_size`` is None.
 DEFAULT_CHUNK_SIZE = 128
@@ -14,9 +15,6 @@ DEFAULT_CHUNK_SIZE = 128
 #: BLAS's register blocking whatever ``chunk_size`` is (BLAS edge kernels may sum in another
 #: order, and the answer must not depend on the chunking).
 CHUNK_ALIGN = 32
-
-#: The values of ``precision`` (see :func:`brute_force_knn`).
-PRECISIONS = ("auto", "float32", "float64")
 
 #: The counters of ``return_stats`` that are summed over calls in ``Metric.screen_counts``.
 COUNTERS = ("pairs", "screened_float32", "recomputed_float64", "float64_pairs")
@@ -96,8 +94,7 @@ def brute_force_knn(X_or_model, k, Y=None, *, predecessors=False, rows=None, num
     start, stop = check_rows(rows, n, Y is None)
     nt = resolve_num_threads(num_threads)
     chunk = resolve_chunk_size(chunk_size, DEFAULT_CHUNK_SIZE)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     cands = Metric.euclidean(X) if model is None else model.metric
     if Y is None:
         out = in_sample_rows(cands, k, bool(predecessors), start, stop, nt, chunk,

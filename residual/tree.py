@@ -14,11 +14,13 @@ import time
 import numpy as np
 
 from residual import _blas, _build, _invariants, _persist, _search
+from residual.bruteforce import COUNTERS
 from residual.model import ResidualCorrelation
-from residual._tiles import Metric
+from residual._tiles import Metric, float32_slack
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_points, check_euclidean_range, check_int, check_query,
-                                check_rows, resolve_chunk_size, resolve_seed)
+                                check_precision, check_rows, resolve_chunk_size,
+                                resolve_seed)
 
 #: Largest batch inserted at once when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = 512
@@ -216,7 +218,7 @@ class CoverTree(_persist.Persistent):
     # -- queries --------------------------------------------------------------------------------
 
     def query(self, Y=None, k=1, *, predecessors=False, rows=None, num_threads=None,
-              chunk_size=None):
+              chunk_size=None, precision="auto"):
         """Exact k nearest neighbours by best-first search on the tree.
 
         Same contract as :func:`residual.brute_force_knn`: in-sample queries (``Y=None``)
@@ -238,6 +240,12 @@ class CoverTree(_persist.Persistent):
             consecutive queries in one shared traversal and hands out ``chunk_size // 64``
             such groups per work item (at least one, so one with the default). Results do not
             depend on it.
+        precision : {"auto", "float32", "float64"}, default="auto"
+            As for :func:`residual.brute_force_knn` (residual trees; a Euclidean tree is always
+            float64): with float32, each tree node's dot products with its queries are first
+            made in float32, and a pair is computed in float64 unless a proven error bound
+            shows that it can neither enter the query's k nearest nor lead the search below
+            it. The traversal and the answers are those of float64.
 
         Returns
         -------
@@ -246,7 +254,9 @@ class CoverTree(_persist.Persistent):
 
         Notes
         -----
-        ``stats["query"]`` records the last call: seconds and distance evaluations per query.
+        ``stats["query"]`` records the last call: seconds, distance evaluations per query and
+        the float32 screen's counters (as ``brute_force_knn(..., return_stats=True)``'s;
+        they are also added to the model's ``metric.screen_counts``).
         Distances are evaluated in float64 on a breadth-first copy of the tree (built on the
         first query and kept). For the residual metric, groups of neighbouring queries share
         one traversal, so that each row of V is read from memory once per group, and each
@@ -260,10 +270,12 @@ class CoverTree(_persist.Persistent):
         dim = self.model.n_features if self.residual else self._metric.dim
         Y, k = check_query(Y, k, predecessors, n, dim, euclidean=not self.residual)
         start, stop = check_rows(rows, n, Y is None)
+        check_precision(precision)
         return self._query(Y, k, bool(predecessors), (start, stop),
-                           resolve_num_threads(num_threads), resolve_chunk_size(chunk_size, 16))
+                           resolve_num_threads(num_threads), resolve_chunk_size(chunk_size, 16),
+                           precision)
 
-    def _query(self, Y, k, predecessors, rows, nt, chunk=16):
+    def _query(self, Y, k, predecessors, rows, nt, chunk=16, precision="auto"):
         """:meth:`query` on checked arguments: new points Y, or None for the in-sample rows
         ``rows = (start, stop)``, or for the rows of an int64 array (answered in its order,
         so neighbouring rows should be neighbours: residual/_auto.py's pilot); ``nt``
@@ -297,15 +309,41 @@ class CoverTree(_persist.Persistent):
             width = k + 1 if chain[0] else k
             dist = np.empty((nq, width))
             idx = np.empty((nq, width), dtype=np.int64)
-            evals = _search.knn(self._layout(), queries, in_sample, predecessors, row_ids,
-                                (dist, idx), visit, (nt, chunk))
+            screen = self._float32_screen(queries, in_sample, precision)
+            evals, screened, recomputed = _search.knn(
+                self._layout(), queries, in_sample, predecessors, row_ids, (dist, idx), visit,
+                (nt, chunk), screen)
             if chain[0]:
                 found, dist, idx = (dist, idx), np.empty((nq, k)), np.empty((nq, k), np.int64)
                 _search.rerank(queries, self._metric, row_ids, found, (dist, idx), *chain, nt)
+        counts = {"pairs": int(evals.sum()), "screened_float32": int(screened.sum()),
+                  "recomputed_float64": int(recomputed.sum())}
+        counts["float64_pairs"] = (counts["pairs"] - counts["screened_float32"]
+                                   - counts["recomputed_float64"])
+        for name in COUNTERS:
+            self._metric.screen_counts[name] = (self._metric.screen_counts.get(name, 0)
+                                                + counts[name])
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
-                                   float(evals.mean()) if nq else 0.0}
+                                   float(evals.mean()) if nq else 0.0,
+                               "float32": bool(screen), **counts}
         return dist, idx
+
+    def _float32_screen(self, queries, in_sample, precision):
+        """_search.knn's ``screen`` argument: () for float64 only, else the float32 rows and
+        norms of the queries and of the search layout, and the bound's terms (see
+        ``precision``; the rule is the brute force's, ``Metric.float32_pays``)."""
+        metric = self._metric
+        if not self.residual or precision == "float64" or not metric.float32_safe():
+            return ()
+        if precision == "auto" and not metric.float32_pays():
+            return ()
+        if not in_sample and not queries.float32_safe():
+            return ()
+        pv32, pnorm = self._layout().metric.float32_rows()
+        qv32, qnorm = queries.float32_rows()
+        norm_max = max(pnorm.max(initial=0.0), qnorm.max(initial=0.0))
+        return qv32, qnorm, pv32, pnorm, float32_slack(metric.m, norm_max)
 
     # -- finalise -------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""The brute force's float32 screen (``precision``) against float64 only: the same bits in every
-regime, the screen taken where it should be, and its error bound against float64 on
-adversarial inputs (_tiles.pyx, "float32 screen")."""
+"""The float32 screen (``precision``) of the brute force and of the tree against float64 only:
+the same bits in every regime, the screen taken where it should be, and its error bound
+against float64 on adversarial inputs (_tiles.pyx, "float32 screen")."""
 
 import numpy as np
 import pytest
@@ -40,6 +40,20 @@ needs_chain = pytest.mark.skipif(not _chain_found(256), reason="dgemm's order no
 def _same_bits(out, ref):
     assert out[0].tobytes() == ref[0].tobytes()         # distances, inf padding included
     assert np.array_equal(out[1], ref[1])
+
+
+def _tree_screen(model, k, **kw):
+    """A tree on model gives the same bits with the float32 screen forced on as with float64
+    only; returns its stats. (Not compared with the brute force here: where a row's keys
+    are within rounding of each other at the k-th place, or a row met BLAS's edge kernels
+    in the brute force, the tree's rescoring cannot promise its bits; see _search.rerank.)"""
+    tree = residual.CoverTree(model)
+    ref = tree.query(k=k, precision="float64", **kw)
+    _same_bits(tree.query(k=k, precision="float32", **kw), ref)
+    stats = tree.stats["query"]
+    assert stats["pairs"] == (stats["screened_float32"] + stats["recomputed_float64"]
+                              + stats["float64_pairs"])
+    return stats
 
 
 def _model(name, n=N, seed=0):
@@ -119,6 +133,7 @@ def test_duplicates_tie_by_index():
         ref = brute_force_knn(model, 10, precision="float64", **kw)
         _same_bits(brute_force_knn(model, 10, precision="float32", **kw), ref)
         assert np.any(ref[0][:, 0] == 0.0)                # the ties are there
+        assert _tree_screen(model, 10, **kw)["float32"]
 
 
 def test_degenerate_p():
@@ -131,6 +146,7 @@ def test_degenerate_p():
     for kw in (dict(predecessors=True), {}):
         ref = brute_force_knn(model, K, precision="float64", **kw)
         _same_bits(brute_force_knn(model, K, precision="float32", **kw), ref)
+        _tree_screen(model, K, **kw)
 
 
 def test_huge_coordinates_and_norms():
@@ -140,6 +156,7 @@ def test_huge_coordinates_and_norms():
                                                      n_inducing=256, seed=0)
     ref = brute_force_knn(model, K, predecessors=True, precision="float64")
     _same_bits(brute_force_knn(model, K, predecessors=True, precision="float32"), ref)
+    _tree_screen(model, K, predecessors=True)
     # |v| beyond NORM_MAX: float32 products could overflow, so the screen stays off
     big = residual.ResidualCorrelation(model.X, residual.Matern(1.5, lengthscale=0.1,
                                                                 variance=1e40),
@@ -148,6 +165,7 @@ def test_huge_coordinates_and_norms():
     dist, idx, stats = brute_force_knn(big, K, precision="float32", return_stats=True)
     assert not stats["float32"]
     _same_bits((dist, idx), brute_force_knn(big, K, precision="float64"))
+    assert not _tree_screen(big, K)["float32"]
 
 
 def test_euclidean_grid_ties_stay_float64():
@@ -192,6 +210,69 @@ def test_near_the_bound(seed, eps, m, k, n):
                               return_stats=True, **kw)
         _same_bits(out[:2], ref)
         assert out[2]["float32"]
+        assert _tree_screen(model, k, **kw)["float32"]
+
+
+# -- the tree's screen (_search.pyx, "float32 screen") ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def regime_tree(regime):
+    name, model = regime
+    return name, model, residual.CoverTree(model)
+
+
+@pytest.mark.parametrize("mode", ["predecessors", "all", "new"])
+def test_tree_float32_gives_the_float64_bits(regime_tree, mode):
+    name, model, tree = regime_tree
+    kw = {"predecessors": dict(predecessors=True), "all": {},
+          "new": dict(Y=REGIMES[name][0](np.random.default_rng(5), 100))}[mode]
+    ref = tree.query(k=K, precision="float64", **kw)
+    assert not tree.stats["query"]["float32"]
+    if _chain_found(model.n_inducing):        # rescored with the oracle's arithmetic
+        _same_bits(ref, brute_force_knn(model, K, precision="float64", **kw))
+    for precision in ("float32", "auto"):
+        _same_bits(tree.query(k=K, precision=precision, **kw), ref)
+        stats = tree.stats["query"]
+        assert stats["pairs"] == (stats["screened_float32"] + stats["recomputed_float64"]
+                                  + stats["float64_pairs"])
+        assert stats["float32"] == (precision == "float32" or name in PAYS)
+
+
+def test_tree_screen_decides_most_pairs_where_it_pays(regime_tree):
+    name, model, tree = regime_tree
+    tree.query(k=K, predecessors=True)
+    stats = tree.stats["query"]
+    if name in PAYS:
+        # 49-59 % here, 86-94 % at n = 16k (a query's bound is loose while its search
+        # is young, and at small n that is most of it); the float64 pairs are the seeds
+        # and the root
+        assert stats["screened_float32"] > 0.35 * stats["pairs"]
+        assert stats["float64_pairs"] < 0.1 * stats["pairs"]
+    else:
+        assert stats["float64_pairs"] == stats["pairs"] > 0
+
+
+def test_tree_threads_and_chunks_do_not_matter():
+    model = _model("matern32-5cube", n=1500)
+    tree = residual.CoverTree(model)
+    ref = tree.query(k=K, predecessors=True, precision="float64")
+    for kw in (dict(num_threads=1), dict(num_threads=2, chunk_size=200), dict(chunk_size=1)):
+        _same_bits(tree.query(k=K, predecessors=True, precision="float32", **kw), ref)
+    _same_bits(tree.query(k=K, predecessors=True, precision="float32", rows=(700, 1111)),
+               (ref[0][700:1111], ref[1][700:1111]))
+
+
+def test_tree_counts_add_up_on_the_metric():
+    model = _model("matern32-square", n=1200)
+    tree = residual.CoverTree(model)
+    before = dict(model.metric.screen_counts)
+    tree.query(k=5)
+    s1 = dict(tree.stats["query"])
+    _, _, s2 = brute_force_knn(model, 5, return_stats=True)
+    for name in ("pairs", "screened_float32", "recomputed_float64", "float64_pairs"):
+        assert model.metric.screen_counts[name] == before.get(name, 0) + s1[name] + s2[name]
+    with pytest.raises(ValueError, match="precision"):
+        tree.query(k=5, precision="half")
 
 
 # -- the bound itself -----------------------------------------------------------------------------
