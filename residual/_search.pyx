@@ -36,7 +36,7 @@ import numpy as np
 
 from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
 from residual._tiles cimport (Metric, Points, Slack32, closer, residual_key, sqdist,
-                              kernel_of_sqdist, kernel_value, hi_key32, lo_key32)
+                              kernel_of_sqdist, kernel_value, hi_key32, lo_key32, slack_bound)
 from residual._blas cimport gemm_elements
 from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
@@ -63,10 +63,11 @@ cdef struct Tree:
     const int64_t* node_of    # row -> node number
     float64_t slack
     # the float32 screen (residual, see "float32 screen" below; v32 NULL: off): the layout's
-    # V rows in float32, their float64 norms and the bound's terms
+    # V rows in float32, their float64 norms, the float32 bound's terms and _slack64's
     const float32_t* v32
     const float64_t* norm
     Slack32 bound
+    Slack32 bound64
 
 
 cdef class SearchLayout:
@@ -123,6 +124,13 @@ cdef class SearchLayout:
         free(self.node)
 
 
+cdef struct Kept:
+    # A candidate of the bounded search: a node with its lower bound on the key.
+    float64_t lo
+    intp_t node
+    bint f32                # bounded in float32 (for the counters)
+
+
 cdef struct Query:
     const float64_t* x      # coordinates, V row, 1/sqrt(p)
     const float64_t* v
@@ -135,10 +143,14 @@ cdef struct Query:
     float64_t* hd           # the k best, a max-heap (this query's slice of the workspace)
     intp_t* hi
     int64_t evals           # pairs evaluated, of which
-    int64_t screened        # ruled out by the float32 screen
-    int64_t recomputed      # through the screen, then computed in float64
-    const float32_t* v32    # the float32 screen: the V row in float32, and a |v|
-    float64_t anorm
+    int64_t screened        # bounded in float32 (the float32 screen), and of those
+    int64_t recomputed      # the candidates rescored in float64 at the end
+    # the float32 screen (the bounded search, see "float32 screen" below)
+    const float32_t* v32    # the V row in float32
+    float64_t norm          # |v|
+    bint exact              # the float32 bound is loose for this row: float64 for its pairs
+    Kept* kept              # its candidates (kcap slots, nkept used; malloc'd, grows)
+    intp_t nkept, kcap
 
 
 cdef struct Pool:
@@ -169,6 +181,10 @@ cdef struct Scratch:
     float64_t* tile          # residual groups: dot products of the queries with a tile of
     intp_t* tile_nodes       # children (GROUP x TILE_NODES), and those children
     float32_t* tile32        # the same products in float32 (the float32 screen)
+    float64_t* rkey          # the float32 screen's rescoring (_rescore): keys, rows and V
+    intp_t* ridx             # rows of a query's candidates (rcap of each; malloc'd, grow)
+    const float64_t** rptr
+    intp_t rcap, in_flight
 
 
 cdef struct Job:
@@ -182,8 +198,11 @@ cdef struct Job:
     int64_t* ev              # distance evaluations per query, and of them those the
     int64_t* screened        # float32 screen ruled out and those it passed to float64
     int64_t* recomputed
-    const float32_t* v32     # the float32 screen: the queries' V rows in float32 and their
-    const float64_t* norm    # norms (NULL: off)
+    const float32_t* v32     # the float32 screen: the queries' V rows in float32, their
+    const float64_t* norm    # norms (NULL: off), which of them are exact, the indexed
+    const unsigned char* exact   # rows in the caller's order and dgemm's blocking, for
+    const Points* indexed    # _rescore
+    long chain_q, chain_u
     int* failed              # set when a thread got no workspace (knn raises MemoryError)
     const int64_t* visit
     int num_threads
@@ -503,18 +522,14 @@ cdef void _dot_tile(const real* rows, intp_t m, const Query* Q, const intp_t* ac
         j += 4
 
 
-# A child and the queries that score it (_search_group): made by _child_start, thinned by the
-# float32 screen (_screen_child), then entered (_enter).
+# A child and the queries that score it (_search_group): made by _child_start, then entered
+# (_enter, or _enter_bounded with the float32 screen).
 cdef struct Child:
     intp_t node, na
     intp_t act[GROUP]           # the queries, ascending
     float64_t kval[GROUP]       # their kernel values with the child
     float64_t dots[GROUP]       # their float64 dot products V_q . V_c
     float32_t prods[GROUP]      # the float32 screen: the same products in float32
-    intp_t nb                   # the float32 screen: queries for which the child is known
-    intp_t bact[GROUP]          # only within bounds [blo, bhi] on its distance (it cannot
-    float64_t blo[GROUP]        # enter their k best, but its subtree may hold some)
-    float64_t bhi[GROUP]
 
 
 cdef void _child_start(const Points* P, const Query* Q, intp_t c, uint64_t mask,
@@ -524,7 +539,6 @@ cdef void _child_start(const Points* P, const Query* Q, intp_t c, uint64_t mask,
     cdef const float64_t* xc = P.x + c * P.dim
     ch.node = c
     ch.na = _members(mask, ch.act)
-    ch.nb = 0
     for t in range(ch.na):
         ch.kval[t] = sqdist(Q[ch.act[t]].x, xc, P.dim)
     kernel_of_sqdist(P.spec, ch.kval, ch.na)
@@ -540,70 +554,96 @@ cdef void _keys(const Points* P, const Query* Q, const Child* ch,
         keys[t] = residual_key(ch.kval[t] - ch.dots[t], Q[ch.act[t]].s, sc)
 
 
-cdef void _lone_node_keys(const Points* P, const Query* Q, uint64_t mask, intp_t c,
-                          float64_t* keys) noexcept nogil:
-    """keys[r] for each query r of mask: its key to node c, in float64 (the seeds and the
-    root)."""
+cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64_t mask,
+                          intp_t c, float64_t* lo, float64_t* hi) noexcept nogil:
+    """For each query r of mask, its key to node c in float64 (the seeds and the root):
+    lo[r] = hi[r] = the key, or with the float32 screen bounds on it (_bounds64)."""
     cdef Child ch
     cdef float64_t out[GROUP]
-    cdef intp_t t
+    cdef intp_t t, r
     _child_start(P, Q, c, mask, &ch)
     _dot_tile(P.v, P.m, Q, ch.act, ch.na, &c, 1, ch.dots, 1)
     _keys(P, Q, &ch, out)
     for t in range(ch.na):
-        keys[ch.act[t]] = out[t]
+        r = ch.act[t]
+        if T.v32 != NULL:
+            _bounds64(ch.kval[t], ch.dots[t], T.bound64.a * Q[r].norm, T.norm[c], Q[r].s,
+                      P.s[c], &T.bound64, &lo[r], &hi[r])
+        else:
+            lo[r] = out[t]
+            hi[r] = out[t]
 
 
-# float32 screen (Tree.v32 not NULL: the model's metric passes Metric.float32_pays, see
-# _tiles.pyx for the bound and the rule). A child's float32 products with its queries bound
-# each pair's float64 key: lo <= key <= hi (lo_key32, hi_key32). When lo proves that the
-# child cannot enter the query's k best (_offer's test with key >= lo), the pair needs no
-# float64 key: it is dropped if its subtree cannot hold a neighbour either (_enter's test,
-# sqrt(lo) - R(c) > tau + slack), else the child is pushed with the distance bounds
-# [sqrt(lo), sqrt(hi)] and its children are tested against the interval (_child_mask: the
-# nearest the parent distance can come to pdist). Every other pair is computed in float64
-# as without the screen. So no pair that can enter a query's k best is skipped and no
-# subtree that can hold one is pruned: the k + 1 best, and the answers, are those of the
-# float64 search; the traversal is at most a little wider.
+# float32 screen (Tree.v32 not NULL: the model's metric passes Metric.float32_pays and dgemm's
+# summation order is reproduced; see _tiles.pyx for the bound and the rule): the bounded
+# search. A pair is known only within bounds lo <= key <= hi on its float64 key, whichever
+# float64 arithmetic computes it (the tree's or the brute force's): from the float32 product
+# (lo_key32, hi_key32), or, for the seeds, the root and the queries whose own rows make the
+# float32 bound loose (Query.exact), from the tree's float64 key and the difference two
+# float64 evaluations can have (_bounds64). Each query then keeps
+#   - a max-heap of the k smallest upper bounds hi (so its k-th key is at most the heap's top,
+#     and tau = sqrt of that bounds the search as the k-th key does in float64);
+#   - its candidates: every node whose lo was at most that bound when it was scored.
+# A node whose lo exceeds the bound has a key above the k-th smallest, so it cannot be an
+# answer, and a subtree is pruned only when sqrt(lo) - R(c) exceeds tau + slack: nothing that
+# can be an answer is lost. A pushed child carries [sqrt(lo), sqrt(hi)] for each query, and
+# its children are tested against the interval (_child_mask). At the end (_rescore) the
+# candidates that are still within the final bound (about k) are scored with the brute
+# force's own arithmetic, as rerank() does, and the k best are the answer: the oracle's bits,
+# with no float64 dot product in the search but for the exact queries.
 
-cdef void _screen_child(const Points* P, const Tree* T, Query* Q, intp_t k,
-                        Child* ch) noexcept nogil:
-    """Drop from ch the queries whose pair the float32 bound decides (above), from
-    ch.prods; the others keep their order and kernel values."""
-    cdef const Node* nc = &T.node[ch.node]
-    cdef bint leaf = nc.child_end == nc.child_begin
-    cdef float64_t nj = T.norm[ch.node], sj = P.s[ch.node], lo, kth, dlo
-    cdef intp_t t, w = 0
-    cdef Query* q
-    for t in range(ch.na):
-        q = &Q[ch.act[t]]
-        lo = lo_key32(ch.kval[t], ch.prods[t], q.anorm, nj, q.s, sj, T.bound.b, T.bound.t)
-        kth = q.key0 if q.count < k else min(q.key0, q.hd[0])
-        if lo <= kth:                   # it may enter the k best: float64
-            q.recomputed += 1
-            ch.act[w] = ch.act[t]
-            ch.kval[w] = ch.kval[t]
-            w += 1
-            continue
-        q.evals += 1
-        q.screened += 1
-        dlo = sqrt(lo)
-        if not leaf and dlo - nc.radius <= q.tau + T.slack:
-            ch.bact[ch.nb] = ch.act[t]
-            ch.blo[ch.nb] = dlo
-            ch.bhi[ch.nb] = sqrt(hi_key32(ch.kval[t], ch.prods[t], q.anorm, nj, q.s, sj,
-                                          T.bound.b, T.bound.t))
-            ch.nb += 1
-    ch.na = w
+cdef inline void _bounds64(float64_t kval, float64_t dot, float64_t ani, float64_t nj,
+                           float64_t si, float64_t sj, const Slack32* sl, float64_t* lo,
+                           float64_t* hi) noexcept nogil:
+    """lo, hi: bounds on the float64 key of a pair in any float64 arithmetic, from the tree's
+    kernel value and dot product (ani = sl.a |v_i|, nj = |v_j|, si and sj their 1/sqrt(p))."""
+    cdef float64_t a = fabs(kval - dot)
+    cdef float64_t e = slack_bound(ani, nj, a, kval, sl.b, sl.t)
+    lo[0] = residual_key(a + e, si, sj)
+    a = a - e
+    hi[0] = residual_key(a if a > 0.0 else 0.0, si, sj)
 
 
-cdef inline void _score(const Points* P, const Tree* T, Query* Q, intp_t k,
-                        Child* ch) noexcept nogil:
-    """ch.dots in float64 for the queries that need them: with the float32 screen, those its
-    bound does not decide (ch.prods already made)."""
-    if T.v32 != NULL:
-        _screen_child(P, T, Q, k, ch)
-    _dot_tile(P.v, P.m, Q, ch.act, ch.na, &ch.node, 1, ch.dots, 1)
+cdef Slack32 _slack64(intp_t m) noexcept nogil:
+    """The bound on the difference of two float64 evaluations of C = k - v_i . v_j, in any
+    order, fused or not: each is within gamma'_{2m+2} (|k| + |v_i| |v_j|) (+ m 2^-1070 of
+    underflow) of the exact value (_tiles.pyx, "float32 screen"); the factor 1 + 2^-20 and
+    the 4w of b cover the float64 roundings of the bound itself."""
+    cdef float64_t w = 2.0 ** -53, margin = 1.0 + 2.0 ** -20
+    cdef float64_t gamma64 = (2 * m + 2) * w / (1.0 - (2 * m + 2) * w)
+    cdef Slack32 out
+    out.a = margin * 2 * gamma64
+    out.b = 2 * gamma64 + 4 * w
+    out.t = margin * 2 * m * 2.0 ** -1070
+    return out
+
+
+cdef inline float64_t _bound(const Query* q, intp_t k) noexcept nogil:
+    """A query's bound on its k-th key now: its heap's top when full, and the seeds'."""
+    return min(q.key0, q.hd[0]) if q.count == k else q.key0
+
+
+cdef int _keep(Query* q, float64_t lo, intp_t node, bint f32, intp_t k) noexcept nogil:
+    """Add node to q's candidates; a full buffer first drops those above the bound, and
+    doubles if that leaves more than half. Returns 0, or -1 when it could not grow."""
+    cdef intp_t x, w = 0
+    cdef float64_t thr
+    if q.nkept == q.kcap:
+        thr = _bound(q, k)
+        for x in range(q.nkept):
+            if q.kept[x].lo <= thr:
+                q.kept[w] = q.kept[x]
+                w += 1
+        q.nkept = w
+        if w > q.kcap // 2:
+            if not _grow(<void**>&q.kept, 2 * q.kcap * sizeof(Kept)):
+                return -1
+            q.kcap *= 2
+    q.kept[q.nkept].lo = lo
+    q.kept[q.nkept].node = node
+    q.kept[q.nkept].f32 = f32
+    q.nkept += 1
+    return 0
 
 
 cdef extern from *:
@@ -700,8 +740,8 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
                 const Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
     """Score the child ch (of the node in pool slot `slot`) for its queries, from their
     kernel values and float64 dot products: offer it to each, and push it with the distances
-    of the queries that may find something below it (and, from the float32 screen, with the
-    distance bounds of ch.bact). Returns 0, or -1 when the pool could not grow."""
+    of the queries that may find something below it. Returns 0, or -1 when the pool could
+    not grow."""
     cdef Pool* pool = W.pool
     cdef intp_t c = ch.node
     cdef const Node* nc = &T.node[c]
@@ -710,8 +750,8 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
     cdef intp_t t, r, cslot = -1
     cdef uint64_t pmask = 0
     cdef Query* q
-    cdef float64_t* dc
-    if ch.na == 0 and ch.nb == 0:
+    cdef float64_t* dc = NULL
+    if ch.na == 0:
         return 0
     _keys(P, Q, ch, keys)
     if nc.child_end > nc.child_begin:
@@ -733,13 +773,15 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
             dc[GROUP + r] = d
             pmask |= <uint64_t>1 << r
             lbc = min(lbc, b if b > 0.0 else 0.0)
-    for t in range(ch.nb):              # (_screen_child's test: b <= tau + slack)
-        r = ch.bact[t]
-        dc[r] = ch.blo[t]
-        dc[GROUP + r] = ch.bhi[t]
-        pmask |= <uint64_t>1 << r
-        b = ch.blo[t] - nc.radius
-        lbc = min(lbc, b if b > 0.0 else 0.0)
+    return _push(P, T, c, cslot, pmask, lbc, W, size)
+
+
+cdef inline int _push(const Points* P, const Tree* T, intp_t c, intp_t cslot, uint64_t pmask,
+                      float64_t lbc, const Scratch* W, intp_t* size) noexcept nogil:
+    """Push child c, whose distances are in pool slot cslot, for the queries of pmask with
+    lower bound lbc; with no query (or no slot: a leaf) the slot goes back. Returns 0."""
+    cdef Pool* pool = W.pool
+    cdef const Node* nc = &T.node[c]
     if pmask:
         pool.node[cslot] = c
         pool.mask[cslot] = pmask
@@ -750,6 +792,71 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
         pool.free_slots[pool.n_free] = cslot
         pool.n_free += 1
     return 0
+
+
+cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
+                        Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
+    """_enter for the bounded search ("float32 screen"): each query's bounds on its key to
+    the child, from ch.prods (the exact queries: from their float64 dot products, made
+    here); the child becomes a candidate and offers its upper bound where its lower bound
+    is within the query's bound, and is pushed with its distance bounds. Returns 0, or -1
+    when the pool or a candidate buffer could not grow."""
+    cdef intp_t c = ch.node, t, r, ne = 0, cslot = -1
+    cdef const Node* nc = &T.node[c]
+    cdef float64_t nj = T.norm[c], sj = P.s[c], lo, hi, dlo = 0.0, b, lbc = INFINITY
+    cdef bint candidate, push
+    cdef uint64_t pmask = 0
+    cdef Query* q
+    cdef float64_t* dc = NULL
+    cdef intp_t eact[GROUP]             # the exact queries and their place in ch
+    cdef intp_t epos[GROUP]
+    cdef float64_t edots[GROUP]
+    for t in range(ch.na):
+        if Q[ch.act[t]].exact:
+            eact[ne] = ch.act[t]
+            epos[ne] = t
+            ne += 1
+    if ne:
+        _dot_tile(P.v, P.m, Q, eact, ne, &c, 1, edots, 1)
+        for t in range(ne):
+            ch.dots[epos[t]] = edots[t]
+    if nc.child_end > nc.child_begin:
+        cslot = _pool_take(W.pool)      # where c's distance bounds go if it is pushed
+        if cslot < 0:
+            return -1
+        dc = W.pool.d + cslot * 2 * GROUP
+    for t in range(ch.na):
+        r = ch.act[t]
+        q = &Q[r]
+        q.evals += 1
+        if q.exact:
+            _bounds64(ch.kval[t], ch.dots[t], T.bound64.a * q.norm, nj, q.s, sj, &T.bound64,
+                      &lo, &hi)
+        else:
+            q.screened += 1
+            lo = lo_key32(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
+                          T.bound.b, T.bound.t)
+            hi = INFINITY               # made when needed (most pairs need only lo)
+        candidate = lo <= _bound(q, k)
+        push = False                    # (a leaf: nothing to enter)
+        if cslot >= 0:
+            dlo = sqrt(lo)
+            b = dlo - nc.radius
+            push = b <= q.tau + T.slack
+        if hi == INFINITY and (candidate or push):
+            hi = hi_key32(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
+                          T.bound.b, T.bound.t)
+        if candidate:
+            if _keep(q, lo, c, not q.exact, k) != 0:
+                return -1
+            _offer(T, q, c, hi, k)
+            push = push and b <= q.tau + T.slack    # the offer may have lowered tau
+        if push:
+            dc[r] = dlo
+            dc[GROUP + r] = sqrt(hi)
+            pmask |= <uint64_t>1 << r
+            lbc = min(lbc, b if b > 0.0 else 0.0)
+    return _push(P, T, c, cslot, pmask, lbc, W, size)
 
 
 cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
@@ -772,7 +879,8 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     cdef Pool* pool = W.pool
     cdef Child ch                       # the child being scored
     cdef intp_t act[GROUP]              # the queries of a root tile
-    cdef float64_t keys[GROUP]          # the seeds' and the root's keys, by query
+    cdef float64_t lo[GROUP]            # the seeds' and the root's keys, by query (with the
+    cdef float64_t hi[GROUP]            # float32 screen, bounds on them)
     cdef intp_t row_of[GROUP]           # query -> its row in the tile
     cdef uint64_t every = ~(<uint64_t>0) >> (64 - g)
     for r in range(g):
@@ -782,6 +890,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         q.evals = 1
         q.screened = 0
         q.recomputed = 0
+        q.nkept = 0
     for j in range(k + 1):              # each query's seeds bound its k-th key (see _search)
         t = W.seeds[j]
         if t < 0:
@@ -790,21 +899,23 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         for r in range(g):
             if t != Q[r].self_index and t < Q[r].limit:
                 mask |= <uint64_t>1 << r
-        _lone_node_keys(P, Q, mask, T.node_of[t], keys)
+        _lone_node_keys(P, T, Q, mask, T.node_of[t], lo, hi)
         while mask:
             r = lowest_bit(mask)
             mask &= mask - 1
             q = &Q[r]
-            best_offer(q.hd, q.hi, &q.count, k, keys[r], t)
+            best_offer(q.hd, q.hi, &q.count, k, hi[r], t)
             q.evals += 1
-    _lone_node_keys(P, Q, every, 0, keys)     # the root
+    _lone_node_keys(P, T, Q, every, 0, lo, hi)     # the root
     for r in range(g):
         q = &Q[r]
         if q.count == k:
             q.key0 = q.hd[0]
         q.count = 0
-        if keys[r] <= q.key0:
-            _offer_node(T, 0, keys[r], k, q, &q.count)
+        if lo[r] <= q.key0:
+            if T.v32 != NULL and _keep(q, lo[r], 0, False, k) != 0:
+                return -1
+            _offer_node(T, 0, hi[r], k, q, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
     pool.n_free = 0
     pool.used = 0
@@ -812,8 +923,8 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     pool.node[slot] = 0
     pool.mask[slot] = every
     for r in range(g):
-        pool.d[slot * 2 * GROUP + r] = sqrt(keys[r])
-        pool.d[slot * 2 * GROUP + GROUP + r] = sqrt(keys[r])
+        pool.d[slot * 2 * GROUP + r] = sqrt(lo[r])
+        pool.d[slot * 2 * GROUP + GROUP + r] = sqrt(hi[r])
     frontier_push(fl, fd, fn, &size, 0.0, 0.0, slot)
     while size > 0:
         tau_max = Q[0].tau
@@ -861,7 +972,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                         row_of[r] = na
                         act[na] = r
                         na += 1
-                if T.v32 != NULL:       # the tile in float32 (see _screen_child)
+                if T.v32 != NULL:       # the tile in float32 (the bounded search)
                     _dot_tile(T.v32, P.m, Q, act, na, W.tile_nodes, nn, W.tile32, TILE_NODES)
                 else:
                     _dot_tile(P.v, P.m, Q, act, na, W.tile_nodes, nn, W.tile, TILE_NODES)
@@ -874,12 +985,13 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                     if T.v32 != NULL:
                         for t in range(ch.na):
                             ch.prods[t] = W.tile32[row_of[ch.act[t]] * TILE_NODES + j]
-                        _score(P, T, Q, k, &ch)
+                        if _enter_bounded(P, T, Q, k, slot, &ch, W, &size) != 0:
+                            return -1
                     else:
                         for t in range(ch.na):
                             ch.dots[t] = W.tile[row_of[ch.act[t]] * TILE_NODES + j]
-                    if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
-                        return -1
+                        if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
+                            return -1
                     du = pool.d + slot * 2 * GROUP  # the pool may have moved
         else:
             for c in range(T.node[u].child_begin, T.node[u].child_end):
@@ -889,9 +1001,12 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                 _child_start(P, Q, c, cmask, &ch)   # c's row is read once, for all of them
                 if T.v32 != NULL:
                     _dot_tile(T.v32, P.m, Q, ch.act, ch.na, &c, 1, ch.prods, 1)
-                _score(P, T, Q, k, &ch)
-                if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
-                    return -1
+                    if _enter_bounded(P, T, Q, k, slot, &ch, W, &size) != 0:
+                        return -1
+                else:
+                    _dot_tile(P.v, P.m, Q, ch.act, ch.na, &c, 1, ch.dots, 1)
+                    if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
+                        return -1
                 du = pool.d + slot * 2 * GROUP      # the pool may have moved
         pool.free_slots[pool.n_free] = slot     # u is done
         pool.n_free += 1
@@ -902,9 +1017,9 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
                           bint screen, int* failed) noexcept nogil:
     """One thread's Scratch for in_flight queries at a time (the seeds start empty): one
     workspace block (_workspace.pxd) and, for the groups, the frontier pool, which grows,
-    and with the float32 screen its tile. NULL, with failed[0] set, if any allocation
-    failed."""
-    cdef intp_t j
+    and with the float32 screen its tile, the queries' candidate buffers and the rescoring
+    buffers (these grow too). NULL, with failed[0] set, if any allocation failed."""
+    cdef intp_t j, cap = 4 * k + 64
     cdef size_t nq = in_flight * sizeof(Query) if grouped else 0
     cdef size_t nd = in_flight * k * sizeof(float64_t), ni = in_flight * k * sizeof(intp_t)
     cdef size_t fd = frontier * sizeof(float64_t), fi = frontier * sizeof(intp_t)
@@ -938,18 +1053,42 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
     for j in range(in_flight if grouped else 0):
         W.Q[j].hd = W.hd + j * k
         W.Q[j].hi = W.hi + j * k
+        W.Q[j].kept = NULL
+        W.Q[j].kcap = 0
+    W.in_flight = in_flight if grouped else 0
+    if grouped and screen:
+        for j in range(in_flight):
+            W.Q[j].kept = <Kept*>malloc(cap * sizeof(Kept))
+            W.Q[j].kcap = cap
+            if W.Q[j].kept == NULL:
+                failed[0] = 1
+        W.rcap = cap
+        W.rkey = <float64_t*>malloc(cap * sizeof(float64_t))
+        W.ridx = <intp_t*>malloc(cap * sizeof(intp_t))
+        W.rptr = <const float64_t**>malloc(cap * sizeof(float64_t*))
+        if failed[0] or W.rkey == NULL or W.ridx == NULL or W.rptr == NULL:
+            failed[0] = 1
+            _scratch_free(W)
+            return NULL
     for j in range(k + 1):
         W.seeds[j] = -1
     return W
 
 
 cdef void _scratch_free(Scratch* W) noexcept nogil:
-    """Free a Scratch: its pool, then its block (W itself is the block's start)."""
+    """Free a Scratch: its pool and other buffers of its own, then its block (W itself is
+    the block's start)."""
+    cdef intp_t j
     if W == NULL:
         return
     if W.pool != NULL:
         _pool_free(W.pool)
     free(W.pool)
+    for j in range(W.in_flight):
+        free(W.Q[j].kept)
+    free(W.rkey)
+    free(W.ridx)
+    free(<void*>W.rptr)
     free(W)
 
 
@@ -966,8 +1105,10 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     out = (dist, idx), each (n_queries, k), filled. Queries are answered in visit_order (a
     permutation of the rows): neighbouring queries in that order share the tree nodes they
     touch, so they find them in cache. parallel_plan = (num_threads, chunk). screen: () for
-    float64 only, or (residual) the float32 screen's ``(query V in float32, their norms,
-    layout V in float32, their norms, (a, b, t))``, the last from _tiles.float32_slack.
+    float64 only, or (residual) the bounded search's ``(query V in float32, their norms,
+    layout V in float32, their norms, (a, b, t) of _tiles.float32_slack, the exact queries
+    (uint8), the indexed rows in the caller's order (a Metric), dgemm's blocking (q, u))``
+    (see "float32 screen"): the answers are then scored with the brute force's arithmetic.
     """
     cdef Tree T
     cdef const float64_t[:, ::1] xq = queries.x
@@ -988,6 +1129,8 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     cdef int64_t[::1] ev = evals, sc = screened, rc = recomputed
     cdef const float32_t[:, ::1] qv32, pv32
     cdef const float64_t[::1] qnorm, pnorm
+    cdef const unsigned char[::1] exact
+    cdef Metric rows_metric
     cdef Interrupt stop
     interrupt_init(&stop)
     T.node = layout.node
@@ -998,11 +1141,16 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     J.v32, J.norm = NULL, NULL
     if screen and nq and P.n:
         qv32, qnorm, pv32, pnorm = screen[:4]
+        exact, rows_metric = screen[5], screen[6]
         if (qv32.shape[0] != nq or pv32.shape[0] != P.n or qv32.shape[1] != P.m
-                or pv32.shape[1] != P.m or qnorm.shape[0] != nq or pnorm.shape[0] != P.n):
+                or pv32.shape[1] != P.m or qnorm.shape[0] != nq or pnorm.shape[0] != P.n
+                or exact.shape[0] != nq or rows_metric.P.n != n or rows_metric.P.m != P.m):
             raise ValueError("the float32 screen's rows must match the queries and the layout")
         T.v32, T.norm, J.v32, J.norm = &pv32[0, 0], &pnorm[0], &qv32[0, 0], &qnorm[0]
         T.bound.a, T.bound.b, T.bound.t = screen[4]
+        T.bound64 = _slack64(P.m)
+        J.exact, J.indexed = &exact[0], &rows_metric.P
+        J.chain_q, J.chain_u = screen[7]
     if nq == 0:
         return evals, screened, recomputed
     if visit_order.shape[0] != nq or (in_sample and rows.shape[0] != nq):
@@ -1059,21 +1207,67 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 W.Q[r].limit = J.rows[q] if J.predecessors else J.n
                 if T.v32 != NULL:
                     W.Q[r].v32 = J.v32 + q * X.m
-                    W.Q[r].anorm = T.bound.a * J.norm[q]
+                    W.Q[r].norm = J.norm[q]
+                    W.Q[r].exact = J.exact[q]
             if _search_group(P, T, W.Q, g, k, W) != 0:
                 J.failed[0] = 1             # its frontier pool could not grow
                 continue
             for r in range(g):
                 q = J.visit[p0 + r]
+                if T.v32 != NULL and _rescore(T, J, &W.Q[r], W) != 0:
+                    J.failed[0] = 1
                 _emit(W.Q[r].hd, W.Q[r].hi, W.Q[r].count, k, J.out_dist + q * k,
                       J.out_idx + q * k)
                 J.ev[q] = W.Q[r].evals
-                J.screened[q] = W.Q[r].screened
+                J.screened[q] = W.Q[r].screened - W.Q[r].recomputed
                 J.recomputed[q] = W.Q[r].recomputed
             q = J.visit[p0 + g - 1]
             _set_seeds(W.seeds, J.out_idx + q * k, k, J.rows[q] if J.in_sample else -1)
         # end: prange
         _scratch_free(W)
+
+
+cdef int _rescore(const Tree* T, const Job* J, Query* q, Scratch* W) noexcept nogil:
+    """The bounded search's answer for q (see "float32 screen"): its candidates still within
+    its final bound, each node's row and its aliases where eligible, scored with the brute
+    force's arithmetic (as _rerank_row), and the k best by (key, index) into q's heap.
+    Returns 0, or -1 when the buffers could not grow."""
+    cdef const Points* C = J.indexed
+    cdef float64_t thr = _bound(q, J.k)
+    cdef intp_t x, t, a, n = 0, need = 0
+    cdef const Node* nc
+    for x in range(q.nkept):            # rows of the candidates, at most
+        if q.kept[x].lo <= thr:
+            nc = &T.node[q.kept[x].node]
+            need += 1 + nc.alias_end - nc.alias_begin
+    if need > W.rcap:
+        if not (_grow(<void**>&W.rkey, need * sizeof(float64_t))
+                and _grow(<void**>&W.ridx, need * sizeof(intp_t))
+                and _grow(<void**>&W.rptr, need * sizeof(float64_t*))):
+            return -1
+        W.rcap = need
+    for x in range(q.nkept):
+        if q.kept[x].lo > thr:
+            continue
+        q.recomputed += q.kept[x].f32
+        nc = &T.node[q.kept[x].node]
+        if nc.point != q.self_index and nc.point < q.limit:
+            W.ridx[n] = nc.point
+            n += 1
+        for t in range(nc.alias_begin, nc.alias_end):
+            a = T.aliases[t]
+            if a != q.self_index and a < q.limit:
+                W.ridx[n] = a
+                n += 1
+    for t in range(n):
+        W.rkey[t] = kernel_value(C.spec, sqdist(q.x, C.x + W.ridx[t] * C.dim, C.dim))
+        W.rptr[t] = C.v + W.ridx[t] * C.m
+    gemm_elements(W.rkey, q.v, W.rptr, n, C.m, J.chain_q, J.chain_u)
+    q.count = 0
+    for t in range(n):
+        best_offer(q.hd, q.hi, &q.count, J.k, residual_key(W.rkey[t], q.s, C.s[W.ridx[t]]),
+                   W.ridx[t])
+    return 0
 
 
 def depth_first_order(intp_t root, const int64_t[::1] children_ptr,

@@ -16,7 +16,7 @@ import numpy as np
 from residual import _blas, _build, _invariants, _persist, _search
 from residual.bruteforce import COUNTERS
 from residual.model import ResidualCorrelation
-from residual._tiles import Metric, float32_slack
+from residual._tiles import FLOAT32_MAX_SLACK, Metric, float32_slack
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_points, check_euclidean_range, check_int, check_query,
                                 check_precision, check_rows, resolve_chunk_size,
@@ -303,17 +303,19 @@ class CoverTree(_persist.Persistent):
             visit = visit.astype(np.int64)
         nq = queries.n
         with single_threaded_blas():
-            # residual: k + 1 candidates, rescored with the brute force's arithmetic (see
-            # _search.rerank), where dgemm's summation order could be reproduced
+            # residual: the answers are rescored with the brute force's arithmetic where
+            # dgemm's summation order could be reproduced: k + 1 candidates (_search.rerank),
+            # or with the float32 screen all those its bounds cannot rule out (_search.pyx,
+            # "float32 screen")
             chain = _blas.dgemm_chain(self._metric.m) if self.residual else (0, 0)
-            width = k + 1 if chain[0] else k
+            screen = self._float32_screen(queries, in_sample, precision, chain)
+            width = k + 1 if chain[0] and not screen else k
             dist = np.empty((nq, width))
             idx = np.empty((nq, width), dtype=np.int64)
-            screen = self._float32_screen(queries, in_sample, precision)
             evals, screened, recomputed = _search.knn(
                 self._layout(), queries, in_sample, predecessors, row_ids, (dist, idx), visit,
                 (nt, chunk), screen)
-            if chain[0]:
+            if width > k:
                 found, dist, idx = (dist, idx), np.empty((nq, k)), np.empty((nq, k), np.int64)
                 _search.rerank(queries, self._metric, row_ids, found, (dist, idx), *chain, nt)
         counts = {"pairs": int(evals.sum()), "screened_float32": int(screened.sum()),
@@ -329,21 +331,26 @@ class CoverTree(_persist.Persistent):
                                "float32": bool(screen), **counts}
         return dist, idx
 
-    def _float32_screen(self, queries, in_sample, precision):
+    def _float32_screen(self, queries, in_sample, precision, chain):
         """_search.knn's ``screen`` argument: () for float64 only, else the float32 rows and
-        norms of the queries and of the search layout, and the bound's terms (see
+        norms of the queries and of the search layout, the bound's terms, the queries whose
+        own rows make the bound loose, the tree's rows and dgemm's blocking ``chain`` (see
         ``precision``; the rule is the brute force's, ``Metric.float32_pays``)."""
         metric = self._metric
         if not self.residual or precision == "float64" or not metric.float32_safe():
             return ()
         if precision == "auto" and not metric.float32_pays():
             return ()
-        if not in_sample and not queries.float32_safe():
+        if not chain[0] or (not in_sample and not queries.float32_safe()):
             return ()
         pv32, pnorm = self._layout().metric.float32_rows()
         qv32, qnorm = queries.float32_rows()
         norm_max = max(pnorm.max(initial=0.0), qnorm.max(initial=0.0))
-        return qv32, qnorm, pv32, pnorm, float32_slack(metric.m, norm_max)
+        slack = float32_slack(metric.m, norm_max)
+        # a row's own part of the pair error, e_i^2 as in Metric.float32_pays: above the
+        # rule's limit its pairs are computed in float64 (the rows of p ~ jitter)
+        exact = (slack[0] * qnorm ** 2 * queries.s ** 2 > FLOAT32_MAX_SLACK).view(np.uint8)
+        return qv32, qnorm, pv32, pnorm, slack, exact, metric, chain
 
     # -- finalise -------------------------------------------------------------------------------
 
