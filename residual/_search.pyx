@@ -20,11 +20,13 @@
 # consecutive queries that share one traversal (residual, see _search_group), one Scratch workspace
 # per thread (_workspace.pxd: a thread that cannot get one sets the shared flag, and knn() raises
 # MemoryError). Distances are float64 (the residual dot products in small tiles, see
-# RESIDUAL_DOT_TILE), on a breadth-first copy of the tree
+# RESIDUAL_DOT_TILE; with the float32 screen, float32 products and bounds first), on a
+# breadth-first copy of the tree
 # (SearchLayout: the tree's Metric with its rows in node order) so that a node's children and their
 # rows are adjacent in memory. The bounded top-k heap and the (dist, idx) order are the shared ones
 # of _heap.pxd and _tiles.pxd. Ctrl-C is checked before every query or group (_interrupt.pxd).
-# Residual answers are rescored at the end with the brute force's arithmetic (rerank, below).
+# Residual searches bound each key rather than trust the tree's last bits, and score their
+# final candidates with the brute force's arithmetic ("bounded search", below).
 
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
@@ -62,12 +64,14 @@ cdef struct Tree:
     const int64_t* aliases
     const int64_t* node_of    # row -> node number
     float64_t slack
-    # the float32 screen (residual, see "float32 screen" below; v32 NULL: off): the layout's
-    # V rows in float32, their float64 norms, the float32 bound's terms and _slack64's
-    const float32_t* v32
+    # the bounded search (residual, see "bounded search" below): the layout's |v| and
+    # _slack64's terms; with the float32 screen (v32 NULL: off) its V rows in float32 and
+    # the float32 bound's terms
+    bint bounded
     const float64_t* norm
-    Slack32 bound
     Slack32 bound64
+    const float32_t* v32
+    Slack32 bound
 
 
 cdef class SearchLayout:
@@ -145,10 +149,10 @@ cdef struct Query:
     int64_t evals           # pairs evaluated, of which
     int64_t screened        # bounded in float32 (the float32 screen), and of those
     int64_t recomputed      # the candidates rescored in float64 at the end
-    # the float32 screen (the bounded search, see "float32 screen" below)
-    const float32_t* v32    # the V row in float32
+    # the bounded search (see "bounded search" below)
     float64_t norm          # |v|
-    bint exact              # the float32 bound is loose for this row: float64 for its pairs
+    const float32_t* v32    # the float32 screen: the V row in float32, or exact: the
+    bint exact              # float32 bound is loose for this row (or off), float64 pairs
     Kept* kept              # its candidates (kcap slots, nkept used; malloc'd, grows)
     intp_t nkept, kcap
 
@@ -181,7 +185,7 @@ cdef struct Scratch:
     float64_t* tile          # residual groups: dot products of the queries with a tile of
     intp_t* tile_nodes       # children (GROUP x TILE_NODES), and those children
     float32_t* tile32        # the same products in float32 (the float32 screen)
-    float64_t* rkey          # the float32 screen's rescoring (_rescore): keys, rows and V
+    float64_t* rkey          # the bounded search's rescoring (_rescore): keys, rows and V
     intp_t* ridx             # rows of a query's candidates (rcap of each; malloc'd, grow)
     const float64_t** rptr
     intp_t rcap, in_flight
@@ -196,13 +200,13 @@ cdef struct Job:
     float64_t* out_dist      # (n_queries, k), row-major
     int64_t* out_idx
     int64_t* ev              # distance evaluations per query, and of them those the
-    int64_t* screened        # float32 screen ruled out and those it passed to float64
+    int64_t* screened        # float32 screen ruled out and those it rescored in float64
     int64_t* recomputed
-    const float32_t* v32     # the float32 screen: the queries' V rows in float32, their
-    const float64_t* norm    # norms (NULL: off), which of them are exact, the indexed
-    const unsigned char* exact   # rows in the caller's order and dgemm's blocking, for
-    const Points* indexed    # _rescore
-    long chain_q, chain_u
+    const float64_t* norm    # the bounded search: the queries' norms, which of them are
+    const unsigned char* exact   # exact, the indexed rows in the caller's order and
+    const Points* indexed    # dgemm's blocking (for _rescore), and with the float32
+    long chain_q, chain_u    # screen the queries' V rows in float32
+    const float32_t* v32
     int* failed              # set when a thread got no workspace (knn raises MemoryError)
     const int64_t* visit
     int num_threads
@@ -523,7 +527,7 @@ cdef void _dot_tile(const real* rows, intp_t m, const Query* Q, const intp_t* ac
 
 
 # A child and the queries that score it (_search_group): made by _child_start, then entered
-# (_enter, or _enter_bounded with the float32 screen).
+# (_enter, or _enter_bounded in the bounded search).
 cdef struct Child:
     intp_t node, na
     intp_t act[GROUP]           # the queries, ascending
@@ -557,7 +561,7 @@ cdef void _keys(const Points* P, const Query* Q, const Child* ch,
 cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64_t mask,
                           intp_t c, float64_t* lo, float64_t* hi) noexcept nogil:
     """For each query r of mask, its key to node c in float64 (the seeds and the root):
-    lo[r] = hi[r] = the key, or with the float32 screen bounds on it (_bounds64)."""
+    lo[r] = hi[r] = the key, or in the bounded search bounds on it (_bounds64)."""
     cdef Child ch
     cdef float64_t out[GROUP]
     cdef intp_t t, r
@@ -566,7 +570,7 @@ cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64
     _keys(P, Q, &ch, out)
     for t in range(ch.na):
         r = ch.act[t]
-        if T.v32 != NULL:
+        if T.bounded:
             _bounds64(ch.kval[t], ch.dots[t], T.bound64.a * Q[r].norm, T.norm[c], Q[r].s,
                       P.s[c], &T.bound64, &lo[r], &hi[r])
         else:
@@ -574,13 +578,16 @@ cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64
             hi[r] = out[t]
 
 
-# float32 screen (Tree.v32 not NULL: the model's metric passes Metric.float32_pays and dgemm's
-# summation order is reproduced; see _tiles.pyx for the bound and the rule): the bounded
-# search. A pair is known only within bounds lo <= key <= hi on its float64 key, whichever
-# float64 arithmetic computes it (the tree's or the brute force's): from the float32 product
-# (lo_key32, hi_key32), or, for the seeds, the root and the queries whose own rows make the
-# float32 bound loose (Query.exact), from the tree's float64 key and the difference two
-# float64 evaluations can have (_bounds64). Each query then keeps
+# The bounded search (residual, Tree.bounded: wherever dgemm's summation order is reproduced,
+# _blas.dgemm_chain). The tree sums V_q . V_c in its own order and the brute force, the oracle,
+# in dgemm's, so a pair's two keys differ in their last bits; where two candidates are closer
+# than that, the tree's own keys would rank them otherwise than the oracle (at n = 131072,
+# k = 30: one row in 131072). So a pair is known only within bounds lo <= key <= hi on its
+# float64 key, whichever float64 arithmetic computes it: from the tree's float64 key and the
+# difference two float64 evaluations can have (_bounds64: about 1e-13 relative), or with
+# the float32 screen from the float32 product (lo_key32, hi_key32; _tiles.pyx "float32
+# screen": Metric.float32_pays decides, and the rows whose own bound is loose, such as the
+# inducing points with p ~ jitter, stay exact: float64). Each query keeps
 #   - a max-heap of the k smallest upper bounds hi (so its k-th key is at most the heap's top,
 #     and tau = sqrt of that bounds the search as the k-th key does in float64);
 #   - its candidates: every node whose lo was at most that bound when it was scored.
@@ -588,9 +595,12 @@ cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64
 # answer, and a subtree is pruned only when sqrt(lo) - R(c) exceeds tau + slack: nothing that
 # can be an answer is lost. A pushed child carries [sqrt(lo), sqrt(hi)] for each query, and
 # its children are tested against the interval (_child_mask). At the end (_rescore) the
-# candidates that are still within the final bound (about k) are scored with the brute
-# force's own arithmetic, as rerank() does, and the k best are the answer: the oracle's bits,
-# with no float64 dot product in the search but for the exact queries.
+# candidates still within the final bound (about k) are scored with the brute force's own
+# arithmetic: the kernel value (sqdist, then the kernel inline) minus dgemm's k-blocked FMA
+# chains (_blas.pxd gemm_elements, whose blocking _blas.dgemm_chain checked against dgemm),
+# then residual_key; the k best by (key, index), ordered by (distance, index) as the brute
+# force orders them, are the answer: the oracle's rows, distances bit for bit. With the
+# float32 screen the search makes no float64 dot product but for the exact rows.
 
 cdef inline void _bounds64(float64_t kval, float64_t dot, float64_t ani, float64_t nj,
                            float64_t si, float64_t sj, const Slack32* sl, float64_t* lo,
@@ -794,20 +804,9 @@ cdef inline int _push(const Points* P, const Tree* T, intp_t c, intp_t cslot, ui
     return 0
 
 
-cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
-                        Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
-    """_enter for the bounded search ("float32 screen"): each query's bounds on its key to
-    the child, from ch.prods (the exact queries: from their float64 dot products, made
-    here); the child becomes a candidate and offers its upper bound where its lower bound
-    is within the query's bound, and is pushed with its distance bounds. Returns 0, or -1
-    when the pool or a candidate buffer could not grow."""
-    cdef intp_t c = ch.node, t, r, ne = 0, cslot = -1
-    cdef const Node* nc = &T.node[c]
-    cdef float64_t nj = T.norm[c], sj = P.s[c], lo, hi, dlo = 0.0, b, lbc = INFINITY
-    cdef bint candidate, push
-    cdef uint64_t pmask = 0
-    cdef Query* q
-    cdef float64_t* dc = NULL
+cdef void _exact_dots(const Points* P, const Query* Q, Child* ch) noexcept nogil:
+    """ch.dots, in float64, for the exact queries of ch (the float32 screen made ch.prods)."""
+    cdef intp_t t, ne = 0
     cdef intp_t eact[GROUP]             # the exact queries and their place in ch
     cdef intp_t epos[GROUP]
     cdef float64_t edots[GROUP]
@@ -817,9 +816,25 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp
             epos[ne] = t
             ne += 1
     if ne:
-        _dot_tile(P.v, P.m, Q, eact, ne, &c, 1, edots, 1)
+        _dot_tile(P.v, P.m, Q, eact, ne, &ch.node, 1, edots, 1)
         for t in range(ne):
             ch.dots[epos[t]] = edots[t]
+
+
+cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
+                        const Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
+    """_enter for the bounded search: each query's bounds on its key to the child, from
+    ch.dots (exact queries) or ch.prods (the float32 screen); the child becomes a candidate
+    and offers its upper bound where its lower bound is within the query's bound, and is
+    pushed with its distance bounds. Returns 0, or -1 when the pool or a candidate buffer
+    could not grow."""
+    cdef intp_t c = ch.node, t, r, cslot = -1
+    cdef const Node* nc = &T.node[c]
+    cdef float64_t nj = T.norm[c], sj = P.s[c], lo, hi, dlo = 0.0, b, lbc = INFINITY
+    cdef bint candidate, push
+    cdef uint64_t pmask = 0
+    cdef Query* q
+    cdef float64_t* dc = NULL
     if nc.child_end > nc.child_begin:
         cslot = _pool_take(W.pool)      # where c's distance bounds go if it is pushed
         if cslot < 0:
@@ -859,6 +874,14 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp
     return _push(P, T, c, cslot, pmask, lbc, W, size)
 
 
+cdef inline int _score(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
+                       const Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
+    """_enter_bounded or _enter, as the search is bounded or not."""
+    if T.bounded:
+        return _enter_bounded(P, T, Q, k, slot, ch, W, size)
+    return _enter(P, T, Q, k, slot, ch, W, size)
+
+
 cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
                        const Scratch* W) noexcept nogil:
     """The k nearest eligible points for each of the g <= GROUP queries in Q.
@@ -879,8 +902,8 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     cdef Pool* pool = W.pool
     cdef Child ch                       # the child being scored
     cdef intp_t act[GROUP]              # the queries of a root tile
-    cdef float64_t lo[GROUP]            # the seeds' and the root's keys, by query (with the
-    cdef float64_t hi[GROUP]            # float32 screen, bounds on them)
+    cdef float64_t lo[GROUP]            # the seeds' and the root's keys, by query (in the
+    cdef float64_t hi[GROUP]            # bounded search, bounds on them)
     cdef intp_t row_of[GROUP]           # query -> its row in the tile
     cdef uint64_t every = ~(<uint64_t>0) >> (64 - g)
     for r in range(g):
@@ -913,7 +936,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
             q.key0 = q.hd[0]
         q.count = 0
         if lo[r] <= q.key0:
-            if T.v32 != NULL and _keep(q, lo[r], 0, False, k) != 0:
+            if T.bounded and _keep(q, lo[r], 0, False, k) != 0:
                 return -1
             _offer_node(T, 0, hi[r], k, q, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
@@ -985,13 +1008,12 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                     if T.v32 != NULL:
                         for t in range(ch.na):
                             ch.prods[t] = W.tile32[row_of[ch.act[t]] * TILE_NODES + j]
-                        if _enter_bounded(P, T, Q, k, slot, &ch, W, &size) != 0:
-                            return -1
+                        _exact_dots(P, Q, &ch)
                     else:
                         for t in range(ch.na):
                             ch.dots[t] = W.tile[row_of[ch.act[t]] * TILE_NODES + j]
-                        if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
-                            return -1
+                    if _score(P, T, Q, k, slot, &ch, W, &size) != 0:
+                        return -1
                     du = pool.d + slot * 2 * GROUP  # the pool may have moved
         else:
             for c in range(T.node[u].child_begin, T.node[u].child_end):
@@ -1001,12 +1023,11 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                 _child_start(P, Q, c, cmask, &ch)   # c's row is read once, for all of them
                 if T.v32 != NULL:
                     _dot_tile(T.v32, P.m, Q, ch.act, ch.na, &c, 1, ch.prods, 1)
-                    if _enter_bounded(P, T, Q, k, slot, &ch, W, &size) != 0:
-                        return -1
+                    _exact_dots(P, Q, &ch)
                 else:
                     _dot_tile(P.v, P.m, Q, ch.act, ch.na, &c, 1, ch.dots, 1)
-                    if _enter(P, T, Q, k, slot, &ch, W, &size) != 0:
-                        return -1
+                if _score(P, T, Q, k, slot, &ch, W, &size) != 0:
+                    return -1
                 du = pool.d + slot * 2 * GROUP      # the pool may have moved
         pool.free_slots[pool.n_free] = slot     # u is done
         pool.n_free += 1
@@ -1014,11 +1035,12 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
 
 
 cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint grouped,
-                          bint screen, int* failed) noexcept nogil:
+                          bint bounded, bint screen, int* failed) noexcept nogil:
     """One thread's Scratch for in_flight queries at a time (the seeds start empty): one
-    workspace block (_workspace.pxd) and, for the groups, the frontier pool, which grows,
-    and with the float32 screen its tile, the queries' candidate buffers and the rescoring
-    buffers (these grow too). NULL, with failed[0] set, if any allocation failed."""
+    workspace block (_workspace.pxd) and, for the groups, the frontier pool, which grows;
+    for the bounded search the queries' candidate buffers and the rescoring buffers (these
+    grow too), and with the float32 screen its tile. NULL, with failed[0] set, if any
+    allocation failed."""
     cdef intp_t j, cap = 4 * k + 64
     cdef size_t nq = in_flight * sizeof(Query) if grouped else 0
     cdef size_t nd = in_flight * k * sizeof(float64_t), ni = in_flight * k * sizeof(intp_t)
@@ -1056,7 +1078,7 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
         W.Q[j].kept = NULL
         W.Q[j].kcap = 0
     W.in_flight = in_flight if grouped else 0
-    if grouped and screen:
+    if grouped and bounded:
         for j in range(in_flight):
             W.Q[j].kept = <Kept*>malloc(cap * sizeof(Kept))
             W.Q[j].kcap = cap
@@ -1094,21 +1116,22 @@ cdef void _scratch_free(Scratch* W) noexcept nogil:
 
 def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
         const int64_t[::1] rows, tuple out, const int64_t[::1] visit_order,
-        tuple parallel_plan, tuple screen=()):
+        tuple parallel_plan, tuple bounded=()):
     """Exact kNN for every query row; returns ``(evals, screened, recomputed)``, per query:
-    the pairs evaluated, of them those the float32 screen ruled out and those it passed on
-    to float64.
+    the pairs evaluated, of them those bounded only in float32 and those that were then
+    rescored in float64 (the float32 screen).
 
     queries: the query rows, prepared like the indexed points (same kernel). In-sample queries
     are indexed points themselves: query q is point i = rows[q], which excludes itself and,
     with predecessors, considers only j < i (rows is not read for new points).
     out = (dist, idx), each (n_queries, k), filled. Queries are answered in visit_order (a
     permutation of the rows): neighbouring queries in that order share the tree nodes they
-    touch, so they find them in cache. parallel_plan = (num_threads, chunk). screen: () for
-    float64 only, or (residual) the bounded search's ``(query V in float32, their norms,
-    layout V in float32, their norms, (a, b, t) of _tiles.float32_slack, the exact queries
-    (uint8), the indexed rows in the caller's order (a Metric), dgemm's blocking (q, u))``
-    (see "float32 screen"): the answers are then scored with the brute force's arithmetic.
+    touch, so they find them in cache. parallel_plan = (num_threads, chunk). bounded: () for
+    the tree's own float64 keys, or (residual) the bounded search's ``(query norms, layout
+    norms, the indexed rows in the caller's order (a Metric), dgemm's blocking (q, u),
+    float32)`` (see "bounded search"), float32 = () or the float32 screen's ``(query V in
+    float32, layout V in float32, (a, b, t) of _tiles.float32_slack, the exact queries
+    (uint8))``: the answers are then scored with the brute force's arithmetic.
     """
     cdef Tree T
     cdef const float64_t[:, ::1] xq = queries.x
@@ -1137,20 +1160,23 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     T.aliases = &al[0] if al.shape[0] else NULL
     T.node_of = &node_of[0]
     T.slack = layout.slack
-    T.v32, T.norm = NULL, NULL
-    J.v32, J.norm = NULL, NULL
-    if screen and nq and P.n:
-        qv32, qnorm, pv32, pnorm = screen[:4]
-        exact, rows_metric = screen[5], screen[6]
-        if (qv32.shape[0] != nq or pv32.shape[0] != P.n or qv32.shape[1] != P.m
-                or pv32.shape[1] != P.m or qnorm.shape[0] != nq or pnorm.shape[0] != P.n
-                or exact.shape[0] != nq or rows_metric.P.n != n or rows_metric.P.m != P.m):
-            raise ValueError("the float32 screen's rows must match the queries and the layout")
-        T.v32, T.norm, J.v32, J.norm = &pv32[0, 0], &pnorm[0], &qv32[0, 0], &qnorm[0]
-        T.bound.a, T.bound.b, T.bound.t = screen[4]
-        T.bound64 = _slack64(P.m)
-        J.exact, J.indexed = &exact[0], &rows_metric.P
-        J.chain_q, J.chain_u = screen[7]
+    T.bounded, T.v32, T.norm = False, NULL, NULL
+    J.v32, J.norm, J.exact = NULL, NULL, NULL
+    if bounded and nq and P.n:
+        qnorm, pnorm, rows_metric = bounded[:3]
+        if (qnorm.shape[0] != nq or pnorm.shape[0] != P.n or rows_metric.P.n != n
+                or rows_metric.P.m != P.m or not P.residual):
+            raise ValueError("the bounded search's rows must match the queries and the tree")
+        T.bounded, T.norm, T.bound64 = True, &pnorm[0], _slack64(P.m)
+        J.norm, J.indexed = &qnorm[0], &rows_metric.P
+        J.chain_q, J.chain_u = bounded[3]
+        if bounded[4]:
+            qv32, pv32, abt, exact = bounded[4]
+            if (qv32.shape[0] != nq or pv32.shape[0] != P.n or qv32.shape[1] != P.m
+                    or pv32.shape[1] != P.m or exact.shape[0] != nq):
+                raise ValueError("the float32 rows must match the queries and the tree")
+            T.v32, J.v32, J.exact = &pv32[0, 0], &qv32[0, 0], &exact[0]
+            T.bound.a, T.bound.b, T.bound.t = abt
     if nq == 0:
         return evals, screened, recomputed
     if visit_order.shape[0] != nq or (in_sample and rows.shape[0] != nq):
@@ -1168,7 +1194,7 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
             _knn_groups(P, &T, layout.n_nodes, &J)
     else:                               # Euclidean: one query at a time (see _search_group)
         with nogil, parallel(num_threads=num_threads):
-            W = _scratch_new(1, k, n, False, False, &failed)
+            W = _scratch_new(1, k, n, False, False, False, &failed)
             for pos in prange(nq, schedule='dynamic', chunksize=chunk):
                 q = visit_order[pos]
                 if W != NULL and not interrupted(&stop):
@@ -1192,7 +1218,7 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
     cdef intp_t nq = X.n, k = J.k, n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, q, p0
     cdef Scratch* W
     with parallel(num_threads=J.num_threads):
-        W = _scratch_new(GROUP, k, n_nodes, True, T.v32 != NULL, J.failed)
+        W = _scratch_new(GROUP, k, n_nodes, True, T.bounded, T.v32 != NULL, J.failed)
         for gi in prange(n_groups, schedule='dynamic', chunksize=max(1, J.chunk // GROUP)):
             p0 = gi * GROUP
             g = min(<intp_t>GROUP, nq - p0)
@@ -1205,16 +1231,16 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 W.Q[r].s = X.s[q]
                 W.Q[r].self_index = J.rows[q] if J.in_sample else -1
                 W.Q[r].limit = J.rows[q] if J.predecessors else J.n
-                if T.v32 != NULL:
-                    W.Q[r].v32 = J.v32 + q * X.m
+                if T.bounded:
                     W.Q[r].norm = J.norm[q]
-                    W.Q[r].exact = J.exact[q]
+                    W.Q[r].exact = J.exact[q] if T.v32 != NULL else True
+                    W.Q[r].v32 = J.v32 + q * X.m if T.v32 != NULL else NULL
             if _search_group(P, T, W.Q, g, k, W) != 0:
                 J.failed[0] = 1             # its frontier pool could not grow
                 continue
             for r in range(g):
                 q = J.visit[p0 + r]
-                if T.v32 != NULL and _rescore(T, J, &W.Q[r], W) != 0:
+                if T.bounded and _rescore(T, J, &W.Q[r], W) != 0:
                     J.failed[0] = 1
                 _emit(W.Q[r].hd, W.Q[r].hi, W.Q[r].count, k, J.out_dist + q * k,
                       J.out_idx + q * k)
@@ -1228,9 +1254,9 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
 
 
 cdef int _rescore(const Tree* T, const Job* J, Query* q, Scratch* W) noexcept nogil:
-    """The bounded search's answer for q (see "float32 screen"): its candidates still within
+    """The bounded search's answer for q (see "bounded search"): its candidates still within
     its final bound, each node's row and its aliases where eligible, scored with the brute
-    force's arithmetic (as _rerank_row), and the k best by (key, index) into q's heap.
+    force's arithmetic, and the k best by (key, index) into q's heap.
     Returns 0, or -1 when the buffers could not grow."""
     cdef const Points* C = J.indexed
     cdef float64_t thr = _bound(q, J.k)
@@ -1299,103 +1325,3 @@ def depth_first_order(intp_t root, const int64_t[::1] children_ptr,
                 stack[sp] = children[t]
                 sp += 1
     return out[:m]
-
-
-# -- the oracle's own arithmetic for the residual answers -----------------------------------------
-#
-# The tree sums V_q . V_c in its own order (RESIDUAL_DOT_TILE) and the brute force, the oracle,
-# in dgemm's. The two keys of a pair differ in their last bits, which matters only where two
-# candidates are closer than that rounding (at n = 131072, k = 30: one row in 131072 had two
-# neighbours 1e-9 apart in the other order). So the residual tree finds k + 1 candidates per
-# row and rerank() recomputes their keys with the oracle's arithmetic: the same kernel value
-# (sqdist, then the kernel inline), minus dgemm's k-blocked FMA chains (_blas.pxd,
-# gemm_elements, whose blocking _blas.dgemm_chain checked against dgemm), then residual_key;
-# it keeps the k smallest by (key, index) and orders them by (distance, index), as the brute
-# force does. The rows then equal the oracle's, distances bit for bit, unless two candidates
-# within rounding of each other both sit at the k-th place of one row.
-
-def rerank(Metric queries, Metric points, const int64_t[::1] rows, tuple found, tuple out,
-           long chain_q, long chain_u, int num_threads):
-    """Each row's candidates found = (dist, idx) (n_queries, k + 1), rescored with the brute
-    force's arithmetic; the best k, by (distance, index), into out = (dist, idx). rows: the
-    in-sample query rows (empty for new points); points: the indexed rows (caller's order)."""
-    cdef const int64_t[:, ::1] cand = found[1]
-    cdef float64_t[:, ::1] out_d = out[0]
-    cdef int64_t[:, ::1] out_i = out[1]
-    cdef const Points* Q = &queries.P
-    cdef const Points* C = &points.P
-    cdef intp_t nq = cand.shape[0], width = cand.shape[1], k = out_d.shape[1], r
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag     # shared: a thread without its buffers sets it
-    cdef float64_t* key
-    cdef const float64_t** ptrs
-    cdef intp_t* idx
-    if nq == 0:
-        return
-    with nogil, parallel(num_threads=num_threads):
-        key = <float64_t*>malloc(width * sizeof(float64_t))
-        idx = <intp_t*>malloc(width * sizeof(intp_t))
-        ptrs = <const float64_t**>malloc(width * sizeof(float64_t*))
-        if key == NULL or idx == NULL or ptrs == NULL:
-            failed[0] = 1
-        for r in prange(nq, schedule='static'):
-            if not failed[0]:
-                _rerank_row(Q, C, r, &cand[r, 0], width, chain_q, chain_u, key, idx, ptrs)
-                _best_k(key, idx, width, k, &out_d[r, 0], &out_i[r, 0])
-        free(key)
-        free(idx)
-        free(ptrs)
-    if failed_flag:
-        raise MemoryError("could not allocate the rerank workspaces")
-
-
-cdef void _rerank_row(const Points* Q, const Points* C, intp_t r, const int64_t* cand,
-                      intp_t width, long chain_q, long chain_u, float64_t* key, intp_t* idx,
-                      const float64_t** ptrs) noexcept nogil:
-    """key[t], idx[t] for row r's valid candidates (the others: inf, -1), the oracle's way."""
-    cdef intp_t t, j, count = 0
-    cdef const float64_t* xq = Q.x + r * Q.dim
-    for t in range(width):
-        j = cand[t]
-        if j < 0:
-            continue
-        idx[count] = j
-        key[count] = kernel_value(C.spec, sqdist(xq, C.x + j * C.dim, C.dim))
-        ptrs[count] = C.v + j * C.m
-        count += 1
-    gemm_elements(key, Q.v + r * Q.m, ptrs, count, Q.m, chain_q, chain_u)
-    for t in range(count):
-        key[t] = residual_key(key[t], Q.s[r], C.s[idx[t]])
-    for t in range(count, width):
-        key[t] = INFINITY
-        idx[t] = -1
-
-
-cdef void _best_k(float64_t* key, intp_t* idx, intp_t width, intp_t k, float64_t* out_d,
-                  int64_t* out_i) noexcept nogil:
-    """The k smallest of (key, idx) (padding: inf, -1 last), written as (distance, index) in
-    ascending order: select by key, then order by distance, as the brute force's top-k."""
-    cdef intp_t j, t
-    _sort_pairs(key, idx, width)
-    for j in range(k):
-        out_d[j] = sqrt(key[j]) if idx[j] >= 0 else INFINITY
-        out_i[j] = idx[j]
-    for j in range(1, k):               # two keys one ulp apart can share a square root
-        t = j
-        while t > 0 and out_i[t] >= 0 and closer(out_d[t], out_i[t], out_d[t - 1], out_i[t - 1]):
-            out_d[t], out_d[t - 1] = out_d[t - 1], out_d[t]
-            out_i[t], out_i[t - 1] = out_i[t - 1], out_i[t]
-            t -= 1
-
-
-cdef void _sort_pairs(float64_t* key, intp_t* idx, intp_t n) noexcept nogil:
-    """Insertion sort by (key, index), padding (index -1) last: n is k + 1, and the
-    candidates come nearly sorted from the search."""
-    cdef intp_t j, t
-    for j in range(1, n):
-        t = j
-        while t > 0 and idx[t] >= 0 and (idx[t - 1] < 0 or
-                                         closer(key[t], idx[t], key[t - 1], idx[t - 1])):
-            key[t], key[t - 1] = key[t - 1], key[t]
-            idx[t], idx[t - 1] = idx[t - 1], idx[t]
-            t -= 1

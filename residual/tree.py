@@ -242,10 +242,10 @@ class CoverTree(_persist.Persistent):
             depend on it.
         precision : {"auto", "float32", "float64"}, default="auto"
             As for :func:`residual.brute_force_knn` (residual trees; a Euclidean tree is always
-            float64): with float32, each tree node's dot products with its queries are first
-            made in float32, and a pair is computed in float64 unless a proven error bound
-            shows that it can neither enter the query's k nearest nor lead the search below
-            it. The traversal and the answers are those of float64.
+            float64): with float32, each tree node's dot products with its queries are made
+            in float32 and bound its key with a proven error bound; only the candidates that
+            the bounds cannot rule out are computed in float64, at the end. The answers are
+            those of float64 (the rows of p ~ jitter, whose bound is loose, stay float64).
 
         Returns
         -------
@@ -257,14 +257,15 @@ class CoverTree(_persist.Persistent):
         ``stats["query"]`` records the last call: seconds, distance evaluations per query and
         the float32 screen's counters (as ``brute_force_knn(..., return_stats=True)``'s;
         they are also added to the model's ``metric.screen_counts``).
-        Distances are evaluated in float64 on a breadth-first copy of the tree (built on the
-        first query and kept). For the residual metric, groups of neighbouring queries share
-        one traversal, so that each row of V is read from memory once per group, and each
-        row's k + 1 best candidates are then rescored with the brute force's arithmetic, so
-        the answer is :func:`residual.brute_force_knn`'s bit for bit wherever dgemm's
-        summation order can be reproduced (``_search.rerank``). On the standard harness the
-        tree beats the brute force for all points and new points, and for
-        ``predecessors=True`` from about 50k points (docs/benchmarks.md).
+        Distances are evaluated on a breadth-first copy of the tree (built on the first query
+        and kept). For the residual metric, groups of neighbouring queries share one
+        traversal, so that each row of V is read from memory once per group; each pair's key
+        is known within a proven bound (float64, or float32 with ``precision``), and the
+        candidates that the bounds cannot rule out are scored with the brute force's
+        arithmetic at the end, so the answer is :func:`residual.brute_force_knn`'s bit for
+        bit wherever dgemm's summation order can be reproduced (``_search.pyx``, "bounded
+        search"). On the standard harness the tree beats the brute force for all points and
+        new points, and for ``predecessors=True`` from about 50k points (docs/benchmarks.md).
         """
         n = self.n_samples
         dim = self.model.n_features if self.residual else self._metric.dim
@@ -303,21 +304,12 @@ class CoverTree(_persist.Persistent):
             visit = visit.astype(np.int64)
         nq = queries.n
         with single_threaded_blas():
-            # residual: the answers are rescored with the brute force's arithmetic where
-            # dgemm's summation order could be reproduced: k + 1 candidates (_search.rerank),
-            # or with the float32 screen all those its bounds cannot rule out (_search.pyx,
-            # "float32 screen")
-            chain = _blas.dgemm_chain(self._metric.m) if self.residual else (0, 0)
-            screen = self._float32_screen(queries, in_sample, precision, chain)
-            width = k + 1 if chain[0] and not screen else k
-            dist = np.empty((nq, width))
-            idx = np.empty((nq, width), dtype=np.int64)
+            bounded = self._bounded(queries, in_sample, precision)
+            dist = np.empty((nq, k))
+            idx = np.empty((nq, k), dtype=np.int64)
             evals, screened, recomputed = _search.knn(
                 self._layout(), queries, in_sample, predecessors, row_ids, (dist, idx), visit,
-                (nt, chunk), screen)
-            if width > k:
-                found, dist, idx = (dist, idx), np.empty((nq, k)), np.empty((nq, k), np.int64)
-                _search.rerank(queries, self._metric, row_ids, found, (dist, idx), *chain, nt)
+                (nt, chunk), bounded)
         counts = {"pairs": int(evals.sum()), "screened_float32": int(screened.sum()),
                   "recomputed_float64": int(recomputed.sum())}
         counts["float64_pairs"] = (counts["pairs"] - counts["screened_float32"]
@@ -328,29 +320,35 @@ class CoverTree(_persist.Persistent):
         self.stats["query"] = {"seconds": time.perf_counter() - t0,
                                "distance_evaluations_per_query":
                                    float(evals.mean()) if nq else 0.0,
-                               "float32": bool(screen), **counts}
+                               "float32": bool(bounded and bounded[4]), **counts}
         return dist, idx
 
-    def _float32_screen(self, queries, in_sample, precision, chain):
-        """_search.knn's ``screen`` argument: () for float64 only, else the float32 rows and
-        norms of the queries and of the search layout, the bound's terms, the queries whose
-        own rows make the bound loose, the tree's rows and dgemm's blocking ``chain`` (see
-        ``precision``; the rule is the brute force's, ``Metric.float32_pays``)."""
+    def _bounded(self, queries, in_sample, precision):
+        """_search.knn's ``bounded`` argument (its "bounded search"): () for a Euclidean tree
+        or where dgemm's summation order is not reproduced (the residual answers are then
+        the tree's own float64 keys), else the norms of the queries and of the search
+        layout, the tree's rows, dgemm's blocking and, with the float32 screen (see
+        ``precision``; the rule is the brute force's, ``Metric.float32_pays``), the float32
+        rows, the bound's terms and the queries whose own rows make it loose."""
         metric = self._metric
-        if not self.residual or precision == "float64" or not metric.float32_safe():
+        chain = _blas.dgemm_chain(metric.m) if self.residual else (0, 0)
+        if not chain[0]:
             return ()
-        if precision == "auto" and not metric.float32_pays():
-            return ()
-        if not chain[0] or (not in_sample and not queries.float32_safe()):
-            return ()
-        pv32, pnorm = self._layout().metric.float32_rows()
-        qv32, qnorm = queries.float32_rows()
-        norm_max = max(pnorm.max(initial=0.0), qnorm.max(initial=0.0))
-        slack = float32_slack(metric.m, norm_max)
-        # a row's own part of the pair error, e_i^2 as in Metric.float32_pays: above the
-        # rule's limit its pairs are computed in float64 (the rows of p ~ jitter)
-        exact = (slack[0] * qnorm ** 2 * queries.s ** 2 > FLOAT32_MAX_SLACK).view(np.uint8)
-        return qv32, qnorm, pv32, pnorm, slack, exact, metric, chain
+        layout = self._layout().metric
+        pnorm, qnorm = layout.row_norms(), queries.row_norms()
+        float32 = ()
+        if (precision != "float64" and metric.float32_safe()
+                and (precision == "float32" or metric.float32_pays())
+                and (in_sample or queries.float32_safe())):
+            pv32, _ = layout.float32_rows()
+            qv32, _ = queries.float32_rows()
+            slack = float32_slack(metric.m, max(pnorm.max(initial=0.0),
+                                                qnorm.max(initial=0.0)))
+            # a row's own part of the pair error, e_i^2 as in Metric.float32_pays: above the
+            # rule's limit its pairs are computed in float64 (the rows of p ~ jitter)
+            exact = (slack[0] * qnorm ** 2 * queries.s ** 2 > FLOAT32_MAX_SLACK).view(np.uint8)
+            float32 = (qv32, pv32, slack, exact)
+        return qnorm, pnorm, metric, chain, float32
 
     # -- finalise -------------------------------------------------------------------------------
 

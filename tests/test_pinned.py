@@ -28,8 +28,8 @@ PINNED = {
         "cc60d0fe9c714216ebe5a8112dc299edfbf60494619f311e9e1299491a1e9ce0",
     ("residual", "brute", "pred"):
         "e0350396b1723817807c982d4528d5af6f2b133735cfec8222804f9398852ec8",
-    # the residual tree rescores its candidates with the brute force's arithmetic
-    # (_search.rerank), so its answers are the oracle's, bit for bit (pinned before that on
+    # the residual tree scores its candidates with the brute force's arithmetic (_search.pyx,
+    # "bounded search"), so its answers are the oracle's, bit for bit (pinned before that on
     # its own arithmetic: 0d866b3f... and a7f7bd88...)
     ("residual", "tree", "all"):
         "cc60d0fe9c714216ebe5a8112dc299edfbf60494619f311e9e1299491a1e9ce0",

@@ -43,14 +43,15 @@ def _same_bits(out, ref):
 
 
 def _tree_screen(model, k, ref, **kw):
-    """A tree on model with the float32 screen forced on gives the brute force's bits ref;
-    returns its stats. Rows of the brute force's last, short chunk (n not a multiple of
-    CHUNK_ALIGN) are left out: BLAS's edge kernels may sum those otherwise than the chain
-    that the tree's rescoring reproduces."""
+    """A tree on model gives the brute force's bits ref in float64 and with the float32
+    screen forced on; returns the latter's stats. Rows of the brute force's last, short
+    chunk (n not a multiple of CHUNK_ALIGN) are left out: BLAS's edge kernels may sum those
+    otherwise than the chain that the tree's rescoring reproduces."""
     tree = residual.CoverTree(model)
     full = model.n_samples - model.n_samples % CHUNK_ALIGN
-    out = tree.query(k=k, precision="float32", **kw)
-    _same_bits((out[0][:full], out[1][:full]), (ref[0][:full], ref[1][:full]))
+    for precision in ("float64", "float32"):
+        out = tree.query(k=k, precision=precision, **kw)
+        _same_bits((out[0][:full], out[1][:full]), (ref[0][:full], ref[1][:full]))
     stats = tree.stats["query"]
     assert stats["pairs"] == (stats["screened_float32"] + stats["recomputed_float64"]
                               + stats["float64_pairs"])

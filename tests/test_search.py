@@ -196,8 +196,9 @@ def test_layout_maps_every_row_to_its_node():
 @pytest.mark.parametrize("kernel", [residual.RBF(1.0), residual.Matern(nu=0.5, lengthscale=0.7),
                                     residual.Matern(nu=2.5, lengthscale=1.3)])
 def test_residual_tree_answers_are_the_oracles_bits(kernel):
-    # the tree rescores its k + 1 candidates with the brute force's arithmetic
-    # (_search.rerank): indices and distances equal the oracle's exactly, in every mode
+    # the bounded search scores its candidates with the brute force's arithmetic
+    # (_search.pyx, "bounded search"): indices and distances equal the oracle's exactly, in
+    # every mode
     X = np.random.default_rng(4).standard_normal((1200, 3))
     X[600:620] = X[:20]                                         # duplicates
     model = residual.ResidualCorrelation.from_kernel(X, kernel, n_inducing=60, seed=1,
