@@ -627,46 +627,61 @@ PRECISION_REGIMES = {
 
 
 def case_precision(args):
-    """The residual brute force's predecessor kNN, float64 only vs precision="auto" (the
-    float32 screen where it pays), per regime of issue 14, in one run:
+    """The residual predecessor kNN, float64 only vs precision="auto" (the float32 screen where
+    it pays), brute force and tree, per regime of issue 14, in one run:
 
         python benchmarks/compare.py --case precision --k 30 --repeat 2
 
-    Columns: median p; best wall seconds of each and their ratio float64 / auto; the same
-    ratio of process CPU seconds (all threads: steadier than wall time on a shared machine);
-    whether auto used float32; the share of pairs the float32 bound decided; rows
-    bit-identical (distances and indices). Targets (n = 32k, k = 30): >= 1.6x on the Matern
-    3/2 square and 5-cube, <= 1.05x slower on the harness, 100 % identical.
+    Columns, for the brute force and then the tree (built once, untimed): best wall seconds of
+    float64 and auto and their ratio float64 / auto; whether auto used float32; the share of
+    pairs decided in float32 (the brute force: ruled out by the bound; the tree: bounded in
+    float32 and never rescored); then the rows bit-identical (distances and indices) to the
+    brute force's float64 answer, over all four answers. Targets (n = 32k, k = 30, brute
+    force): >= 1.6x on the Matern 3/2 square and 5-cube, <= 1.05x slower on the harness,
+    100 % identical.
     """
     nt = resolve_num_threads(args.threads)
     print(f"\nprecision: n={args.n}, k={args.k}, predecessors, threads={nt}, "
-          f"chunk={args.chunk_size}, best of {args.repeat}")
-    print(f"{'regime':24s} {'median p':>9s} {'float64 s':>10s} {'auto s':>9s} {'speedup':>8s} "
-          f"{'CPU ratio':>10s} {'float32':>8s} {'decided f32':>12s} {'identical':>10s}")
+          f"chunk={args.chunk_size}, best of {args.repeat}; load average before "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"{'regime':24s} {'median p':>9s} | {'brute f64 s':>11s} {'auto s':>7s} "
+          f"{'ratio':>6s} {'f32':>4s} {'decided':>8s} | {'tree f64 s':>10s} {'auto s':>7s} "
+          f"{'ratio':>6s} {'f32':>4s} {'decided':>8s} | {'identical':>9s}")
     rows = []
     for name, (coords, kernel, m) in PRECISION_REGIMES.items():
         X = coords(np.random.default_rng(0), args.n)
         model = residual.ResidualCorrelation.from_kernel(X, kernel(), n_inducing=m, seed=0)
-        out, cpu = {}, {"float64": float("inf"), "auto": float("inf")}
+        tree = residual.CoverTree(model, num_threads=nt)
+        out, stats = {}, {}
 
-        def run(precision):
-            t = time.process_time()
-            out[precision] = residual.brute_force_knn(
+        def brute(precision):
+            *out[("brute", precision)], stats[("brute", precision)] = residual.brute_force_knn(
                 model, args.k, predecessors=True, num_threads=nt, chunk_size=args.chunk_size,
                 precision=precision, return_stats=True)
-            cpu[precision] = min(cpu[precision], time.process_time() - t)
 
-        best = best_of([(p, lambda p=p: run(p)) for p in ("float64", "auto")], args.repeat)
-        (d0, i0, _), (d1, i1, st) = out["float64"], out["auto"]
-        same = np.mean((d0.view(np.int64) == d1.view(np.int64)).all(axis=1)
-                       & (i0 == i1).all(axis=1)) * 100
-        decided = st["screened_float32"] / st["pairs"] * 100 if st["pairs"] else 0.0
-        speedup, cpu_ratio = best["float64"] / best["auto"], cpu["float64"] / cpu["auto"]
-        rows.append((name, best["float64"], best["auto"], speedup, cpu_ratio, st["float32"],
-                     decided, same))
-        print(f"{name:24s} {np.median(model.p_diag):9.2g} {best['float64']:10.3f} "
-              f"{best['auto']:9.3f} {speedup:8.2f} {cpu_ratio:10.2f} {str(st['float32']):>8s} "
-              f"{decided:11.1f}% {same:9.2f}%", flush=True)
+        def search(precision):
+            out[("tree", precision)] = tree.query(k=args.k, predecessors=True,
+                                                  num_threads=nt, precision=precision)
+            stats[("tree", precision)] = dict(tree.stats["query"])
+
+        best = best_of([((method, p), lambda f=f, p=p: f(p))
+                        for method, f in (("brute", brute), ("tree", search))
+                        for p in ("float64", "auto")], args.repeat)
+        d0, i0 = out[("brute", "float64")]
+        same = np.ones(args.n, dtype=bool)
+        for d1, i1 in out.values():
+            same &= (d0.view(np.int64) == d1.view(np.int64)).all(axis=1) & (i0 == i1).all(axis=1)
+        line = f"{name:24s} {np.median(model.p_diag):9.2g}"
+        row = [name]
+        for method in ("brute", "tree"):
+            st = stats[(method, "auto")]
+            decided = st["screened_float32"] / st["pairs"] * 100 if st["pairs"] else 0.0
+            t64, t32 = best[(method, "float64")], best[(method, "auto")]
+            line += (f" | {t64:{11 if method == 'brute' else 10}.3f} {t32:7.3f} {t64 / t32:6.2f}"
+                     f" {'yes' if st['float32'] else 'no':>4s} {decided:7.1f}%")
+            row += [t64, t32, st["float32"], decided]
+        print(line + f" | {same.mean() * 100:8.2f}%", flush=True)
+        rows.append(row + [same.mean() * 100])
     return rows
 
 

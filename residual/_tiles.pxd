@@ -157,7 +157,8 @@ cdef class Metric:
     cdef object _xt
     cdef object _v32, _norms    # the float32 screen's rows (float32_rows), made on first use
     cdef object _pays           # float32_pays(), decided on first use
-    cdef readonly dict screen_counts    # the brute force's float32 screen, summed over calls
+    cdef readonly dict screen_counts    # the float32 screen (brute force and tree), summed
+                                        # over calls
 
 
 # The float32 screen's error bound (see _tiles.pyx, "float32 screen"): for a pair with float64

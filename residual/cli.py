@@ -482,7 +482,7 @@ def _summary(out, res, args, kernel, n_inducing, shape, source, output):
     if "auto" in res.stats:
         lines.append(f"  method chosen by auto: {res.stats['auto']['reason']}")
     lines += [f"  {name:<9}{s[name]:10.3f} s" for name in STAGES + ("total",)]
-    if res.metric == "residual" and res.method == "brute":
+    if res.metric == "residual" and res.method in ("brute", "tree"):
         lines.append(f"  float32 screen        {_screen_summary(res.model.metric.screen_counts)}")
     lines += [f"  distance evaluations  {res.stats['distance_evaluations']:,}",
               f"  neighbours per second {res.stats['neighbors_per_second']:,.0f} "
@@ -492,7 +492,7 @@ def _summary(out, res, args, kernel, n_inducing, shape, source, output):
 
 
 def _screen_summary(counts):
-    """Whether the brute force's float32 screen ran, from Metric.screen_counts."""
+    """Whether the float32 screen ran (brute force or tree), from Metric.screen_counts."""
     pairs = counts.get("pairs", 0)
     if not pairs or counts["float64_pairs"] == pairs:
         return "not used (float64 only)"

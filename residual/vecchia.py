@@ -61,9 +61,9 @@ class VecchiaNeighbors:
     stats : dict
         ``seconds`` per stage, ``distance_evaluations``, ``n_neighbors``,
         ``neighbors_per_second``; ``auto`` (residual ``method="auto"``: the choice and its
-        estimates); ``float32_screen`` (the residual brute force: the counters of
-        ``brute_force_knn(..., return_stats=True)``, summed over the row blocks this process
-        answered).
+        estimates); ``float32_screen`` (residual: the float32 screen's counters of
+        ``brute_force_knn(..., return_stats=True)`` or of the tree's ``stats["query"]``,
+        summed over the row blocks this process answered).
     metric, method : str
         The metric, and the search method actually used (``"tree"``, ``"kdtree"`` or
         ``"brute"``).
@@ -571,9 +571,9 @@ class _Call:
                  "neighbors_per_second": n_neighbors / search if search > 0 else float("inf")}
         if self.auto is not None:
             stats["auto"] = self.auto
-        if self.tree is None and isinstance(self.ordered, ResidualCorrelation):
-            # the brute force's float32 screen, as far as this process ran it (not dask's
-            # workers): pairs decided in float32 and recomputed in float64
+        if isinstance(self.ordered, ResidualCorrelation):
+            # the float32 screen of the brute force or the tree, as far as this process ran
+            # it (not dask's workers): pairs decided in float32 and recomputed in float64
             stats["float32_screen"] = dict(self.ordered.metric.screen_counts)
         # what the factor needs: the ordered model, or the coordinates, kernel and a lazy model
         model = self.ordered if isinstance(self.ordered, ResidualCorrelation) else None

@@ -342,3 +342,16 @@ def test_cli_summary_says_whether_float32_ran(tmp_path, capsys):
     assert "float32 screen        used:" in capsys.readouterr().out
     assert main(common + ["--kernel", "rbf", "--lengthscale", "1"]) == 0   # p ~ 1e-6
     assert "float32 screen        not used" in capsys.readouterr().out
+
+
+@needs_chain
+def test_vecchia_reports_the_screen_for_both_methods():
+    X = np.random.default_rng(0).random((1500, 2))
+    kernel = residual.Matern(1.5, lengthscale=0.1)
+    out = {method: residual.vecchia_neighbors(X, kernel, 10, n_inducing=100, method=method)
+           for method in ("brute", "tree")}
+    for res in out.values():
+        counts = res.stats["float32_screen"]
+        assert counts["screened_float32"] > 0.3 * counts["pairs"] > 0
+    assert np.array_equal(out["brute"].neighbors, out["tree"].neighbors)
+    assert out["brute"].distances.tobytes() == out["tree"].distances.tobytes()
