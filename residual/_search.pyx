@@ -862,7 +862,7 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp
             hi = hi_key32(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
                           T.bound.b, T.bound.t)
         if candidate:
-            if _keep(q, lo, c, not q.exact, k) != 0:
+            if q.s != 0.0 and _keep(q, lo, c, not q.exact, k) != 0:
                 return -1
             _offer(T, q, c, hi, k)
             push = push and b <= q.tau + T.slack    # the offer may have lowered tau
@@ -936,7 +936,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
             q.key0 = q.hd[0]
         q.count = 0
         if lo[r] <= q.key0:
-            if T.bounded and _keep(q, lo[r], 0, False, k) != 0:
+            if T.bounded and q.s != 0.0 and _keep(q, lo[r], 0, False, k) != 0:
                 return -1
             _offer_node(T, 0, hi[r], k, q, &q.count)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
@@ -1257,11 +1257,15 @@ cdef int _rescore(const Tree* T, const Job* J, Query* q, Scratch* W) noexcept no
     """The bounded search's answer for q (see "bounded search"): its candidates still within
     its final bound, each node's row and its aliases where eligible, scored with the brute
     force's arithmetic, and the k best by (key, index) into q's heap.
+    A degenerate query (1/sqrt(p) = 0) keeps no candidates: every key of it is exactly 1 in
+    any arithmetic, so its heap (the k smallest rows at bound 1) is already the answer.
     Returns 0, or -1 when the buffers could not grow."""
     cdef const Points* C = J.indexed
     cdef float64_t thr = _bound(q, J.k)
     cdef intp_t x, t, a, n = 0, need = 0
     cdef const Node* nc
+    if q.s == 0.0:
+        return 0
     for x in range(q.nkept):            # rows of the candidates, at most
         if q.kept[x].lo <= thr:
             nc = &T.node[q.kept[x].node]
