@@ -352,92 +352,53 @@ cdef extern from *:
     """
     #include <string.h>
     /* The dot products of four query rows q[0..4) with NC rows c[0..NC) (NC = 1..4), each pair
-       summed in one fixed order: eight partial sums (lanes j mod 8, one 8-wide vector),
-       combined as (lanes 0-3 + lanes 4-7), then (l0 + l1) + (l2 + l3), then the tail in
-       order. Every variant is this one text and none is inlined; a pair's lanes never mix
+       summed in one fixed order: W partial sums (lanes j mod W, one vector; W = 8 doubles,
+       or 16 floats for the float32 screen), halved pairwise down to four (double: lanes
+       0-3 + lanes 4-7), then (l0 + l1) + (l2 + l3), then the tail in order. Every variant
+       of a type is this one text and none is inlined; a pair's lanes never mix
        with another's, and C11 mode (meson.build) keeps GCC from fusing multiply-adds (a
        compiler that did would fuse the same expression in every variant). So a pair's sum is
        the same bits whichever variant computes it and whatever the other rows are: a pair's
        key does not depend on the tile it is evaluated in (and equals the old one-row kernels'
        bits: lanes 0-3 and 4-7 were their two 4-wide sums). Each loaded query vector serves
        NC rows and each row vector four queries. out is 4 x NC, row stride 4. */
-    #define RESIDUAL_DOT_TILE(NAME, NC)                                                 \
-    __attribute__((noinline))                                                           \
-    static void NAME(const double* const* q, const double* const* c, Py_ssize_t m,      \
-                     double* out) {                                                     \
-        typedef double v8d __attribute__((vector_size(64)));                            \
-        typedef double v4d __attribute__((vector_size(32)));                            \
-        const v8d zero = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                      \
-        v8d a[4][NC], y[NC], x;                                                         \
-        Py_ssize_t j = 0, t;                                                            \
-        int i, u;                                                                       \
-        for (i = 0; i < 4; i++)                                                         \
-            for (u = 0; u < NC; u++) a[i][u] = zero;                                    \
-        for (; j + 8 <= m; j += 8) {                                                    \
-            for (u = 0; u < NC; u++) memcpy(&y[u], c[u] + j, sizeof x);                 \
-            for (i = 0; i < 4; i++) {                                                   \
-                memcpy(&x, q[i] + j, sizeof x);                                         \
-                for (u = 0; u < NC; u++) a[i][u] += x * y[u];                           \
-            }                                                                           \
-        }                                                                               \
-        for (i = 0; i < 4; i++)                                                         \
-            for (u = 0; u < NC; u++) {                                                  \
-                v4d lo, hi, v;                                                          \
-                memcpy(&lo, &a[i][u], sizeof lo);                                       \
-                memcpy(&hi, (const char*)&a[i][u] + sizeof lo, sizeof hi);              \
-                v = lo + hi;                                                            \
-                double s = (v[0] + v[1]) + (v[2] + v[3]);                               \
-                for (t = j; t < m; t++)                                                 \
-                    s += q[i][t] * c[u][t];                                             \
-                out[4 * i + u] = s;                                                     \
-            }                                                                           \
+    #define RESIDUAL_DOT_TILE(NAME, T, W, NC)                                               \
+    __attribute__((noinline))                                                               \
+    static void NAME(const T* const* q, const T* const* c, Py_ssize_t m, T* out) {          \
+        typedef T vec __attribute__((vector_size(W * sizeof(T))));                          \
+        const vec zero = {0};                                                               \
+        vec a[4][NC], y[NC], x;                                                             \
+        T lanes[W];                                                                         \
+        Py_ssize_t j = 0, t;                                                                \
+        int i, u, h, l;                                                                     \
+        for (i = 0; i < 4; i++)                                                             \
+            for (u = 0; u < NC; u++) a[i][u] = zero;                                        \
+        for (; j + W <= m; j += W) {                                                        \
+            for (u = 0; u < NC; u++) memcpy(&y[u], c[u] + j, sizeof x);                     \
+            for (i = 0; i < 4; i++) {                                                       \
+                memcpy(&x, q[i] + j, sizeof x);                                             \
+                for (u = 0; u < NC; u++) a[i][u] += x * y[u];                               \
+            }                                                                               \
+        }                                                                                   \
+        for (i = 0; i < 4; i++)                                                             \
+            for (u = 0; u < NC; u++) {                                                      \
+                memcpy(lanes, &a[i][u], sizeof lanes);                                      \
+                for (h = W / 2; h >= 4; h /= 2)                                             \
+                    for (l = 0; l < h; l++) lanes[l] = lanes[l] + lanes[l + h];             \
+                T s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);                        \
+                for (t = j; t < m; t++)                                                     \
+                    s += q[i][t] * c[u][t];                                                 \
+                out[4 * i + u] = s;                                                         \
+            }                                                                               \
     }
-    RESIDUAL_DOT_TILE(residual_dot_tile1, 1)
-    RESIDUAL_DOT_TILE(residual_dot_tile2, 2)
-    RESIDUAL_DOT_TILE(residual_dot_tile3, 3)
-    RESIDUAL_DOT_TILE(residual_dot_tile4, 4)
-    /* The float32 screen's products: the same blocks on float32 rows, sixteen lanes. Their
-       summation order is free (the screen's bound holds for any order, see _tiles.pyx), so
-       lanes are summed pairwise (a plain loop over them would chain sixteen adds). */
-    #define RESIDUAL_DOT32_TILE(NAME, NC)                                               \
-    __attribute__((noinline))                                                           \
-    static void NAME(const float* const* q, const float* const* c, Py_ssize_t m,        \
-                     float* out) {                                                      \
-        typedef float v16f __attribute__((vector_size(64)));                            \
-        typedef float v8f __attribute__((vector_size(32)));                             \
-        typedef float v4f __attribute__((vector_size(16)));                             \
-        const v16f zero = {0.0f};                                                       \
-        v16f a[4][NC], y[NC], x;                                                        \
-        Py_ssize_t j = 0, t;                                                            \
-        int i, u;                                                                       \
-        for (i = 0; i < 4; i++)                                                         \
-            for (u = 0; u < NC; u++) a[i][u] = zero;                                    \
-        for (; j + 16 <= m; j += 16) {                                                  \
-            for (u = 0; u < NC; u++) memcpy(&y[u], c[u] + j, sizeof x);                 \
-            for (i = 0; i < 4; i++) {                                                   \
-                memcpy(&x, q[i] + j, sizeof x);                                         \
-                for (u = 0; u < NC; u++) a[i][u] += x * y[u];                           \
-            }                                                                           \
-        }                                                                               \
-        for (i = 0; i < 4; i++)                                                         \
-            for (u = 0; u < NC; u++) {                                                  \
-                v8f lo8, hi8, v8;                                                       \
-                v4f lo4, hi4, v4;                                                       \
-                memcpy(&lo8, &a[i][u], sizeof lo8);                                     \
-                memcpy(&hi8, (const char*)&a[i][u] + sizeof lo8, sizeof hi8);           \
-                v8 = lo8 + hi8;                                                         \
-                memcpy(&lo4, &v8, sizeof lo4);                                          \
-                memcpy(&hi4, (const char*)&v8 + sizeof lo4, sizeof hi4);                \
-                v4 = lo4 + hi4;                                                         \
-                float s = (v4[0] + v4[1]) + (v4[2] + v4[3]);                            \
-                for (t = j; t < m; t++) s += q[i][t] * c[u][t];                         \
-                out[4 * i + u] = s;                                                     \
-            }                                                                           \
-    }
-    RESIDUAL_DOT32_TILE(residual_dot32_tile1, 1)
-    RESIDUAL_DOT32_TILE(residual_dot32_tile2, 2)
-    RESIDUAL_DOT32_TILE(residual_dot32_tile3, 3)
-    RESIDUAL_DOT32_TILE(residual_dot32_tile4, 4)
+    RESIDUAL_DOT_TILE(residual_dot_tile1, double, 8, 1)
+    RESIDUAL_DOT_TILE(residual_dot_tile2, double, 8, 2)
+    RESIDUAL_DOT_TILE(residual_dot_tile3, double, 8, 3)
+    RESIDUAL_DOT_TILE(residual_dot_tile4, double, 8, 4)
+    RESIDUAL_DOT_TILE(residual_dot32_tile1, float, 16, 1)
+    RESIDUAL_DOT_TILE(residual_dot32_tile2, float, 16, 2)
+    RESIDUAL_DOT_TILE(residual_dot32_tile3, float, 16, 3)
+    RESIDUAL_DOT_TILE(residual_dot32_tile4, float, 16, 4)
     """
     void _dot_tile1 "residual_dot_tile1"(const float64_t* const* q, const float64_t* const* c,
                                          intp_t m, float64_t* out) noexcept nogil
