@@ -399,27 +399,22 @@ cdef extern from *:
     RESIDUAL_DOT_TILE(residual_dot32_tile2, float, 16, 2)
     RESIDUAL_DOT_TILE(residual_dot32_tile3, float, 16, 3)
     RESIDUAL_DOT_TILE(residual_dot32_tile4, float, 16, 4)
+    /* out = the tile of four queries with the first nc = 1..4 rows of c. */
+    #define RESIDUAL_DOT_TILES(NAME, T, KERNEL)                                                 \
+    static void NAME(const T* const* q, const T* const* c, Py_ssize_t m, T* out, int nc) {      \
+        if (nc == 4) KERNEL##4(q, c, m, out);                                                   \
+        else if (nc == 3) KERNEL##3(q, c, m, out);                                              \
+        else if (nc == 2) KERNEL##2(q, c, m, out);                                              \
+        else KERNEL##1(q, c, m, out);                                                           \
+    }
+    RESIDUAL_DOT_TILES(residual_dot_tiles, double, residual_dot_tile)
+    RESIDUAL_DOT_TILES(residual_dot32_tiles, float, residual_dot32_tile)
     """
-    void _dot_tile1 "residual_dot_tile1"(const float64_t* const* q, const float64_t* const* c,
-                                         intp_t m, float64_t* out) noexcept nogil
-    void _dot_tile2 "residual_dot_tile2"(const float64_t* const* q, const float64_t* const* c,
-                                         intp_t m, float64_t* out) noexcept nogil
-    void _dot_tile3 "residual_dot_tile3"(const float64_t* const* q, const float64_t* const* c,
-                                         intp_t m, float64_t* out) noexcept nogil
-    void _dot_tile4 "residual_dot_tile4"(const float64_t* const* q, const float64_t* const* c,
-                                         intp_t m, float64_t* out) noexcept nogil
-    void _dot32_tile1 "residual_dot32_tile1"(const float32_t* const* q,
+    void _dot_tiles "residual_dot_tiles"(const float64_t* const* q, const float64_t* const* c,
+                                         intp_t m, float64_t* out, int nc) noexcept nogil
+    void _dot32_tiles "residual_dot32_tiles"(const float32_t* const* q,
                                              const float32_t* const* c, intp_t m,
-                                             float32_t* out) noexcept nogil
-    void _dot32_tile2 "residual_dot32_tile2"(const float32_t* const* q,
-                                             const float32_t* const* c, intp_t m,
-                                             float32_t* out) noexcept nogil
-    void _dot32_tile3 "residual_dot32_tile3"(const float32_t* const* q,
-                                             const float32_t* const* c, intp_t m,
-                                             float32_t* out) noexcept nogil
-    void _dot32_tile4 "residual_dot32_tile4"(const float32_t* const* q,
-                                             const float32_t* const* c, intp_t m,
-                                             float32_t* out) noexcept nogil
+                                             float32_t* out, int nc) noexcept nogil
 
 
 cdef enum:
@@ -463,23 +458,9 @@ cdef void _dot_tile(const real* rows, intp_t m, const Query* Q, const intp_t* ac
                 else:
                     qv[i] = Q[act[t + min(i, nq - 1)]].v
             if real is float32_t:
-                if nc == 4:
-                    _dot32_tile4(qv, cv, m, block)
-                elif nc == 3:
-                    _dot32_tile3(qv, cv, m, block)
-                elif nc == 2:
-                    _dot32_tile2(qv, cv, m, block)
-                else:
-                    _dot32_tile1(qv, cv, m, block)
+                _dot32_tiles(qv, cv, m, block, nc)
             else:
-                if nc == 4:
-                    _dot_tile4(qv, cv, m, block)
-                elif nc == 3:
-                    _dot_tile3(qv, cv, m, block)
-                elif nc == 2:
-                    _dot_tile2(qv, cv, m, block)
-                else:
-                    _dot_tile1(qv, cv, m, block)
+                _dot_tiles(qv, cv, m, block, nc)
             for i in range(nq):
                 for u in range(nc):
                     out[(t + i) * ldo + j + u] = block[4 * i + u]
