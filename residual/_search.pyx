@@ -151,8 +151,8 @@ cdef struct Query:
     int64_t recomputed      # the candidates rescored in float64 at the end
     # the bounded search (see "bounded search" below)
     float64_t norm          # |v|
-    const float32_t* v32    # the float32 screen: the V row in float32, or exact: the
-    bint exact              # float32 bound is loose for this row (or off), float64 pairs
+    bint exact              # its pairs in float64 (no float32 screen, or its bound is loose)
+    const float32_t* v32    # the float32 screen: its V row in float32
     Kept* kept              # its candidates (kcap slots, nkept used; malloc'd, grows)
     intp_t nkept, kcap
 
@@ -162,7 +162,7 @@ cdef struct Pool:
     # and the mask of the queries that need its subtree. Slots are recycled as entries are
     # popped, so the pool holds the frontier, not the tree (it grows by doubling if needed).
     float64_t* d            # cap x (2 GROUP): per query, a lower then (GROUP on) an upper
-                            # bound on the distance, equal unless the float32 screen made it
+                            # bound on the distance (equal but in the bounded search)
     uint64_t* mask          # cap
     intp_t* node            # cap
     intp_t* free_slots      # cap: a stack of recycled slots
@@ -199,9 +199,9 @@ cdef struct Job:
     intp_t k, n
     float64_t* out_dist      # (n_queries, k), row-major
     int64_t* out_idx
-    int64_t* ev              # distance evaluations per query, and of them those the
-    int64_t* screened        # float32 screen ruled out and those it rescored in float64
-    int64_t* recomputed
+    int64_t* ev              # distance evaluations per query, and of them those known only
+    int64_t* screened        # by their float32 bounds and those the float32 screen passed
+    int64_t* recomputed      # on to the rescoring
     const float64_t* norm    # the bounded search: the queries' norms, which of them are
     const unsigned char* exact   # exact, the indexed rows in the caller's order and
     const Points* indexed    # dgemm's blocking (for _rescore), and with the float32
@@ -345,8 +345,9 @@ cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t k, con
 # something below it, each child's row is read once and scored against every query that needs
 # it, and each query keeps its own k best, bound and eligibility. The traversal order differs
 # from a lone search, never the answers: every pruning test is the lone search's test with the
-# query's own bound, and a pair's key is computed in one fixed order (the residual_dot
-# kernels below), so it is the same bits whichever group, order or thread evaluates it.
+# query's own bound (in the bounded search, on bounds of the distances), and a pair's key is
+# computed in one fixed order (the RESIDUAL_DOT_TILE kernels below), so it is the same bits
+# whichever group, order or thread evaluates it.
 
 cdef extern from *:
     """
