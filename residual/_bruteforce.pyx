@@ -19,18 +19,20 @@
 # float32 screen (residual, when Metric.float32_pays or asked; see "float32 screen" in
 # _tiles.pyx for the bound and the rule). A chunk then makes two passes:
 #   1. per tile, one sgemm on the float32 copies of V (half the flops and bytes of dgemm) and
-#      the float64 kernel row exactly as the float64 tiles make it; from them each pair's key
-#      is known to lie in [lo, hi]. Each row keeps the pairs whose lo is at most its thr, the
-#      k-th smallest hi it has seen (from its whole first tile, then from what it keeps when
-#      the buffer is full): every other pair has a key above the row's k-th float64 key, so it
+#      the kernel row in float32 from the float64 r^2 (kernel32_row: its error is in the
+#      bound, see "float32 kernel" in _tiles.pyx); from them each pair's key is known to lie
+#      in [lo, hi]. Each row keeps the pairs whose lo is at most its thr, the k-th smallest
+#      hi it has seen (a max-heap of the k smallest his, fed its whole first tile, then the
+#      pairs it keeps): every other pair has a key above the row's k-th float64 key, so it
 #      is not a neighbour (decided in float32). Memory per thread: chunk x TILE floats and
-#      chunk x (4k + 128) kept pairs.
+#      chunk x (4k + 128) kept pairs and k his.
 #   2. the kept pairs (about k, plus those the bound cannot separate) are recomputed in
 #      float64 with dgemm's own arithmetic (_blas.pxd gemm_elements: the k-blocked FMA chains,
-#      checked against dgemm once per m by _blas.dgemm_chain) from the kernel value pass 1
-#      kept, and offered to the top-k in ascending index order, as the float64 tiles offer
-#      them. The k nearest, their keys and so their distances are the float64 path's, bit for
-#      bit (tests/test_precision.py).
+#      checked against dgemm once per m by _blas.dgemm_chain) from the float64 kernel of
+#      their r^2 (kernel_of_sqdist: the tiles' own loop on the tiles' r^2), and offered to
+#      the top-k in ascending index order, as the float64 tiles offer them. The k nearest,
+#      their keys and so their distances are the float64 path's, bit for bit
+#      (tests/test_precision.py).
 # A row whose full buffer stays over 3/4 full once tightened is flushed (recomputed as in 2);
 # at the second flush the bound is taken not to separate its pairs (a point of p ~ jitter,
 # such as an inducing point) and the row is deferred: knn leaves it unanswered and the caller
@@ -39,15 +41,14 @@
 from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, fabs, INFINITY
 from libc.stdlib cimport free
-from libcpp.algorithm cimport nth_element
 
 from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
 from residual._blas cimport GemmChain, gemm_elements, sgemm_rm
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, hi_key32, kernel_tile,
-                              lo_key32, residual_cov_tile, residual_key, slack32,
-                              sqdist_direct_tile)
+from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, hi_key32, kernel32_row,
+                              kernel_of_sqdist, lo_key32, residual_cov_tile, residual_key,
+                              slack32, slack32_kernel32, sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 from residual._workspace cimport carve, span, workspace_new
 
@@ -66,8 +67,6 @@ cdef enum:
     # to separate its pairs and the row is deferred to the float64 tiles. (The first flush
     # may be a start that kept too much.)
     DEFER_AFTER = 2
-    # float32 screen: _first_threshold's sampling stride.
-    FIRST_STRIDE = 4
     # Only chunks of a multiple of ROW_ALIGN rows (bruteforce.CHUNK_ALIGN) are screened: BLAS
     # sums every element of such a tile alike (gemm_elements' chain), but the last rows of
     # a shorter chunk (the in-sample query's last, when n is not a multiple) fall in its
@@ -86,9 +85,9 @@ cdef enum:
     COUNT_FLOAT64 = 2
     N_COUNTS = 3
 
-# A pair kept by the float32 screen: its key lies in [lo, hi]; kval is its float64 kernel value.
+# A pair kept by the float32 screen: its key is at least lo; r2 is its float64 r^2.
 cdef struct Kept:
-    float64_t lo, hi, kval
+    float64_t lo, r2
     intp_t j
 
 cdef struct Problem:
@@ -115,7 +114,7 @@ cdef struct Problem:
     const float32_t* vc32   # (n_cand, m)
     const float64_t* nq     # (n_queries,) |v| in float64
     const float64_t* nc     # (n_cand,)
-    Slack32 slack
+    Slack32 slack           # slack32 widened for kernel32_row (slack32_kernel32)
     GemmChain chain
     # outputs
     float64_t* out_dist
@@ -250,12 +249,14 @@ cdef void _write_rows(const Problem* P, intp_t q0, intp_t nrows, TopK* tops) noe
 # One thread's buffers for the float32 screen (carved from its workspace, see _run).
 cdef struct Screen:
     float32_t* tile32           # (chunk, TILE) sgemm products, row stride TILE
-    float64_t* krow             # (TILE,) one row's kernel values, aligned like a tile row
+    float64_t* r2               # (TILE,) one row's r^2, as the float64 tiles make them
+    float64_t* krow             # (TILE,) its float32 kernel values (kernel32_row)
     float64_t* lo               # (TILE,) one row's lower keys
     Kept* kept                  # (chunk, kcap) the pairs each row keeps, ascending index
     intp_t* nkept               # (chunk,)
-    float64_t* thr              # (chunk,) k-th smallest upper key kept (+inf before)
-    float64_t* his              # (max(kcap, TILE),) scratch for a k-th smallest upper key
+    float64_t* thr              # (chunk,) k-th smallest upper key seen (+inf before)
+    float64_t* upper            # (chunk, k) max-heaps of the k smallest upper keys seen
+    intp_t* nupper              # (chunk,) their sizes
     const float64_t** ptrs      # (kcap,) V rows of pairs recomputed in float64
     float64_t* cov              # (kcap,) their covariances
     int* flushes                # (chunk,) flushes of a row's full buffer (see DEFER_AFTER)
@@ -281,10 +282,37 @@ cdef inline void _row_keys(const Problem* P, const float64_t* krow, const float3
             out[j] = lo_key32(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
 
 
-cdef inline float64_t _kth_upper(Screen* S, intp_t n, intp_t k) noexcept nogil:
-    """The k-th smallest of S.his[0..n) (n >= k; reorders them)."""
-    nth_element(S.his, S.his + (k - 1), S.his + n)
-    return S.his[k - 1]
+cdef inline void _offer_upper(const Problem* P, Screen* S, intp_t r,
+                              float64_t h) noexcept nogil:
+    """Offer the upper key h of a pair row r has not offered before to its max-heap of the k
+    smallest; once k are in, thr is at most the root (k pairs have keys at most it)."""
+    cdef float64_t* up = S.upper + r * P.k
+    cdef intp_t pos, child, n = S.nupper[r]
+    if n < P.k:                                 # not full: sift up
+        pos = n
+        while pos > 0 and up[(pos - 1) // 2] < h:
+            up[pos] = up[(pos - 1) // 2]
+            pos = (pos - 1) // 2
+        up[pos] = h
+        S.nupper[r] = n + 1
+        if n + 1 < P.k:
+            return
+    elif h < up[0]:                             # below the root: it replaces the root
+        pos = 0
+        while True:
+            child = 2 * pos + 1
+            if child >= n:
+                break
+            if child + 1 < n and up[child] < up[child + 1]:
+                child += 1
+            if up[child] <= h:
+                break
+            up[pos] = up[child]
+            pos = child
+        up[pos] = h
+    else:
+        return
+    S.thr[r] = min(S.thr[r], up[0])
 
 
 cdef void _flush(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noexcept nogil:
@@ -295,7 +323,8 @@ cdef void _flush(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noe
     cdef float64_t si = P.sq[q]
     for x in range(n):
         S.ptrs[x] = P.vc + kept[x].j * m
-        S.cov[x] = kept[x].kval
+        S.cov[x] = kept[x].r2
+    kernel_of_sqdist(P.spec, S.cov, n)         # the float64 tiles' kernel values
     gemm_elements(S.cov, P.vq + q * m, S.ptrs, n, m, P.chain.q, P.chain.u)
     for x in range(n):
         topk_push(top, residual_key(S.cov[x], si, P.sc[kept[x].j]), kept[x].j)
@@ -304,16 +333,11 @@ cdef void _flush(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q) noe
 
 
 cdef intp_t _tighten(const Problem* P, Screen* S, TopK* top, intp_t r) noexcept nogil:
-    """Lower row r's thr to the k-th smallest upper key it keeps (and to its top-k's
-    threshold) and drop the pairs whose lower key is above it (order kept); returns how many
-    are left."""
+    """Lower row r's thr to its top-k's threshold and drop the pairs whose lower key is above
+    thr (order kept); returns how many are left."""
     cdef Kept* kept = S.kept + r * S.kcap
     cdef intp_t n = S.nkept[r], x, w = 0
     cdef float64_t t = min(S.thr[r], top.thr)
-    if n >= P.k:
-        for x in range(n):
-            S.his[x] = kept[x].hi
-        t = min(t, _kth_upper(S, n, P.k))
     S.thr[r] = t
     for x in range(n):
         if kept[x].lo <= t:
@@ -325,41 +349,23 @@ cdef intp_t _tighten(const Problem* P, Screen* S, TopK* top, intp_t r) noexcept 
 
 cdef void _first_threshold(const Problem* P, Screen* S, intp_t r, intp_t q, intp_t t0,
                            intp_t jmax, intp_t me) noexcept nogil:
-    """Row r's first thr: the k-th smallest upper key of its whole first tile, so that the
-    buffer does not fill with pairs that the threshold of the first few would keep.
-
-    Selected in two steps: the k-th smallest of every FIRST_STRIDE-th key bounds it from
-    above, so the k smallest are among the keys at most that one (a few k of them).
-    """
-    cdef intp_t j, n = 0
-    cdef float64_t si = P.sq[q], ani = P.slack.a * P.nq[q], h, bound = INFINITY
-    cdef const float32_t* prod = S.tile32 + r * TILE
-    cdef float64_t* his = S.his
-    if jmax - (me >= 0) < P.k:
-        return
-    _row_keys(P, S.krow, prod, ani, si, t0, jmax, True, his)
-    if me >= 0:
-        his[me] = INFINITY
-    if jmax >= FIRST_STRIDE * P.k:
-        n = (jmax + FIRST_STRIDE - 1) // FIRST_STRIDE
-        for j in range(n):             # (S.lo is free until _row_keys)
-            S.lo[j] = his[j * FIRST_STRIDE]
-        nth_element(S.lo, S.lo + (P.k - 1), S.lo + n)
-        bound = S.lo[P.k - 1]
-        n = 0
-        for j in range(jmax):          # branch-free: keep the keys at most the bound in front
-            h = his[j]
-            his[n] = h
-            n += h <= bound
-    else:
-        n = jmax
-    S.thr[r] = _kth_upper(S, n, P.k)
+    """Offer every pair of row r's first tile to its heap of upper keys: its first thr is
+    then the k-th smallest upper key of the whole tile, so that the buffer does not fill with
+    pairs that the threshold of the first few would keep."""
+    cdef intp_t j
+    cdef float64_t* his = S.lo         # free until _row_keys makes the lower keys
+    _row_keys(P, S.krow, S.tile32 + r * TILE, P.slack.a * P.nq[q], P.sq[q], t0, jmax, True,
+              his)
+    for j in range(jmax):
+        if his[j] < S.thr[r] and j != me:      # (most are not: no sift, a branch predicted)
+            _offer_upper(P, S, r, his[j])
 
 
 cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q, intp_t t0,
                       intp_t jmax, intp_t me) noexcept nogil:
     """Keep the pairs of row r (query q) in this tile whose lower key is at most the row's
-    thr; blocks of SCREEN are counted branch-free first, as in _offer_row."""
+    thr, and offer their upper keys (but in the first tile, offered whole); blocks of SCREEN
+    are counted branch-free first, as in _offer_row."""
     cdef intp_t b = 0, j, end, hits, n
     cdef float64_t thr, si = P.sq[q], ani = P.slack.a * P.nq[q]
     cdef const float64_t* lo = S.lo
@@ -376,11 +382,12 @@ cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q
                 if lo[j] <= S.thr[r] and j != me:
                     n = S.nkept[r]
                     kept[n].lo = lo[j]
-                    kept[n].hi = hi_key32(S.krow[j], prod[j], ani, P.nc[t0 + j], si,
-                                         P.sc[t0 + j], P.slack.b, P.slack.t)
-                    kept[n].kval = S.krow[j]
+                    kept[n].r2 = S.r2[j]
                     kept[n].j = t0 + j
                     S.nkept[r] = n + 1
+                    if t0 > 0:
+                        _offer_upper(P, S, r, hi_key32(S.krow[j], prod[j], ani, P.nc[t0 + j],
+                                                       si, P.sc[t0 + j], P.slack.b, P.slack.t))
                     # full: if over 3/4 is still taken once tightened, the bound does not
                     # separate this row's pairs; flush them, or defer the row
                     if n + 1 == S.kcap and _tighten(P, S, top, r) > S.kcap - S.kcap // 4:
@@ -396,10 +403,10 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
     defers."""
     cdef intp_t nrows = q1 - q0, r, i, q, jmax, t0, ncols, me
     cdef intp_t col_end = _col_end(P, q1), m = P.m
-    cdef Block qb, cb
     for r in range(nrows):
         S.nkept[r] = 0
         S.thr[r] = INFINITY
+        S.nupper[r] = 0
         S.flushes[r] = 0
         S.pairs[r] = 0
         S.rowrec[r] = 0
@@ -418,10 +425,10 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
             jmax = _row_cols(P, i, t0, ncols)
             if jmax <= 0 or P.deferred[q]:
                 continue
-            # the kernel row exactly as _fill_tile makes it (same call, all ncols columns)
-            qb = Block(n=1, ld=P.dim, x=P.xq + q * P.dim, v=NULL, s=NULL)
-            cb = Block(n=ncols, ld=P.n_cand, x=P.xct + t0, v=NULL, s=NULL)
-            kernel_tile(P.spec, &qb, &cb, P.dim, S.krow, TILE)
+            # r^2 as the float64 tiles make them (same loop), then the float32 kernel
+            sqdist_direct_tile(P.xq + q * P.dim, 1, P.xct + t0, P.n_cand, jmax, P.dim, S.r2,
+                               TILE)
+            kernel32_row(P.spec, S.r2, S.krow, jmax)
             me = _self_col(P, i, t0, jmax)
             S.pairs[r] += jmax - (me >= 0)
             if t0 == 0:
@@ -441,16 +448,18 @@ cdef void _chunk_screened(const Problem* P, intp_t q0, intp_t q1, Screen* S, Top
     _write_rows(P, q0, nrows, tops)
 
 
-cdef Screen _screen_carve(char** at, intp_t chunk, intp_t kcap) noexcept nogil:
+cdef Screen _screen_carve(char** at, intp_t chunk, intp_t kcap, intp_t k) noexcept nogil:
     """A thread's Screen buffers, carved from its workspace (see _screen_bytes)."""
     cdef Screen S
     S.tile32 = <float32_t*>carve(at, chunk * TILE * sizeof(float32_t))
+    S.r2 = <float64_t*>carve(at, TILE * sizeof(float64_t))
     S.krow = <float64_t*>carve(at, TILE * sizeof(float64_t))
     S.lo = <float64_t*>carve(at, TILE * sizeof(float64_t))
     S.kept = <Kept*>carve(at, chunk * kcap * sizeof(Kept))
     S.nkept = <intp_t*>carve(at, chunk * sizeof(intp_t))
     S.thr = <float64_t*>carve(at, chunk * sizeof(float64_t))
-    S.his = <float64_t*>carve(at, max(kcap, <intp_t>TILE) * sizeof(float64_t))
+    S.upper = <float64_t*>carve(at, chunk * k * sizeof(float64_t))
+    S.nupper = <intp_t*>carve(at, chunk * sizeof(intp_t))
     S.ptrs = <const float64_t**>carve(at, kcap * sizeof(float64_t*))
     S.cov = <float64_t*>carve(at, kcap * sizeof(float64_t))
     S.flushes = <int*>carve(at, chunk * sizeof(int))
@@ -460,12 +469,11 @@ cdef Screen _screen_carve(char** at, intp_t chunk, intp_t kcap) noexcept nogil:
     return S
 
 
-cdef size_t _screen_bytes(intp_t chunk, intp_t kcap) noexcept nogil:
+cdef size_t _screen_bytes(intp_t chunk, intp_t kcap, intp_t k) noexcept nogil:
     """The workspace bytes _screen_carve takes."""
-    return (span(chunk * TILE * sizeof(float32_t)) + 2 * span(TILE * sizeof(float64_t))
-            + span(chunk * kcap * sizeof(Kept)) + span(chunk * sizeof(intp_t))
-            + span(chunk * sizeof(float64_t))
-            + span(max(kcap, <intp_t>TILE) * sizeof(float64_t))
+    return (span(chunk * TILE * sizeof(float32_t)) + 3 * span(TILE * sizeof(float64_t))
+            + span(chunk * kcap * sizeof(Kept)) + 2 * span(chunk * sizeof(intp_t))
+            + span(chunk * sizeof(float64_t)) + span(chunk * k * sizeof(float64_t))
             + span(kcap * sizeof(float64_t*)) + span(kcap * sizeof(float64_t))
             + span(chunk * sizeof(int)) + 2 * span(chunk * sizeof(int64_t)))
 
@@ -482,7 +490,7 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
     cdef bint tiles = not P.screen or P.n_queries % ROW_ALIGN != 0
     cdef size_t n_tile = chunk * TILE * sizeof(float64_t) if tiles else 0
     cdef size_t n_tops = chunk * sizeof(TopK), n_cands = chunk * cap * sizeof(Candidate)
-    cdef size_t n_screen = _screen_bytes(screen_rows, kcap)
+    cdef size_t n_screen = _screen_bytes(screen_rows, kcap, P.k)
     cdef char* work
     cdef char* at
     cdef float64_t* tile
@@ -497,7 +505,7 @@ cdef int _run(Problem* P, intp_t chunk, int num_threads) noexcept nogil:
         tile = <float64_t*>carve(&at, n_tile)
         tops = <TopK*>carve(&at, n_tops)
         cands = <Candidate*>carve(&at, n_cands)
-        S = _screen_carve(&at, screen_rows, kcap)
+        S = _screen_carve(&at, screen_rows, kcap, P.k)
         # dynamic: predecessor chunks grow with their index, so static slices would be uneven.
         for c in prange(n_chunks, schedule='dynamic'):
             if work != NULL and not interrupted(P.stop):
@@ -580,7 +588,7 @@ def knn(Metric queries, Metric cands, bint in_sample, bint predecessors, rows, t
     if P.screen:
         vq32, nq, vc32, nc = screen[0], screen[1], screen[2], screen[3]
         P.vq32, P.nq, P.vc32, P.nc = &vq32[0, 0], &nq[0], &vc32[0, 0], &nc[0]
-        P.slack = slack32(P.m, max(np.max(screen[1], initial=0.0),
-                                   np.max(screen[3], initial=0.0)))
+        P.slack = slack32_kernel32(slack32(P.m, max(np.max(screen[1], initial=0.0),
+                                                    np.max(screen[3], initial=0.0))), P.spec)
         P.chain.q, P.chain.u = screen[4]
     _solve(&P, parallel_plan[0], parallel_plan[1])

@@ -170,6 +170,13 @@ cdef struct Slack32:
 
 cdef Slack32 slack32(intp_t m, float64_t norm_max) noexcept nogil
 
+# The brute force's screen: the kernel row in float32 and the slack that covers its error
+# (_tiles.pyx, "float32 kernel").
+cdef void kernel32_row(KernelSpec spec, const float64_t* r2, float64_t* out,
+                       intp_t n) noexcept nogil
+
+cdef Slack32 slack32_kernel32(Slack32 sl, KernelSpec spec) noexcept nogil
+
 
 cdef inline float64_t slack_bound(float64_t ani, float64_t nj, float64_t a, float64_t kval,
                                   float64_t b, float64_t t) noexcept nogil:

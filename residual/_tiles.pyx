@@ -47,12 +47,92 @@
 # row (99.8 % at n = 32k). The rule: float32 when the median e_i^2 is at most
 # FLOAT32_MAX_SLACK and the metric has at least FLOAT32_MIN_ROWS rows (below that the copy
 # and the one-time dgemm probe, _blas.dgemm_chain, cost more than they save).
+#
+# float32 kernel (the brute force's screen). The screen needs each pair's kernel value only to
+# within a proven error: kernel32_row evaluates it in float32 (sixteen lanes, a degree-6 exp),
+# at about a third of the float64 row's cost, and the bound takes the difference in
+# (slack32_kernel32). Per unit variance g(r^2) = P(r) e^-r, with the float32 r^2 capped at
+# 1e30, r = sqrt(c r^2) (RBF: e^(-r^2/2)) and g = 0 past the cut r > 80 (e^-r then still a
+# normal float32):
+#   exp32(x), x in [-80, 0]: x = k ln2 + r, k * ln2_hi exact (15 bits, |k| <= 116) and
+#   x - k ln2_hi exact (Sterbenz), so the reduced r is within 0.35u of x - k ln2 and
+#   |r| <= 0.3466; Taylor to degree 6: remainder <= |r|^7 e^|r| / 7! < 4.0u of e^r; Horner's
+#   roundings, first order summed over the steps with |p_i| <= their absolute series, and
+#   the float32 coefficients < 3.4u of e^r; so exp32 is within EXP32_ERR = 8u of e^x;
+#   P(r) in float32: 1 + r within u, 1 + r + r r (1/3) within 4u, and P e^-r one more u;
+#   r^2 -> float32 (u), c r^2 (u), sqrt (u): r within delta = 2u (Matern 1/2: 1.5u, RBF: the
+#   argument within u), which moves g by at most delta max_s |g'(s)| s, an absolute error
+#   (max_s |g'(s)| s: 1/e for RBF and Matern 1/2, 4/e^2 Matern 3/2, 0.6045 Matern 5/2);
+#   past the cut g < 1e-31; a float32 subnormal r^2 moves g by < 2^-60.
+# The float64 kernel (the tiles' bits) is within 2^-40 of k, relative (its exp within 5w of
+# e^x, its argument within 2w relative, |x| <= 708), and 1e-300 var below e^-708. So
+# |k32 - k64| <= eps k32 + tau var + 2^-1068 (EXP32_ERR and the rest in kernel32_error), and
+# with c = fl64(k32 - S) in place of fl64(k64 - S), |C64 - c| <= a |v_i| |v_j| + b' (|c| +
+# |k32|) + t', b' = b + 3w + eps (1 + 3b), t' = t + (1 + 3b) (tau var + 2^-1068)
+# (slack32_kernel32); lo_key32 and hi_key32 then hold as before. The pairs kept are
+# recomputed from their float64 r^2 by kernel_of_sqdist: the tiles' own loop, so their bits.
 
 from cython.parallel cimport prange
 
 import numpy as np
 
 from residual._blas cimport dgemm_rm, trsv_lower_rm
+
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+    /* The float32 kernel of the brute force's screen (_tiles.pyx, "float32 kernel"): every
+       function vectorises sixteen lanes wide. */
+    #define RESIDUAL_CUT32 80.0f
+    static inline float residual_exp32(float x) {   /* e^x for x in [-80, 0] (clamped) */
+        const float shift = 0x1.8p23f;
+        x = x > -RESIDUAL_CUT32 ? x : -RESIDUAL_CUT32;
+        float kd = x * 0x1.715476p0f + shift;           /* round(x / ln2) in the low bits */
+        float k = kd - shift;
+        float r = x - k * 0x1.62e4p-1f;                  /* ln2 high part: exact */
+        r = r - k * (float)(0x1.62e42fefa39efp-1 - 0x1.62e4p-1);
+        float p = 1.0f / 720.0f;
+        p = p * r + 1.0f / 120.0f;
+        p = p * r + 1.0f / 24.0f;
+        p = p * r + 1.0f / 6.0f;
+        p = p * r + 0.5f;
+        p = p * r + 1.0f;
+        p = p * r + 1.0f;
+        uint32_t bits;
+        memcpy(&bits, &kd, sizeof bits);
+        bits = (bits + 127u) << 23;                     /* low bits of kd hold k: 2^k */
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        return p * scale;
+    }
+    static inline float residual_r2_32(double r2) {     /* NaN and huge: far */
+        return (float)(r2 < 1e30 ? r2 : 1e30);
+    }
+    static inline float residual_rbf32(float r2) {
+        float x = -0.5f * r2;
+        return x >= -RESIDUAL_CUT32 ? residual_exp32(x) : 0.0f;
+    }
+    static inline float residual_matern12_32(float r2) {
+        float r = sqrtf(r2);
+        return r <= RESIDUAL_CUT32 ? residual_exp32(-r) : 0.0f;
+    }
+    static inline float residual_matern32_32(float r2) {
+        float r = sqrtf(3.0f * r2);
+        return r <= RESIDUAL_CUT32 ? (1.0f + r) * residual_exp32(-r) : 0.0f;
+    }
+    static inline float residual_matern52_32(float r2) {
+        float r = sqrtf(5.0f * r2);
+        return r <= RESIDUAL_CUT32 ? (1.0f + r + r * r * (1.0f / 3.0f)) * residual_exp32(-r)
+                                   : 0.0f;
+    }
+    """
+    float32_t r2_32 "residual_r2_32"(float64_t r2) noexcept nogil
+    float32_t rbf32 "residual_rbf32"(float32_t r2) noexcept nogil
+    float32_t matern12_32 "residual_matern12_32"(float32_t r2) noexcept nogil
+    float32_t matern32_32 "residual_matern32_32"(float32_t r2) noexcept nogil
+    float32_t matern52_32 "residual_matern52_32"(float32_t r2) noexcept nogil
 
 # Rows per parallel work item in kernel_matrix.
 cdef intp_t KERNEL_CHUNK = 256
@@ -91,6 +171,87 @@ def exp_nonpos(const float64_t[::1] x):
     cdef intp_t i
     for i in range(x.shape[0]):
         o[i] = exp(x[i])
+    return out
+
+
+cdef void kernel32_row(KernelSpec spec, const float64_t* r2, float64_t* out,
+                       intp_t n) noexcept nogil:
+    """out[j] = the float32 kernel of r2[j] (see "float32 kernel"), in float64."""
+    cdef intp_t j
+    cdef float64_t var = spec.variance
+    if spec.kind == KERNEL_RBF:
+        for j in range(n):
+            out[j] = var * <float64_t>rbf32(r2_32(r2[j]))
+    elif spec.kind == KERNEL_MATERN12:
+        for j in range(n):
+            out[j] = var * <float64_t>matern12_32(r2_32(r2[j]))
+    elif spec.kind == KERNEL_MATERN32:
+        for j in range(n):
+            out[j] = var * <float64_t>matern32_32(r2_32(r2[j]))
+    else:  # KERNEL_MATERN52
+        for j in range(n):
+            out[j] = var * <float64_t>matern52_32(r2_32(r2[j]))
+
+
+# "float32 kernel": exp32's error, in units of u = 2^-24
+cdef float64_t EXP32_ERR = 8.0
+
+
+cdef void _kernel32_error(int kind, float64_t* eps, float64_t* tau) noexcept nogil:
+    """|k32 - k64| <= eps k32 + tau variance + 2^-1068 (see "float32 kernel")."""
+    cdef float64_t u = 2.0 ** -24, margin = 1.0 + 2.0 ** -16, s = 1.0 + sqrt(3.0)
+    cdef float64_t err = EXP32_ERR, delta = 2.0, slope     # err: of g32 relative to g
+    if kind == KERNEL_RBF:
+        delta, slope = 1.0, exp(-1.0)
+    elif kind == KERNEL_MATERN12:
+        delta, slope = 1.5, exp(-1.0)
+    elif kind == KERNEL_MATERN32:
+        err, slope = err + 2.0, 4.0 * exp(-2.0)
+    else:
+        err, slope = err + 5.0, s * s * (1.0 + s) * exp(-s) / 3.0
+    eps[0] = (err * u + 2.0 ** -39) * margin        # 2^-39: the float64 kernel and roundings
+    tau[0] = (delta * u * slope + 1e-31 + 2.0 ** -60 + 2.0 ** -40) * margin
+
+
+cdef Slack32 slack32_kernel32(Slack32 sl, KernelSpec spec) noexcept nogil:
+    """The float32 screen's slack (slack32) for a kernel row from kernel32_row."""
+    cdef float64_t eps, tau, w = 2.0 ** -53, margin = 1.0 + 2.0 ** -20
+    _kernel32_error(spec.kind, &eps, &tau)
+    cdef Slack32 out = sl
+    out.b = sl.b + 3 * w + eps * (1.0 + 3 * sl.b) * margin
+    out.t = (sl.t + (1.0 + 3 * sl.b) * (tau * spec.variance + 2.0 ** -1068)) * margin
+    return out
+
+
+def float32_slack_kernel32(intp_t m, float64_t norm_max, int kind, float64_t variance):
+    """Test hook: slack32_kernel32's (a, b, t)."""
+    cdef Slack32 sl = slack32_kernel32(slack32(m, norm_max),
+                                       KernelSpec(kind=kind, variance=variance))
+    return sl.a, sl.b, sl.t
+
+
+def kernel32_values(int kind, float64_t variance, const float64_t[::1] r2):
+    """Test hook: kernel32_row on an array of r^2."""
+    out = np.empty(r2.shape[0])
+    cdef float64_t[::1] o = out
+    if r2.shape[0]:
+        kernel32_row(KernelSpec(kind=kind, variance=variance), &r2[0], &o[0], r2.shape[0])
+    return out
+
+
+def kernel32_error(int kind):
+    """Test hook: (eps, tau) of the float32 kernel's error bound."""
+    cdef float64_t eps, tau
+    _kernel32_error(kind, &eps, &tau)
+    return eps, tau
+
+
+def kernel_values(int kind, float64_t variance, const float64_t[::1] r2):
+    """Test hook: the float64 tiles' kernel (kernel_of_sqdist) on an array of r^2."""
+    out = np.array(r2, dtype=np.float64)
+    cdef float64_t[::1] o = out
+    if r2.shape[0]:
+        kernel_of_sqdist(KernelSpec(kind=kind, variance=variance), &o[0], r2.shape[0])
     return out
 
 
