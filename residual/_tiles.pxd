@@ -103,14 +103,17 @@ cdef inline float64_t kernel_matern12(float64_t variance, float64_t r2) noexcept
     return variance * exp(-sqrt(r2))
 
 
+# The Matern polynomials meet exp(-r) before the variance: far away (r^2 up to R2_MAX) the
+# polynomial reaches ~1e300, and a large variance times it first would overflow to inf, and
+# inf * 0 is NaN.
 cdef inline float64_t kernel_matern32(float64_t variance, float64_t r2) noexcept nogil:
     cdef float64_t r = sqrt(3.0 * r2)
-    return variance * (1.0 + r) * exp(-r)
+    return variance * ((1.0 + r) * exp(-r))
 
 
 cdef inline float64_t kernel_matern52(float64_t variance, float64_t r2) noexcept nogil:
     cdef float64_t r = sqrt(5.0 * r2)
-    return variance * (1.0 + r + r * r / 3.0) * exp(-r)
+    return variance * ((1.0 + r + r * r / 3.0) * exp(-r))
 
 
 cdef inline float64_t kernel_value(KernelSpec spec, float64_t r2) noexcept nogil:

@@ -50,6 +50,15 @@ def test_residual_tiles_match_reference(any_kernel):
     assert (D <= 1).all() and (D >= 0).all()
 
 
+@pytest.mark.parametrize("variance", [1.0, 1e10, 1e200])
+def test_kernels_of_far_pairs_are_zero_for_any_variance(any_kernel, variance):
+    # r^2 up to the cap and beyond: the Matern polynomial (~1e300) must not meet the variance
+    # before exp(-r) = 0, or inf * 0 gives NaN (a far pair would then look nearest)
+    r2 = np.array([1e299, 1e300, 1e308, np.inf])
+    k = _tiles.kernel_values(any_kernel._code, variance, r2)
+    assert np.all(k == 0.0)
+
+
 def test_vectorisable_exp_is_within_one_ulp_of_numpy():
     rng = np.random.default_rng(4)
     x = -np.concatenate([rng.random(200_000) * 60, rng.random(20_000) * 1e-6,
