@@ -39,15 +39,15 @@
 # answers the deferred rows together on the float64 tiles, where they cost a GEMM's share.
 
 from cython.parallel cimport prange, parallel
-from libc.math cimport sqrt, fabs, INFINITY
+from libc.math cimport sqrt, INFINITY
 from libc.stdlib cimport free
 
 from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
 from residual._blas cimport GemmChain, gemm_elements, sgemm_rm
 from residual._select cimport (Candidate, TopK, topk_init, topk_push, topk_finish,
                                sort_candidates)
-from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, hi_key32, kernel32_row,
-                              kernel_of_sqdist, lo_key32, residual_cov_tile, residual_key,
+from residual._tiles cimport (Block, KernelSpec, Metric, Slack32, key_upper, kernel32_row,
+                              kernel_of_sqdist, key_lower, residual_cov_tile, residual_key,
                               slack32, slack32_kernel32, sqdist_direct_tile)
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
 from residual._workspace cimport carve, span, workspace_new
@@ -268,7 +268,7 @@ cdef struct Screen:
 cdef inline void _row_keys(const Problem* P, const float64_t* krow, const float32_t* prod,
                            float64_t ani, float64_t si, intp_t t0, intp_t jmax, bint upper,
                            float64_t* out) noexcept nogil:
-    """out[j] = lo_key32 (or hi_key32) of pair (i, t0 + j), j < jmax: flat loops that
+    """out[j] = key_lower (or key_upper) of pair (i, t0 + j), j < jmax: flat loops that
     vectorise."""
     cdef intp_t j
     cdef float64_t b = P.slack.b, t = P.slack.t
@@ -276,10 +276,10 @@ cdef inline void _row_keys(const Problem* P, const float64_t* krow, const float3
     cdef const float64_t* sc = P.sc + t0
     if upper:
         for j in range(jmax):
-            out[j] = hi_key32(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
+            out[j] = key_upper(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
     else:
         for j in range(jmax):
-            out[j] = lo_key32(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
+            out[j] = key_lower(krow[j], prod[j], ani, nc[j], si, sc[j], b, t)
 
 
 cdef inline void _offer_upper(const Problem* P, Screen* S, intp_t r,
@@ -386,7 +386,7 @@ cdef void _screen_row(const Problem* P, Screen* S, TopK* top, intp_t r, intp_t q
                     kept[n].j = t0 + j
                     S.nkept[r] = n + 1
                     if t0 > 0:
-                        _offer_upper(P, S, r, hi_key32(S.krow[j], prod[j], ani, P.nc[t0 + j],
+                        _offer_upper(P, S, r, key_upper(S.krow[j], prod[j], ani, P.nc[t0 + j],
                                                        si, P.sc[t0 + j], P.slack.b, P.slack.t))
                     # full: if over 3/4 is still taken once tightened, the bound does not
                     # separate this row's pairs; flush them, or defer the row

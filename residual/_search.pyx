@@ -38,7 +38,7 @@ import numpy as np
 
 from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
 from residual._tiles cimport (Metric, Points, Slack32, closer, residual_key, sqdist,
-                              kernel_of_sqdist, kernel_value, hi_key32, lo_key32, slack_bound)
+                              kernel_of_sqdist, kernel_value, key_lower, key_upper)
 from residual._blas cimport gemm_elements
 from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
@@ -68,6 +68,7 @@ cdef struct Tree:
     # _slack64's terms; with the float32 screen (v32 NULL: off) its V rows in float32 and
     # the float32 bound's terms
     bint bounded
+    const unsigned char* alias_exact    # node -> its aliases are bit-identical rows
     const float64_t* norm
     Slack32 bound64
     const float32_t* v32
@@ -86,10 +87,11 @@ cdef class SearchLayout:
     cdef readonly float64_t slack
     cdef readonly object aliases
     cdef readonly object node_of      # row -> its node's number (an alias: its node's)
+    cdef readonly object alias_exact  # node -> 1 if its aliases' rows are its own, bit for bit
 
     def __cinit__(self, tree, const int64_t[::1] order, Metric metric, float64_t slack):
-        """tree: a CoverTree (its node arrays are read); order: its nodes breadth-first;
-        metric: its metric with the rows in that order; slack: its slack."""
+        """tree: a CoverTree (its node arrays and its metric are read); order: its nodes
+        breadth-first; metric: its metric with the rows in that order; slack: its slack."""
         cdef const int64_t[::1] child_count = np.diff(tree.children_ptr).astype(np.int64)
         cdef const int64_t[::1] alias_ptr = tree.aliases_ptr.astype(np.int64)
         cdef const float64_t[::1] radius = tree.radii
@@ -121,6 +123,17 @@ cdef class SearchLayout:
         counts = np.diff(np.asarray(alias_ptr))           # aliases are listed by row
         node_of[self.aliases] = node_of[np.repeat(np.arange(counts.size), counts)]
         self.node_of = node_of
+        # An alias is a row at computed distance 0 from its node: a duplicate, or (residual)
+        # a row whose correlation with it rounds to 1, which can be ~1e-4 away in truth (see
+        # the bounded search's aliases)
+        rows = tree._metric
+        a = self.aliases
+        at = np.asarray(order)[node_of[a]]     # the rows of their nodes
+        same = (rows.x[a] == rows.x[at]).all(axis=1)
+        if rows.v is not None:
+            same &= (rows.v[a] == rows.v[at]).all(axis=1) & (rows.s[a] == rows.s[at])
+        self.alias_exact = np.ones(nn, dtype=np.uint8)
+        np.logical_and.at(self.alias_exact, node_of[a], same)
         self.metric = metric
         self.slack = slack
 
@@ -144,7 +157,8 @@ cdef struct Query:
     float64_t key0          # the seeds' bound on the k-th key (inf: none)
     float64_t tau           # the current bound on the k-th distance
     intp_t count            # entries in the k best
-    float64_t* hd           # the k best, a max-heap (this query's slice of the workspace)
+    float64_t* hd           # the k best, a max-heap (this query's slice of the workspace;
+                            # in the bounded search, of upper bounds until _rescore)
     intp_t* hi
     int64_t evals           # pairs evaluated, of which
     int64_t screened        # bounded in float32 (the float32 screen), and of those
@@ -161,8 +175,9 @@ cdef struct Pool:
     # A frontier entry's data: for each pushed node, its distance to each query of the group
     # and the mask of the queries that need its subtree. Slots are recycled as entries are
     # popped, so the pool holds the frontier, not the tree (it grows by doubling if needed).
-    float64_t* d            # cap x (2 GROUP): per query, a lower then (GROUP on) an upper
-                            # bound on the distance (equal but in the bounded search)
+    float64_t* d            # cap x stride: per query, the distance, or with the float32
+                            # screen a lower then (`upper` on) an upper bound on it
+    intp_t stride, upper    # GROUP and 0, or 2 GROUP and GROUP
     uint64_t* mask          # cap
     intp_t* node            # cap
     intp_t* free_slots      # cap: a stack of recycled slots
@@ -360,8 +375,7 @@ cdef extern from *:
        with another's, and C11 mode (meson.build) keeps GCC from fusing multiply-adds (a
        compiler that did would fuse the same expression in every variant). So a pair's sum is
        the same bits whichever variant computes it and whatever the other rows are: a pair's
-       key does not depend on the tile it is evaluated in (and equals the old one-row kernels'
-       bits: lanes 0-3 and 4-7 were their two 4-wide sums). Each loaded query vector serves
+       key does not depend on the tile it is evaluated in. Each loaded query vector serves
        NC rows and each row vector four queries. out is 4 x NC, row stride 4. */
     #define RESIDUAL_DOT_TILE(NAME, T, W, NC)                                               \
     __attribute__((noinline))                                                               \
@@ -504,18 +518,21 @@ cdef void _keys(const Points* P, const Query* Q, const Child* ch,
 cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64_t mask,
                           intp_t c, float64_t* lo, float64_t* hi) noexcept nogil:
     """For each query r of mask, its key to node c in float64 (the seeds and the root):
-    lo[r] = hi[r] = the key, or in the bounded search bounds on it (_bounds64)."""
+    lo[r] = hi[r] = the key, or in the bounded search bounds on it (_slack64)."""
     cdef Child ch
     cdef float64_t out[GROUP]
     cdef intp_t t, r
     _child_start(P, Q, c, mask, &ch)
     _dot_tile(P.v, P.m, Q, ch.act, ch.na, &c, 1, ch.dots, 1)
-    _keys(P, Q, &ch, out)
+    if not T.bounded:
+        _keys(P, Q, &ch, out)
     for t in range(ch.na):
         r = ch.act[t]
         if T.bounded:
-            _bounds64(ch.kval[t], ch.dots[t], T.bound64.a * Q[r].norm, T.norm[c], Q[r].s,
-                      P.s[c], &T.bound64, &lo[r], &hi[r])
+            lo[r] = key_lower(ch.kval[t], ch.dots[t], T.bound64.a * Q[r].norm, T.norm[c],
+                              Q[r].s, P.s[c], T.bound64.b, T.bound64.t)
+            hi[r] = key_upper(ch.kval[t], ch.dots[t], T.bound64.a * Q[r].norm, T.norm[c],
+                              Q[r].s, P.s[c], T.bound64.b, T.bound64.t)
         else:
             lo[r] = out[t]
             hi[r] = out[t]
@@ -527,8 +544,8 @@ cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64
 # than that, the tree's own keys would rank them otherwise than the oracle (at n = 131072,
 # k = 30: one row in 131072). So a pair is known only within bounds lo <= key <= hi on its
 # float64 key, whichever float64 arithmetic computes it: from the tree's float64 key and the
-# difference two float64 evaluations can have (_bounds64: about 1e-13 relative), or with
-# the float32 screen from the float32 product (lo_key32, hi_key32; _tiles.pyx "float32
+# difference two float64 evaluations can have (_slack64: about 1e-13 relative), or with
+# the float32 screen from the float32 product (key_lower, key_upper; _tiles.pyx "float32
 # screen": Metric.float32_pays decides, and the rows whose own bound is loose, such as the
 # inducing points with p ~ jitter, stay exact: float64). Each query keeps
 #   - a max-heap of the k smallest upper bounds hi (so its k-th key is at most the heap's top,
@@ -537,25 +554,21 @@ cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64
 # A node whose lo exceeds the bound has a key above the k-th smallest, so it cannot be an
 # answer, and a subtree is pruned only when sqrt(lo) - R(c) exceeds tau + slack: nothing that
 # can be an answer is lost. A pushed child carries [sqrt(lo), sqrt(hi)] for each query, and
-# its children are tested against the interval (_child_mask). At the end (_rescore) the
+# its children are tested against the interval (_child_mask); in float64 only sqrt(lo), as
+# close to the distance (~1e-13 relative) as the tree's slack already absorbs for any
+# computed distance (a second bound per query would cost the pool's cache footprint). At the end (_rescore) the
 # candidates still within the final bound (about k) are scored with the brute force's own
 # arithmetic: the kernel value (sqdist, then the kernel inline) minus dgemm's k-blocked FMA
 # chains (_blas.pxd gemm_elements, whose blocking _blas.dgemm_chain checked against dgemm),
 # then residual_key; the k best by (key, index), ordered by (distance, index) as the brute
 # force orders them, are the answer: the oracle's rows, distances bit for bit. With the
-# float32 screen the search makes no float64 dot product but for the exact rows.
-
-cdef inline void _bounds64(float64_t kval, float64_t dot, float64_t ani, float64_t nj,
-                           float64_t si, float64_t sj, const Slack32* sl, float64_t* lo,
-                           float64_t* hi) noexcept nogil:
-    """lo, hi: bounds on the float64 key of a pair in any float64 arithmetic, from the tree's
-    kernel value and dot product (ani = sl.a |v_i|, nj = |v_j|, si and sj their 1/sqrt(p))."""
-    cdef float64_t a = fabs(kval - dot)
-    cdef float64_t e = slack_bound(ani, nj, a, kval, sl.b, sl.t)
-    lo[0] = residual_key(a + e, si, sj)
-    a = a - e
-    hi[0] = residual_key(a if a > 0.0 else 0.0, si, sj)
-
+# float32 screen the search makes no float64 dot product but for the seeds, the root and
+# the exact rows.
+# Aliases share their node's bounds only when their rows are the node's, bit for bit
+# (SearchLayout.alias_exact: duplicates). Other aliases (a correlation that rounds to 1; in
+# truth up to about the tree's slack away) are not offered to the heap nor used as seeds,
+# and their node is a candidate when the lower bound widened by twice the slack in distance
+# (_widened) is within the query's bound; _rescore then scores each row on its own.
 
 cdef Slack32 _slack64(intp_t m) noexcept nogil:
     """The bound on the difference of two float64 evaluations of C = k - v_i . v_j, in any
@@ -569,6 +582,25 @@ cdef Slack32 _slack64(intp_t m) noexcept nogil:
     out.b = 2 * gamma64 + 4 * w
     out.t = margin * 2 * m * 2.0 ** -1070
     return out
+
+
+cdef inline float64_t _widened(float64_t lo, float64_t slack) noexcept nogil:
+    """A lower bound on the key of a node's alias that is not its row (see above)."""
+    cdef float64_t d = sqrt(lo) - 2.0 * slack
+    return d * d if d > 0.0 else 0.0
+
+
+cdef inline void _offer_bounded(const Tree* T, Query* q, intp_t c, float64_t hi,
+                                intp_t k) noexcept nogil:
+    """_offer for the bounded search: node c's upper bound hi goes to q's heap for its row,
+    and for its aliases only when their rows are its own (see "aliases" above)."""
+    cdef const Node* nc = &T.node[c]
+    if T.alias_exact[c]:
+        _offer(T, q, c, hi, k)
+    elif (hi <= q.key0 and (q.count < k or hi <= q.hd[0]) and nc.point != q.self_index
+          and nc.point < q.limit):
+        best_offer(q.hd, q.hi, &q.count, k, hi, nc.point)
+        q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
 
 
 cdef inline float64_t _bound(const Query* q, intp_t k) noexcept nogil:
@@ -606,18 +638,19 @@ cdef extern from *:
     intp_t lowest_bit "RESIDUAL_LOWEST_BIT"(uint64_t x) noexcept nogil   # x != 0
 
 
-cdef inline uint64_t _child_mask(const Node* nc, const Query* Q, intp_t g, uint64_t mask,
-                                 const float64_t* du, float64_t slack) noexcept nogil:
+cdef inline uint64_t _child_mask(const Node* nc, const Query* Q, uint64_t mask,
+                                 const float64_t* du, intp_t upper,
+                                 float64_t slack) noexcept nogil:
     """The queries of mask that must score child nc: the lone search's tests, query by query
     (its subtree holds an eligible row, and the parent distance does not rule it out: du[r]
-    and du[GROUP + r] bound it; when they are equal, max(...) is |du[r] - pdist|)."""
+    and du[upper + r] bound it; with upper = 0, max(...) is |du[r] - pdist|)."""
     cdef uint64_t cmask = 0, bit
     cdef intp_t r
     while mask:                         # the set bits only
         r = lowest_bit(mask)
         bit = <uint64_t>1 << r
         mask ^= bit
-        if (nc.min_index < Q[r].limit and max(du[r] - nc.pdist, nc.pdist - du[GROUP + r])
+        if (nc.min_index < Q[r].limit and max(du[r] - nc.pdist, nc.pdist - du[upper + r])
                 - nc.radius <= Q[r].tau + slack):
             cmask |= bit
     return cmask
@@ -641,12 +674,14 @@ cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
 
 
-cdef int _pool_init(Pool* pool, intp_t cap) noexcept nogil:
+cdef int _pool_init(Pool* pool, intp_t cap, bint intervals) noexcept nogil:
     """Allocate cap slots; returns 0, or -1 when out of memory (pool then holds NULLs)."""
     pool.cap = max(cap, 1)
     pool.n_free = 0
     pool.used = 0
-    pool.d = <float64_t*>malloc(pool.cap * 2 * GROUP * sizeof(float64_t))
+    pool.stride = 2 * GROUP if intervals else GROUP
+    pool.upper = GROUP if intervals else 0
+    pool.d = <float64_t*>malloc(pool.cap * pool.stride * sizeof(float64_t))
     pool.mask = <uint64_t*>malloc(pool.cap * sizeof(uint64_t))
     pool.node = <intp_t*>malloc(pool.cap * sizeof(intp_t))
     pool.free_slots = <intp_t*>malloc(pool.cap * sizeof(intp_t))
@@ -679,7 +714,7 @@ cdef intp_t _pool_take(Pool* pool) noexcept nogil:
         return pool.free_slots[pool.n_free]
     if pool.used == pool.cap:
         cap = 2 * pool.cap
-        if not (_grow(<void**>&pool.d, cap * 2 * GROUP * sizeof(float64_t))
+        if not (_grow(<void**>&pool.d, cap * pool.stride * sizeof(float64_t))
                 and _grow(<void**>&pool.mask, cap * sizeof(uint64_t))
                 and _grow(<void**>&pool.node, cap * sizeof(intp_t))
                 and _grow(<void**>&pool.free_slots, cap * sizeof(intp_t))):
@@ -689,9 +724,9 @@ cdef intp_t _pool_take(Pool* pool) noexcept nogil:
     return pool.used - 1
 
 
-cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
-                const Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
-    """Score the child ch (of the node in pool slot `slot`) for its queries, from their
+cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, const Child* ch,
+                const Scratch* W, intp_t* size) noexcept nogil:
+    """Score the child ch (of the node being expanded) for its queries, from their
     kernel values and float64 dot products: offer it to each, and push it with the distances
     of the queries that may find something below it. Returns 0, or -1 when the pool could
     not grow."""
@@ -711,7 +746,7 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
         cslot = _pool_take(pool)        # where c's distances go if it is pushed
         if cslot < 0:
             return -1
-        dc = pool.d + cslot * 2 * GROUP
+        dc = pool.d + cslot * pool.stride
     for t in range(ch.na):
         r = ch.act[t]
         q = &Q[r]
@@ -723,7 +758,6 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
         b = d - nc.radius
         if b <= q.tau + slack:
             dc[r] = d
-            dc[GROUP + r] = d
             pmask |= <uint64_t>1 << r
             lbc = min(lbc, b if b > 0.0 else 0.0)
     return _push(P, T, c, cslot, pmask, lbc, W, size)
@@ -764,8 +798,8 @@ cdef void _exact_dots(const Points* P, const Query* Q, Child* ch) noexcept nogil
             ch.dots[epos[t]] = edots[t]
 
 
-cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
-                        const Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
+cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, const Child* ch,
+                        const Scratch* W, intp_t* size) noexcept nogil:
     """_enter for the bounded search: each query's bounds on its key to the child, from
     ch.dots (exact queries) or ch.prods (the float32 screen); the child becomes a candidate
     and offers its upper bound where its lower bound is within the query's bound, and is
@@ -773,7 +807,7 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp
     could not grow."""
     cdef intp_t c = ch.node, t, r, cslot = -1
     cdef const Node* nc = &T.node[c]
-    cdef float64_t nj = T.norm[c], sj = P.s[c], lo, hi, dlo = 0.0, b, lbc = INFINITY
+    cdef float64_t nj = T.norm[c], sj = P.s[c], lo, lo_c, hi, dlo = 0.0, b, lbc = INFINITY
     cdef bint candidate, push
     cdef uint64_t pmask = 0
     cdef Query* q
@@ -782,47 +816,52 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, intp
         cslot = _pool_take(W.pool)      # where c's distance bounds go if it is pushed
         if cslot < 0:
             return -1
-        dc = W.pool.d + cslot * 2 * GROUP
+        dc = W.pool.d + cslot * W.pool.stride
     for t in range(ch.na):
         r = ch.act[t]
         q = &Q[r]
         q.evals += 1
-        if q.exact:
-            _bounds64(ch.kval[t], ch.dots[t], T.bound64.a * q.norm, nj, q.s, sj, &T.bound64,
-                      &lo, &hi)
+        if q.exact:                     # (float64 products in key_lower's arithmetic)
+            lo = key_lower(ch.kval[t], ch.dots[t], T.bound64.a * q.norm, nj, q.s, sj,
+                          T.bound64.b, T.bound64.t)
         else:
             q.screened += 1
-            lo = lo_key32(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
+            lo = key_lower(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
                           T.bound.b, T.bound.t)
-            hi = INFINITY               # made when needed (most pairs need only lo)
-        candidate = lo <= _bound(q, k)
+        hi = INFINITY                   # made when needed (most pairs need only lo)
+        lo_c = lo if T.alias_exact[c] else _widened(lo, T.slack)
+        candidate = lo_c <= _bound(q, k)
         push = False                    # (a leaf: nothing to enter)
         if cslot >= 0:
             dlo = sqrt(lo)
             b = dlo - nc.radius
             push = b <= q.tau + T.slack
-        if hi == INFINITY and (candidate or push):
-            hi = hi_key32(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
-                          T.bound.b, T.bound.t)
+        if candidate or push:
+            if q.exact:
+                hi = key_upper(ch.kval[t], ch.dots[t], T.bound64.a * q.norm, nj, q.s, sj,
+                              T.bound64.b, T.bound64.t)
+            else:
+                hi = key_upper(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
+                              T.bound.b, T.bound.t)
         if candidate:
-            if q.s != 0.0 and _keep(q, lo, c, not q.exact, k) != 0:
+            if q.s != 0.0 and _keep(q, lo_c, c, not q.exact, k) != 0:
                 return -1
-            _offer(T, q, c, hi, k)
+            _offer_bounded(T, q, c, hi, k)
             push = push and b <= q.tau + T.slack    # the offer may have lowered tau
         if push:
+            dc[W.pool.upper + r] = sqrt(hi)     # (upper = 0: the lower bound stays)
             dc[r] = dlo
-            dc[GROUP + r] = sqrt(hi)
             pmask |= <uint64_t>1 << r
             lbc = min(lbc, b if b > 0.0 else 0.0)
     return _push(P, T, c, cslot, pmask, lbc, W, size)
 
 
-cdef inline int _score(const Points* P, const Tree* T, Query* Q, intp_t k, intp_t slot,
-                       const Child* ch, const Scratch* W, intp_t* size) noexcept nogil:
+cdef inline int _score(const Points* P, const Tree* T, Query* Q, intp_t k, const Child* ch,
+                       const Scratch* W, intp_t* size) noexcept nogil:
     """_enter_bounded or _enter, as the search is bounded or not."""
     if T.bounded:
-        return _enter_bounded(P, T, Q, k, slot, ch, W, size)
-    return _enter(P, T, Q, k, slot, ch, W, size)
+        return _enter_bounded(P, T, Q, k, ch, W, size)
+    return _enter(P, T, Q, k, ch, W, size)
 
 
 cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_t k,
@@ -837,7 +876,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     cdef intp_t r, j, t, u, c, c0, c1, na, nn, slot, size = 0
     cdef uint64_t mask, cmask, bit, needed
     cdef float64_t* du
-    cdef float64_t tau_max, slack = T.slack
+    cdef float64_t tau_max, lo_c, slack = T.slack
     cdef Query* q
     cdef float64_t* fl = W.fl
     cdef float64_t* fd = W.fd
@@ -859,8 +898,9 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         q.nkept = 0
     for j in range(k + 1):              # each query's seeds bound its k-th key (see _search)
         t = W.seeds[j]
-        if t < 0:
-            continue
+        if t < 0 or (T.bounded and not T.alias_exact[T.node_of[t]]
+                     and T.node[T.node_of[t]].point != t):
+            continue                    # (an alias that is not its node's row: see above)
         mask = 0
         for r in range(g):
             if t != Q[r].self_index and t < Q[r].limit:
@@ -878,10 +918,15 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         if q.count == k:
             q.key0 = q.hd[0]
         q.count = 0
-        if lo[r] <= q.key0:
-            if T.bounded and q.s != 0.0 and _keep(q, lo[r], 0, False, k) != 0:
-                return -1
-            _offer_node(T, 0, hi[r], k, q, &q.count)
+        if not T.bounded:
+            if lo[r] <= q.key0:
+                _offer_node(T, 0, lo[r], k, q, &q.count)
+        else:
+            lo_c = lo[r] if T.alias_exact[0] else _widened(lo[r], T.slack)
+            if lo_c <= q.key0:
+                if q.s != 0.0 and _keep(q, lo_c, 0, False, k) != 0:
+                    return -1
+                _offer_bounded(T, q, 0, hi[r], k)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
     pool.n_free = 0
     pool.used = 0
@@ -889,8 +934,8 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
     pool.node[slot] = 0
     pool.mask[slot] = every
     for r in range(g):
-        pool.d[slot * 2 * GROUP + r] = sqrt(lo[r])
-        pool.d[slot * 2 * GROUP + GROUP + r] = sqrt(hi[r])
+        pool.d[slot * pool.stride + pool.upper + r] = sqrt(hi[r])
+        pool.d[slot * pool.stride + r] = sqrt(lo[r])
     frontier_push(fl, fd, fn, &size, 0.0, 0.0, slot)
     while size > 0:
         tau_max = Q[0].tau
@@ -901,7 +946,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         slot = fn[0]
         frontier_pop(fl, fd, fn, &size)
         u = pool.node[slot]
-        du = pool.d + slot * 2 * GROUP
+        du = pool.d + slot * pool.stride
         mask = 0                        # the queries that still need u, with today's bounds
         cmask = pool.mask[slot]
         while cmask:
@@ -926,7 +971,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                 nn = 0
                 needed = 0
                 for c in range(c0, c1):
-                    cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
+                    cmask = _child_mask(&T.node[c], Q, mask, du, pool.upper, slack)
                     if cmask:
                         W.tile_nodes[nn] = c
                         nn += 1
@@ -944,7 +989,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                     _dot_tile(P.v, P.m, Q, act, na, W.tile_nodes, nn, W.tile, TILE_NODES)
                 for j in range(nn):
                     c = W.tile_nodes[j]
-                    cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
+                    cmask = _child_mask(&T.node[c], Q, mask, du, pool.upper, slack)
                     if cmask == 0:
                         continue
                     _child_start(P, Q, c, cmask, &ch)
@@ -955,12 +1000,12 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                     else:
                         for t in range(ch.na):
                             ch.dots[t] = W.tile[row_of[ch.act[t]] * TILE_NODES + j]
-                    if _score(P, T, Q, k, slot, &ch, W, &size) != 0:
+                    if _score(P, T, Q, k, &ch, W, &size) != 0:
                         return -1
-                    du = pool.d + slot * 2 * GROUP  # the pool may have moved
+                    du = pool.d + slot * pool.stride  # the pool may have moved
         else:
             for c in range(T.node[u].child_begin, T.node[u].child_end):
-                cmask = _child_mask(&T.node[c], Q, g, mask, du, slack)
+                cmask = _child_mask(&T.node[c], Q, mask, du, pool.upper, slack)
                 if cmask == 0:
                     continue
                 _child_start(P, Q, c, cmask, &ch)   # c's row is read once, for all of them
@@ -969,9 +1014,9 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                     _exact_dots(P, Q, &ch)
                 else:
                     _dot_tile(P.v, P.m, Q, ch.act, ch.na, &c, 1, ch.dots, 1)
-                if _score(P, T, Q, k, slot, &ch, W, &size) != 0:
+                if _score(P, T, Q, k, &ch, W, &size) != 0:
                     return -1
-                du = pool.d + slot * 2 * GROUP      # the pool may have moved
+                du = pool.d + slot * pool.stride      # the pool may have moved
         pool.free_slots[pool.n_free] = slot     # u is done
         pool.n_free += 1
     return 0
@@ -989,7 +1034,7 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
     cdef size_t nd = in_flight * k * sizeof(float64_t), ni = in_flight * k * sizeof(intp_t)
     cdef size_t fd = frontier * sizeof(float64_t), fi = frontier * sizeof(intp_t)
     cdef size_t ns = (k + 1) * sizeof(int64_t)
-    cdef size_t nt = GROUP * TILE_NODES * sizeof(float64_t) if grouped else 0
+    cdef size_t nt = GROUP * TILE_NODES * sizeof(float64_t) if grouped and not screen else 0
     cdef size_t nn = TILE_NODES * sizeof(intp_t) if grouped else 0
     cdef size_t n32 = GROUP * TILE_NODES * sizeof(float32_t) if grouped and screen else 0
     cdef char* at = workspace_new(span(sizeof(Scratch)) + span(nq) + span(nd) + span(ni) +
@@ -1007,11 +1052,12 @@ cdef Scratch* _scratch_new(intp_t in_flight, intp_t k, intp_t frontier, bint gro
     W.seeds = <int64_t*>carve(&at, ns)
     if grouped:
         W.Q = <Query*>carve(&at, nq)
-        W.tile = <float64_t*>carve(&at, nt)
+        W.tile = <float64_t*>carve(&at, nt) if not screen else NULL
         W.tile_nodes = <intp_t*>carve(&at, nn)
         W.tile32 = <float32_t*>carve(&at, n32) if screen else NULL
         W.pool = <Pool*>calloc(1, sizeof(Pool))
-        if W.pool == NULL or _pool_init(W.pool, min(frontier, <intp_t>POOL_START)) != 0:
+        if (W.pool == NULL
+                or _pool_init(W.pool, min(frontier, <intp_t>POOL_START), screen) != 0):
             failed[0] = 1
             _scratch_free(W)
             return NULL
@@ -1087,6 +1133,7 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     cdef Job J
     cdef const int64_t[::1] al = layout.aliases
     cdef const int64_t[::1] node_of = layout.node_of
+    cdef const unsigned char[::1] alias_exact = layout.alias_exact
     cdef Scratch* W
     cdef intp_t found
     cdef int failed = 0
@@ -1102,6 +1149,7 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     T.node = layout.node
     T.aliases = &al[0] if al.shape[0] else NULL
     T.node_of = &node_of[0]
+    T.alias_exact = &alias_exact[0] if alias_exact.shape[0] else NULL
     T.slack = layout.slack
     T.bounded, T.v32, T.norm = False, NULL, NULL
     J.v32, J.norm, J.exact = NULL, NULL, NULL

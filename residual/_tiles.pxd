@@ -164,10 +164,10 @@ cdef class Metric:
                                         # over calls
 
 
-# The float32 screen's error bound (see _tiles.pyx, "float32 screen"): for a pair with float64
-# kernel value k and float32 product S = sgemm(fl32(v_i), fl32(v_j)), the float64 covariance
-# C64 that the dgemm tiles compute satisfies |C64 - c| <= a |v_i| |v_j| + b (|c| + |k|) + t,
-# where c = fl64(k - S).
+# An error bound on a pair's covariance, |C64 - c| <= a |v_i| |v_j| + b (|c| + |k|) + t: the
+# float32 screen's (see _tiles.pyx, "float32 screen"), where c = fl64(k - S) from the float64
+# kernel value k and the float32 product S = sgemm(fl32(v_i), fl32(v_j)) and C64 is what the
+# dgemm tiles compute; or the tree's between two float64 evaluations (_search._slack64).
 cdef struct Slack32:
     float64_t a, b, t
 
@@ -188,22 +188,23 @@ cdef inline float64_t slack_bound(float64_t ani, float64_t nj, float64_t a, floa
     return ani * nj + b * (a + fabs(kval)) + t
 
 
-cdef inline float64_t lo_key32(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
-                               float64_t si, float64_t sj, float64_t b,
-                               float64_t t) noexcept nogil:
+cdef inline float64_t key_lower(float64_t kval, float64_t prod, float64_t ani, float64_t nj,
+                                float64_t si, float64_t sj, float64_t b,
+                                float64_t t) noexcept nogil:
     """The smallest float64 key a pair can have: residual_key(|c| + E), c = kval - prod (its
-    float64 kernel value and float32 product), ani = a |v_i|, nj = |v_j|, si and sj its
-    1/sqrt(p). (A NaN gives key 0, the smallest: such a pair is never ruled out.)"""
-    cdef float64_t a = fabs(kval - <float64_t>prod)
+    kernel value and a product with the error bound (a, b, t): the float32 screen's, or
+    another float64 evaluation's), ani = a |v_i|, nj = |v_j|, si and sj its 1/sqrt(p). (A
+    NaN gives key 0, the smallest: such a pair is never ruled out.)"""
+    cdef float64_t a = fabs(kval - prod)
     return residual_key(a + slack_bound(ani, nj, a, kval, b, t), si, sj)
 
 
-cdef inline float64_t hi_key32(float64_t kval, float32_t prod, float64_t ani, float64_t nj,
-                               float64_t si, float64_t sj, float64_t b,
-                               float64_t t) noexcept nogil:
-    """The largest float64 key a pair can have: residual_key(max(0, |c| - E)) (see lo_key32;
+cdef inline float64_t key_upper(float64_t kval, float64_t prod, float64_t ani, float64_t nj,
+                                float64_t si, float64_t sj, float64_t b,
+                                float64_t t) noexcept nogil:
+    """The largest float64 key a pair can have: residual_key(max(0, |c| - E)) (see key_lower;
     a NaN gives key 1, the largest)."""
-    cdef float64_t a = fabs(kval - <float64_t>prod)
+    cdef float64_t a = fabs(kval - prod)
     a = a - slack_bound(ani, nj, a, kval, b, t)
     return residual_key(a if a > 0.0 else 0.0, si, sj)
 

@@ -69,7 +69,7 @@
 # |k32 - k64| <= eps k32 + tau var + 2^-1068 (EXP32_ERR and the rest in kernel32_error), and
 # with c = fl64(k32 - S) in place of fl64(k64 - S), |C64 - c| <= a |v_i| |v_j| + b' (|c| +
 # |k32|) + t', b' = b + 3w + eps (1 + 3b), t' = t + (1 + 3b) (tau var + 2^-1068)
-# (slack32_kernel32); lo_key32 and hi_key32 then hold as before. The pairs kept are
+# (slack32_kernel32); key_lower and key_upper then hold as before. The pairs kept are
 # recomputed from their float64 r^2 by kernel_of_sqdist: the tiles' own loop, so their bits.
 
 from cython.parallel cimport prange

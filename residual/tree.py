@@ -255,8 +255,9 @@ class CoverTree(_persist.Persistent):
         Notes
         -----
         ``stats["query"]`` records the last call: seconds, distance evaluations per query and
-        the float32 screen's counters (as ``brute_force_knn(..., return_stats=True)``'s;
-        they are also added to the model's ``metric.screen_counts``).
+        the float32 screen's counters (as ``brute_force_knn(..., return_stats=True)``'s, in
+        pairs of a query and a tree node, whose aliases it evaluates with it; they are also
+        added to the model's ``metric.screen_counts``).
         Distances are evaluated on a breadth-first copy of the tree (built on the first query
         and kept). For the residual metric, groups of neighbouring queries share one
         traversal, so that each row of V is read from memory once per group; each pair's key

@@ -355,3 +355,22 @@ def test_vecchia_reports_the_screen_for_both_methods():
         assert counts["screened_float32"] > 0.3 * counts["pairs"] > 0
     assert np.array_equal(out["brute"].neighbors, out["tree"].neighbors)
     assert out["brute"].distances.tobytes() == out["tree"].distances.tobytes()
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_tree_aliases_that_are_not_their_nodes_rows(precision):
+    # near-duplicates in the tiny-p regime: their correlation with their twin rounds to 1, so
+    # the build makes them aliases, but their rows differ and so do their keys to a query;
+    # the bounded search must not give them their node's bounds
+    g = np.random.default_rng(0)
+    X = g.standard_normal((512, 2))
+    X[256:] = X[:256] + g.standard_normal((256, 2)) * 1e-7
+    model = residual.ResidualCorrelation.from_kernel(X, residual.RBF(1.0), n_inducing=150,
+                                                     seed=0)
+    tree = residual.CoverTree(model)
+    layout = tree._layout()
+    assert tree.stats["aliases"] > 50 and not np.asarray(layout.alias_exact).all()
+    for k in (1, 3, 8):
+        for kw in (dict(predecessors=True), {}):
+            ref = brute_force_knn(model, k, precision="float64", **kw)
+            _same_bits(tree.query(k=k, precision=precision, **kw), ref)
