@@ -399,8 +399,10 @@ class CoverTree(_persist.Persistent):
                 starts = np.repeat(ptr[f] - np.cumsum(counts) + counts, counts)
                 nodes.append(kids[starts + np.arange(counts.sum())])
             order = np.concatenate(nodes)
-            self._search_layout = _search.SearchLayout(
-                self, order, self._metric.take(order), self._slack)
+            layout = _search.SearchLayout(self, order, self._metric.take(order), self._slack)
+            if self.residual:
+                layout.metric.row_norms()   # the bounded search's, made with the layout
+            self._search_layout = layout
         return self._search_layout
 
     def _depth_first_order(self):
