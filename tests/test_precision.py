@@ -374,3 +374,26 @@ def test_tree_aliases_that_are_not_their_nodes_rows(precision):
         for kw in (dict(predecessors=True), {}):
             ref = brute_force_knn(model, k, precision="float64", **kw)
             _same_bits(tree.query(k=k, precision=precision, **kw), ref)
+
+
+@needs_chain
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), n=st.integers(64, 320), dim=st.integers(1, 3),
+       kind=st.sampled_from(["rbf", "m12", "m32", "m52"]), twins=st.floats(0.0, 0.5),
+       jitter=st.sampled_from([0.0, 1e-12, 1e-9, 1e-6]), nugget=st.sampled_from([0.0, 1e-3]),
+       k=st.integers(1, 12))
+def test_tree_bounded_search_against_the_oracle(seed, n, dim, kind, twins, jitter, nugget, k):
+    """Random small problems with exact and near duplicates (aliases that are, or are not,
+    their node's rows), both precisions: the tree's rows are the brute force's, bit for bit."""
+    g = np.random.default_rng(seed)
+    X = g.standard_normal((n, dim))
+    t = int(twins * n)
+    X[n - t:] = X[g.integers(0, n - t, t)] + jitter * g.standard_normal((t, dim))
+    kernel = {"rbf": residual.RBF(1.0), "m12": residual.Matern(0.5, lengthscale=0.7),
+              "m32": residual.Matern(1.5, lengthscale=0.5),
+              "m52": residual.Matern(2.5, lengthscale=0.8)}[kind]
+    model = residual.ResidualCorrelation.from_kernel(X, kernel, n_inducing=min(40, n - 1),
+                                                     seed=0, nugget=nugget)
+    for kw in (dict(predecessors=True), {}):
+        ref = brute_force_knn(model, k, precision="float64", **kw)
+        _tree_screen(model, k, ref, **kw)
