@@ -38,7 +38,8 @@ import numpy as np
 
 from residual._typedefs cimport float32_t, float64_t, intp_t, int64_t
 from residual._tiles cimport (Metric, Points, Slack32, closer, residual_key, sqdist,
-                              kernel_of_sqdist, kernel_value, key_lower, key_upper)
+                              kernel32_row, kernel_of_sqdist, kernel_value, key_lower,
+                              key_upper)
 from residual._blas cimport gemm_elements
 from residual._heap cimport best_offer, best_pop, frontier_push, frontier_pop, prefetch
 from residual._interrupt cimport Interrupt, interrupt_init, interrupted, reraise
@@ -488,20 +489,28 @@ cdef void _dot_tile(const real* rows, intp_t m, const Query* Q, const intp_t* ac
 cdef struct Child:
     intp_t node, na
     intp_t act[GROUP]           # the queries, ascending
-    float64_t kval[GROUP]       # their kernel values with the child
+    float64_t r2[GROUP]         # their squared distances to it (scaled coordinates)
+    float64_t kval[GROUP]       # their kernel values with the child (the float32 screen:
+                                # in float32 but for the exact queries)
     float64_t dots[GROUP]       # their float64 dot products V_q . V_c
     float32_t prods[GROUP]      # the float32 screen: the same products in float32
 
 
 cdef void _child_start(const Points* P, const Query* Q, intp_t c, uint64_t mask,
-                       Child* ch) noexcept nogil:
-    """ch = node c and the queries of mask, with their kernel values (one flat loop)."""
+                       bint float32, Child* ch) noexcept nogil:
+    """ch = node c and the queries of mask, with their kernel values (one flat loop; with
+    float32, the float32 screen's kernel, _tiles.kernel32_row, for _exact_dots to mend)."""
     cdef intp_t t
     cdef const float64_t* xc = P.x + c * P.dim
     ch.node = c
     ch.na = _members(mask, ch.act)
     for t in range(ch.na):
-        ch.kval[t] = sqdist(Q[ch.act[t]].x, xc, P.dim)
+        ch.r2[t] = sqdist(Q[ch.act[t]].x, xc, P.dim)
+    if float32:
+        kernel32_row(P.spec, ch.r2, ch.kval, ch.na)
+        return
+    for t in range(ch.na):
+        ch.kval[t] = ch.r2[t]
     kernel_of_sqdist(P.spec, ch.kval, ch.na)
 
 
@@ -522,7 +531,7 @@ cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64
     cdef Child ch
     cdef float64_t out[GROUP]
     cdef intp_t t, r
-    _child_start(P, Q, c, mask, &ch)
+    _child_start(P, Q, c, mask, False, &ch)
     _dot_tile(P.v, P.m, Q, ch.act, ch.na, &c, 1, ch.dots, 1)
     if not T.bounded:
         _keys(P, Q, &ch, out)
@@ -782,7 +791,8 @@ cdef inline int _push(const Points* P, const Tree* T, intp_t c, intp_t cslot, ui
 
 
 cdef void _exact_dots(const Points* P, const Query* Q, Child* ch) noexcept nogil:
-    """ch.dots, in float64, for the exact queries of ch (the float32 screen made ch.prods)."""
+    """ch.dots and ch.kval in float64 for the exact queries of ch (the float32 screen made
+    ch.prods and the float32 kernel values; kernel_value gives the tiles' bits)."""
     cdef intp_t t, ne = 0
     cdef intp_t eact[GROUP]             # the exact queries and their place in ch
     cdef intp_t epos[GROUP]
@@ -796,6 +806,7 @@ cdef void _exact_dots(const Points* P, const Query* Q, Child* ch) noexcept nogil
         _dot_tile(P.v, P.m, Q, eact, ne, &ch.node, 1, edots, 1)
         for t in range(ne):
             ch.dots[epos[t]] = edots[t]
+            ch.kval[epos[t]] = kernel_value(P.spec, ch.r2[epos[t]])
 
 
 cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, const Child* ch,
@@ -992,7 +1003,7 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                     cmask = _child_mask(&T.node[c], Q, mask, du, pool.upper, slack)
                     if cmask == 0:
                         continue
-                    _child_start(P, Q, c, cmask, &ch)
+                    _child_start(P, Q, c, cmask, T.v32 != NULL, &ch)
                     if T.v32 != NULL:
                         for t in range(ch.na):
                             ch.prods[t] = W.tile32[row_of[ch.act[t]] * TILE_NODES + j]
@@ -1008,7 +1019,8 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
                 cmask = _child_mask(&T.node[c], Q, mask, du, pool.upper, slack)
                 if cmask == 0:
                     continue
-                _child_start(P, Q, c, cmask, &ch)   # c's row is read once, for all of them
+                # c's row is read once, for all of them
+                _child_start(P, Q, c, cmask, T.v32 != NULL, &ch)
                 if T.v32 != NULL:
                     _dot_tile(T.v32, P.m, Q, ch.act, ch.na, &c, 1, ch.prods, 1)
                     _exact_dots(P, Q, &ch)

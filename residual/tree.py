@@ -16,7 +16,7 @@ import numpy as np
 from residual import _blas, _build, _invariants, _persist, _search
 from residual.bruteforce import COUNTERS
 from residual.model import ResidualCorrelation
-from residual._tiles import FLOAT32_MAX_SLACK, Metric, float32_slack
+from residual._tiles import FLOAT32_MAX_SLACK, Metric, float32_slack_kernel32
 from residual._parallel import resolve_num_threads, single_threaded_blas
 from residual._validate import (as_points, check_euclidean_range, check_int, check_query,
                                 check_precision, check_rows, resolve_chunk_size,
@@ -343,8 +343,10 @@ class CoverTree(_persist.Persistent):
                 and (in_sample or queries.float32_safe())):
             pv32, _ = layout.float32_rows()
             qv32, _ = queries.float32_rows()
-            slack = float32_slack(metric.m, max(pnorm.max(initial=0.0),
-                                                qnorm.max(initial=0.0)))
+            # the float32 screen's bound, widened for its float32 kernel values
+            slack = float32_slack_kernel32(metric.m, max(pnorm.max(initial=0.0),
+                                                         qnorm.max(initial=0.0)),
+                                           self.model.kernel._code, self.model.kernel.variance)
             # a row's own part of the pair error, e_i^2 as in Metric.float32_pays: above the
             # rule's limit its pairs are computed in float64 (the rows of p ~ jitter)
             exact = (slack[0] * qnorm ** 2 * queries.s ** 2 > FLOAT32_MAX_SLACK).view(np.uint8)
