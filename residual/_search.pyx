@@ -1131,8 +1131,9 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
     the tree's own float64 keys, or (residual) the bounded search's ``(query norms, layout
     norms, the indexed rows in the caller's order (a Metric), dgemm's blocking (q, u),
     float32)`` (see "bounded search"), float32 = () or the float32 screen's ``(query V in
-    float32, layout V in float32, (a, b, t) of _tiles.float32_slack, the exact queries
-    (uint8))``: the answers are then scored with the brute force's arithmetic.
+    float32 (not read for in-sample queries: theirs are the layout's), layout V in float32,
+    (a, b, t) of the widened float32 bound, the exact queries (uint8))``: the answers are
+    then scored with the brute force's arithmetic.
     """
     cdef Tree T
     cdef const float64_t[:, ::1] xq = queries.x
@@ -1175,10 +1176,11 @@ def knn(SearchLayout layout, Metric queries, bint in_sample, bint predecessors,
         J.chain_q, J.chain_u = bounded[3]
         if bounded[4]:
             qv32, pv32, abt, exact = bounded[4]
-            if (qv32.shape[0] != nq or pv32.shape[0] != P.n or qv32.shape[1] != P.m
-                    or pv32.shape[1] != P.m or exact.shape[0] != nq):
+            if ((not in_sample and (qv32.shape[0] != nq or qv32.shape[1] != P.m))
+                    or pv32.shape[0] != P.n or pv32.shape[1] != P.m or exact.shape[0] != nq):
                 raise ValueError("the float32 rows must match the queries and the tree")
-            T.v32, J.v32, J.exact = &pv32[0, 0], &qv32[0, 0], &exact[0]
+            T.v32, J.exact = &pv32[0, 0], &exact[0]
+            J.v32 = &qv32[0, 0] if not in_sample else NULL
             T.bound.a, T.bound.b, T.bound.t = abt
     if nq == 0:
         return evals, screened, recomputed
@@ -1218,7 +1220,7 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
     """knn() for the residual metric: GROUP consecutive queries of the visit order per
     traversal; a thread without its workspace sets J.failed and skips its queries."""
     cdef const Points* X = J.queries
-    cdef intp_t nq = X.n, k = J.k, n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, q, p0
+    cdef intp_t nq = X.n, k = J.k, n_groups = (nq + GROUP - 1) // GROUP, gi, g, r, q, p0, u
     cdef Scratch* W
     with parallel(num_threads=J.num_threads):
         W = _scratch_new(GROUP, k, n_nodes, True, T.bounded, T.v32 != NULL, J.failed)
@@ -1237,7 +1239,16 @@ cdef void _knn_groups(const Points* P, const Tree* T, intp_t n_nodes,
                 if T.bounded:
                     W.Q[r].norm = J.norm[q]
                     W.Q[r].exact = J.exact[q] if T.v32 != NULL else True
-                    W.Q[r].v32 = J.v32 + q * X.m if T.v32 != NULL else NULL
+                    W.Q[r].v32 = NULL
+                    if T.v32 != NULL and not J.in_sample:
+                        W.Q[r].v32 = J.v32 + q * X.m
+                    elif T.v32 != NULL:     # an indexed row: the layout's float32 copy of it
+                        u = T.node_of[J.rows[q]]
+                        W.Q[r].v32 = T.v32 + u * X.m
+                        if T.node[u].point != J.rows[q]:
+                            # an alias: its own row is not in the layout, so it is exact (the
+                            # float32 tiles still read its node's row, and drop the products)
+                            W.Q[r].exact = True
             if _search_group(P, T, W.Q, g, k, W) != 0:
                 J.failed[0] = 1             # its frontier pool could not grow
                 continue

@@ -342,7 +342,9 @@ class CoverTree(_persist.Persistent):
                 and (precision == "float32" or metric.float32_pays())
                 and (in_sample or queries.float32_safe())):
             pv32, _ = layout.float32_rows()
-            qv32, _ = queries.float32_rows()
+            # in-sample queries read their float32 rows from the layout's copy
+            qv32 = (np.empty((0, metric.m), np.float32) if in_sample
+                    else queries.float32_rows()[0])
             # the float32 screen's bound, widened for its float32 kernel values
             slack = float32_slack_kernel32(metric.m, max(pnorm.max(initial=0.0),
                                                          qnorm.max(initial=0.0)),
