@@ -565,14 +565,14 @@ cdef void _lone_node_keys(const Points* P, const Tree* T, const Query* Q, uint64
 # can be an answer is lost. A pushed child carries [sqrt(lo), sqrt(hi)] for each query, and
 # its children are tested against the interval (_child_mask); in float64 only sqrt(lo), as
 # close to the distance (~1e-13 relative) as the tree's slack already absorbs for any
-# computed distance (a second bound per query would cost the pool's cache footprint). At the end (_rescore) the
-# candidates still within the final bound (about k) are scored with the brute force's own
-# arithmetic: the kernel value (sqdist, then the kernel inline) minus dgemm's k-blocked FMA
-# chains (_blas.pxd gemm_elements, whose blocking _blas.dgemm_chain checked against dgemm),
-# then residual_key; the k best by (key, index), ordered by (distance, index) as the brute
-# force orders them, are the answer: the oracle's rows, distances bit for bit. With the
-# float32 screen the search makes no float64 dot product but for the seeds, the root and
-# the exact rows.
+# computed distance (a second bound per query would cost the pool's cache footprint). At
+# the end (_rescore) the candidates still within the final bound (about k) are scored with
+# the brute force's own arithmetic: the kernel value (sqdist, then the kernel inline) minus
+# dgemm's k-blocked FMA chains (_blas.pxd gemm_elements, whose blocking _blas.dgemm_chain
+# checked against dgemm), then residual_key; the k best by (key, index), ordered by
+# (distance, index) as the brute force orders them, are the answer: the oracle's rows,
+# distances bit for bit. With the float32 screen the search makes no float64 dot product but
+# for the seeds, the root and the exact rows.
 # Aliases share their node's bounds only when their rows are the node's, bit for bit
 # (SearchLayout.alias_exact: duplicates). Other aliases (a correlation that rounds to 1; in
 # truth up to about the tree's slack away) are not offered to the heap nor used as seeds,

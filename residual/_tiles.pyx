@@ -20,8 +20,9 @@
 # float32 screen. A residual covariance C = k - v_i . v_j is only as precise as its
 # cancellation allows, so float32 cannot replace float64; but a float32 product with a proven
 # error bound can decide that a pair is not a neighbour, and only the rest is computed in
-# float64 (the brute force, _bruteforce.pyx). The bound (slack32; Higham, Accuracy and
-# Stability, Lemma 3.1 and section 2.1 on underflow), with u = 2^-24, w = 2^-53,
+# float64 (the brute force, _bruteforce.pyx; the tree's bounded search, _search.pyx, which
+# also bounds the difference of two float64 evaluations). The bound (slack32; Higham,
+# Accuracy and Stability, Lemma 3.1 and section 2.1 on underflow), with u = 2^-24, w = 2^-53,
 # gamma_n = n u / (1 - n u) and gamma'_n the same in w:
 #   fl32(v) = v (1 + d) + e, |d| <= u, |e| <= 2^-150 (an underflow to a subnormal);
 #   S = sgemm's fl32(v_i) . fl32(v_j): within gamma_m sum |fl32 v_ik fl32 v_jk| of the exact

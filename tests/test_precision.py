@@ -215,7 +215,7 @@ def test_near_the_bound(seed, eps, m, k, n):
         assert _tree_screen(model, k, ref, **kw)["float32"]
 
 
-# -- the tree's screen (_search.pyx, "float32 screen") ----------------------------------------------
+# -- the tree's screen (_search.pyx, "bounded search") ---------------------------------------------
 
 @pytest.fixture(scope="module")
 def regime_tree(regime):
