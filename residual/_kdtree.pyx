@@ -119,6 +119,14 @@ cdef void scan_leaf(const Tree* T, Best* B, intp_t u, const float64_t* q, int64_
             best_offer(B.d, B.i, &B.count, B.k, d, j)
 
 
+cdef inline void _node_put(Best* B, intp_t pos, float64_t b, intp_t low,
+                           intp_t u) noexcept nogil:
+    """(b, low, u) at position pos of the search's min-heap (one step of a sift, or its end)."""
+    B.qb[pos] = b
+    B.ql[pos] = low
+    B.qu[pos] = u
+
+
 cdef inline void node_push(Best* B, float64_t b, intp_t low, intp_t u) noexcept nogil:
     """Push node u (bound b, smallest index low) on the search's min-heap."""
     cdef intp_t pos = B.nq, parent
@@ -127,13 +135,9 @@ cdef inline void node_push(Best* B, float64_t b, intp_t low, intp_t u) noexcept 
         parent = (pos - 1) // 2
         if not closer(b, low, B.qb[parent], B.ql[parent]):
             break
-        B.qb[pos] = B.qb[parent]
-        B.ql[pos] = B.ql[parent]
-        B.qu[pos] = B.qu[parent]
+        _node_put(B, pos, B.qb[parent], B.ql[parent], B.qu[parent])
         pos = parent
-    B.qb[pos] = b
-    B.ql[pos] = low
-    B.qu[pos] = u
+    _node_put(B, pos, b, low, u)
 
 
 cdef inline void node_pop(Best* B) noexcept nogil:
@@ -156,13 +160,9 @@ cdef inline void node_pop(Best* B) noexcept nogil:
             child += 1
         if not closer(B.qb[child], B.ql[child], b, low):
             break
-        B.qb[pos] = B.qb[child]
-        B.ql[pos] = B.ql[child]
-        B.qu[pos] = B.qu[child]
+        _node_put(B, pos, B.qb[child], B.ql[child], B.qu[child])
         pos = child
-    B.qb[pos] = b
-    B.ql[pos] = low
-    B.qu[pos] = u
+    _node_put(B, pos, b, low, u)
 
 
 cdef void search(const Tree* T, Best* B, const float64_t* q, int64_t limit,

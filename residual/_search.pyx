@@ -269,7 +269,7 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t
     key = sqdist(xq, P.x, P.dim)
     d0 = sqrt(key)
     if key <= key0:
-        _offer_node(T, 0, key, k, &q, &count)
+        _offer_node(T, 0, key, k, &q, &count, True)
     frontier_push(fl, fd, fn, &size, 0.0, d0, 0)
     tau = sqrt(hd[0]) if count == k else sqrt(key0)
     while size > 0:
@@ -290,7 +290,7 @@ cdef int64_t _search(const Points* P, const Tree* T, const float64_t* xq, intp_t
             # else c and its aliases cannot enter the k best (with the seeds' bound: k eligible
             # points are no farther than key0, and the search offers them all)
             if key <= key0 and (count < k or key <= hd[0]):
-                _offer_node(T, c, key, k, &q, &count)
+                _offer_node(T, c, key, k, &q, &count, True)
                 tau = sqrt(hd[0]) if count == k else sqrt(key0)
             if nc.child_end == nc.child_begin:
                 continue                    # a leaf: nothing to enter
@@ -339,13 +339,15 @@ cdef void _emit(float64_t* hd, intp_t* hi, intp_t count, intp_t k, float64_t* ou
 
 
 cdef inline void _offer_node(const Tree* T, intp_t c, float64_t d, intp_t k, const Query* q,
-                             intp_t* count) noexcept nogil:
-    """Offer node c's row and its aliases (same key d) to q's k best (q.hd, q.hi and count
-    entries) if eligible for q (q.self_index, q.limit)."""
+                             intp_t* count, bint aliases) noexcept nogil:
+    """Offer node c's row and, if `aliases`, its aliases (same key d) to q's k best (q.hd,
+    q.hi and count entries) if eligible for q (q.self_index, q.limit)."""
     cdef intp_t t, a
     cdef const Node* nc = &T.node[c]
     if nc.point != q.self_index and nc.point < q.limit:
         best_offer(q.hd, q.hi, count, k, d, nc.point)
+    if not aliases:
+        return
     for t in range(nc.alias_begin, nc.alias_end):
         a = T.aliases[t]
         if a != q.self_index and a < q.limit:
@@ -599,19 +601,6 @@ cdef inline float64_t _widened(float64_t lo, float64_t slack) noexcept nogil:
     return d * d if d > 0.0 else 0.0
 
 
-cdef inline void _offer_bounded(const Tree* T, Query* q, intp_t c, float64_t hi,
-                                intp_t k) noexcept nogil:
-    """_offer for the bounded search: node c's upper bound hi goes to q's heap for its row,
-    and for its aliases only when their rows are its own (see "aliases" above)."""
-    cdef const Node* nc = &T.node[c]
-    if T.alias_exact[c]:
-        _offer(T, q, c, hi, k)
-    elif (hi <= q.key0 and (q.count < k or hi <= q.hd[0]) and nc.point != q.self_index
-          and nc.point < q.limit):
-        best_offer(q.hd, q.hi, &q.count, k, hi, nc.point)
-        q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
-
-
 cdef inline float64_t _bound(const Query* q, intp_t k) noexcept nogil:
     """A query's bound on its k-th key now: its heap's top when full, and the seeds'."""
     return min(q.key0, q.hd[0]) if q.count == k else q.key0
@@ -675,11 +664,13 @@ cdef inline intp_t _members(uint64_t mask, intp_t* act) noexcept nogil:
     return na
 
 
-cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key,
-                        intp_t k) noexcept nogil:
-    """Offer node c (and its aliases) to q's k best if it can enter them; update q's bound."""
+cdef inline void _offer(const Tree* T, Query* q, intp_t c, float64_t key, intp_t k,
+                        bint aliases) noexcept nogil:
+    """Offer node c (and, if `aliases`, its aliases) to q's k best if it can enter them;
+    update q's bound. (The bounded search offers the aliases only when their rows are the
+    node's: see "aliases" there.)"""
     if key <= q.key0 and (q.count < k or key <= q.hd[0]):
-        _offer_node(T, c, key, k, q, &q.count)
+        _offer_node(T, c, key, k, q, &q.count, aliases)
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
 
 
@@ -760,7 +751,7 @@ cdef int _enter(const Points* P, const Tree* T, Query* Q, intp_t k, const Child*
         r = ch.act[t]
         q = &Q[r]
         q.evals += 1
-        _offer(T, q, c, keys[t], k)
+        _offer(T, q, c, keys[t], k, True)
         if cslot < 0:
             continue                    # a leaf: nothing to enter
         d = sqrt(keys[t])
@@ -819,7 +810,7 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, cons
     cdef intp_t c = ch.node, t, r, cslot = -1
     cdef const Node* nc = &T.node[c]
     cdef float64_t nj = T.norm[c], sj = P.s[c], lo, lo_c, hi, dlo = 0.0, b, lbc = INFINITY
-    cdef bint candidate, push
+    cdef bint candidate, push, same = T.alias_exact[c]   # (see "aliases" above)
     cdef uint64_t pmask = 0
     cdef Query* q
     cdef float64_t* dc = NULL
@@ -840,7 +831,7 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, cons
             lo = key_lower(ch.kval[t], ch.prods[t], T.bound.a * q.norm, nj, q.s, sj,
                           T.bound.b, T.bound.t)
         hi = INFINITY                   # made when needed (most pairs need only lo)
-        lo_c = lo if T.alias_exact[c] else _widened(lo, T.slack)
+        lo_c = lo if same else _widened(lo, T.slack)
         candidate = lo_c <= _bound(q, k)
         push = False                    # (a leaf: nothing to enter)
         if cslot >= 0:
@@ -857,7 +848,7 @@ cdef int _enter_bounded(const Points* P, const Tree* T, Query* Q, intp_t k, cons
         if candidate:
             if q.s != 0.0 and _keep(q, lo_c, c, not q.exact, k) != 0:
                 return -1
-            _offer_bounded(T, q, c, hi, k)
+            _offer(T, q, c, hi, k, same)
             push = push and b <= q.tau + T.slack    # the offer may have lowered tau
         if push:
             dc[W.pool.upper + r] = sqrt(hi)     # (upper = 0: the lower bound stays)
@@ -931,13 +922,13 @@ cdef int _search_group(const Points* P, const Tree* T, Query* Q, intp_t g, intp_
         q.count = 0
         if not T.bounded:
             if lo[r] <= q.key0:
-                _offer_node(T, 0, lo[r], k, q, &q.count)
+                _offer_node(T, 0, lo[r], k, q, &q.count, True)
         else:
             lo_c = lo[r] if T.alias_exact[0] else _widened(lo[r], T.slack)
             if lo_c <= q.key0:
                 if q.s != 0.0 and _keep(q, lo_c, 0, False, k) != 0:
                     return -1
-                _offer_bounded(T, q, 0, hi[r], k)
+                _offer(T, q, 0, hi[r], k, T.alias_exact[0])
         q.tau = sqrt(q.hd[0]) if q.count == k else sqrt(q.key0)
     pool.n_free = 0
     pool.used = 0
